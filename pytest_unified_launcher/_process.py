@@ -1,0 +1,173 @@
+"""Process hygiene shared by the runners: spawn in an own session, stop the whole tree, tails.
+
+Every child gets its own session (so its process group can be signalled as one), the marker
+variables below (so leftovers can be recognised), and its output in a log file: never a pipe
+that could fill up and block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OWNER_VAR = "UNIFIED_LAUNCHER_OWNER"
+SERVICE_VAR = "UNIFIED_LAUNCHER_SERVICE"
+
+
+def process_token(pid: int) -> str:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def tail(path: Path | None, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a log file, read from its end (logs can be huge)."""
+    if path is None or lines <= 0:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) to run as, when the launcher is root and a ``user`` is configured."""
+    if not user or os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise LookupError(f"user '{user}' does not exist on this machine") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log_file: int,
+    ids: tuple[int, int] | None = None,
+    pass_fds: Sequence[int] = (),
+) -> asyncio.subprocess.Process:
+    """Start ``argv`` in its own session with its output appended to ``log_file``."""
+    kwargs: dict[str, object] = {}
+    if ids is not None:
+        kwargs.update(user=ids[0], group=ids[1], extra_groups=[])
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=asyncio.subprocess.STDOUT,
+        env=dict(env),
+        cwd=str(cwd),
+        start_new_session=True,
+        pass_fds=tuple(pass_fds),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def kill_pids(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def stop_process(
+    proc: asyncio.subprocess.Process, *, stop_signal: int, stop_timeout: float
+) -> int | None:
+    """``stop_signal`` to the group, SIGKILL to the group and its strays after ``stop_timeout``.
+
+    Returns the exit code. Children that left the group (a new session) are found with psutil
+    before the signal and killed with the rest.
+    """
+    pgid = proc.pid  # start_new_session: the child leads its own group
+    strays = _descendants(proc.pid) if proc.returncode is None else []
+    if proc.returncode is None:
+        _signal_group(pgid, stop_signal)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=stop_timeout)
+        except asyncio.TimeoutError:
+            log.warning("pid %d ignored signal %d for %.1f s: killing it", proc.pid, stop_signal, stop_timeout)
+            _signal_group(pgid, signal.SIGKILL)
+            kill_pids(strays)
+            await proc.wait()
+    # Whatever is left in the group (a grandchild the service forked) does not outlive it.
+    if group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+    kill_pids([p for p in strays if _alive(p)])
+    return proc.returncode
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run_to_end(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    log_file: int,
+    timeout: float,
+    ids: tuple[int, int] | None = None,
+) -> int:
+    """Run a one-shot command (a setup step, a probe) to its end; kill it on timeout/cancel."""
+    proc = await spawn(argv, env=env, cwd=cwd, log_file=log_file, ids=ids)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout=timeout)
+    except BaseException:
+        _signal_group(proc.pid, signal.SIGKILL)
+        await asyncio.shield(proc.wait())
+        raise

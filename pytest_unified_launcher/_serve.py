@@ -1,0 +1,68 @@
+"""The serve entry point of app services in multi_process mode.
+
+``python -m pytest_unified_launcher._serve --app mod:app --host H --port P --ready-fd N``
+imports the app, starts uvicorn on a pre-bound socket, writes ``ready`` to fd N the moment it
+listens (so the launcher needs no polling), and stops promptly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ._asgi import AppImportError, AppServer, LifespanFailed, bind, load_app
+
+
+async def _main(args: argparse.Namespace) -> int:
+    try:
+        app = load_app(args.app, Path(args.app_dir) if args.app_dir else None)
+    except AppImportError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 3
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"error: port {args.port} already in use ({exc.strerror})", file=sys.stderr, flush=True)
+        return 4
+    server = AppServer(app, args.host, args.port, log_level=args.log_level)
+    try:
+        await server.start(sock)
+    except LifespanFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 5
+    print(f"serving {args.app} on http://{args.host}:{args.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.ready_fd is not None:
+        try:
+            os.write(args.ready_fd, b"ready\n")
+            os.close(args.ready_fd)
+        except OSError:
+            pass
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_unified_launcher._serve")
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--app-dir", default=None)
+    parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

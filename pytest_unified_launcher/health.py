@@ -1,0 +1,335 @@
+"""Health probes and the one wait loop that uses them.
+
+A probe answers ``None`` when healthy, else a short reason ("connection refused"). The wait
+loop probes on a short backoff (2 ms growing to 50 ms), probes at once when the service writes
+output or signals readiness, and fails at once when the process exits: a ready service is
+noticed within milliseconds without blind polling stealing the CPU that starting services need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import _timing
+from .config import HealthCheck, ServiceConfig
+
+
+class Probe(Protocol):
+    async def check(self) -> str | None: ...
+
+
+class HttpClient:
+    """One aiohttp session per launcher loop, shared by every http probe (created lazily)."""
+
+    def __init__(self) -> None:
+        self._session: Any = None
+
+    async def get(self, url: str, timeout: float) -> int:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+            )
+        async with self._session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+        ) as resp:
+            return int(resp.status)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    text = str(exc) or type(exc).__name__
+    if "Connect call failed" in text or "Cannot connect" in text:
+        return "connection refused"
+    return text
+
+
+class HttpProbe:
+    def __init__(self, url: str, timeout: float, client: HttpClient) -> None:
+        self.url, self.timeout, self.client = url, timeout, client
+
+    async def check(self) -> str | None:
+        try:
+            status = await self.client.get(self.url, self.timeout)
+        except Exception as exc:
+            return _reason(exc)
+        return None if 200 <= status < 300 else f"GET {self.url} answered HTTP {status}"
+
+
+class TcpProbe:
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+
+    async def check(self) -> str | None:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            return _reason(exc)
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return None
+
+
+class CommandProbe:
+    def __init__(self, argv: tuple[str, ...], timeout: float, env: Mapping[str, str], cwd: Path) -> None:
+        self.argv, self.timeout, self.env, self.cwd = argv, timeout, env, cwd
+
+    async def check(self) -> str | None:
+        from ._process import run_to_end
+
+        try:
+            code = await run_to_end(
+                self.argv, env=self.env, cwd=self.cwd, log_file=asyncio.subprocess.DEVNULL,
+                timeout=self.timeout,
+            )
+        except FileNotFoundError:
+            return f"probe command {self.argv[0]!r} not found"
+        except asyncio.TimeoutError:
+            return f"probe command timed out after {self.timeout} s"
+        return None if code == 0 else f"probe command exited with code {code}"
+
+
+class LogProbe:
+    """Healthy once ``pattern`` appears in the output written since the service started."""
+
+    def __init__(self, path: Path, pattern: str) -> None:
+        self.path, self.regex = path, re.compile(pattern)
+        self._offset = 0
+        self._carry = ""
+
+    async def check(self) -> str | None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            data = b""
+        self._offset += len(data)
+        text = self._carry + data.decode("utf-8", errors="replace")
+        if self.regex.search(text):
+            return None
+        self._carry = text[-4096:]
+        return f"no output matched /{self.regex.pattern}/ yet"
+
+
+class AliveProbe:
+    """Ready once the process has stayed alive for ``seconds``."""
+
+    def __init__(self, since: float, seconds: float = 0.5) -> None:
+        self.since, self.seconds = since, seconds
+
+    async def check(self) -> str | None:
+        left = self.since + self.seconds - _timing.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
+        return None
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET (sd_notify) for one service: READY=1 sets :attr:`ready`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ready = asyncio.Event()
+        self.status = ""
+        if path.exists():
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o777)
+        self.sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(4096).decode("utf-8", errors="replace")
+        except OSError:
+            return
+        for line in data.splitlines():
+            if line == "READY=1":
+                self.ready.set()
+            elif line.startswith("STATUS="):
+                self.status = line[7:]
+
+    def close(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        except RuntimeError:
+            pass
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+class _ReadyNow:
+    async def check(self) -> str | None:
+        return None
+
+
+def make_probe(
+    svc: ServiceConfig,
+    check: HealthCheck,
+    *,
+    client: HttpClient,
+    log_path: Path | None,
+    env: Mapping[str, str],
+    spawned_at: float,
+    notify: NotifySocket | None = None,
+) -> Probe:
+    if check.kind == "http":
+        assert check.url is not None
+        return HttpProbe(check.url, check.timeout, client)
+    if check.kind == "tcp":
+        assert svc.port is not None
+        return TcpProbe(svc.host, svc.port, check.timeout)
+    if check.kind == "command":
+        return CommandProbe(check.argv, check.timeout, env, svc.cwd)
+    if check.kind == "log":
+        assert log_path is not None and check.pattern is not None
+        return LogProbe(log_path, check.pattern)
+    if check.kind == "notify":
+        return _NotifyProbe(notify)
+    return AliveProbe(spawned_at)
+
+
+class _NotifyProbe:
+    def __init__(self, notify: NotifySocket | None) -> None:
+        self.notify = notify
+
+    async def check(self) -> str | None:
+        if self.notify is not None and self.notify.ready.is_set():
+            return None
+        status = self.notify.status if self.notify else ""
+        return "no READY=1 on NOTIFY_SOCKET yet" + (f" (status: {status})" if status else "")
+
+
+class HealthTimeout(Exception):
+    def __init__(self, timeout: float, last: str) -> None:
+        super().__init__(timeout, last)
+        self.timeout, self.last = timeout, last
+
+
+class ProcessExited(Exception):
+    def __init__(self, code: int | None) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def wait_healthy(
+    probe: Probe,
+    *,
+    deadline: float,
+    timeout: float,
+    exited: asyncio.Future[Any] | None = None,
+    exit_code: Callable[[], int | None] = lambda: None,
+    signals: tuple[asyncio.Event, ...] = (),
+    log_path: Path | None = None,
+    first_delay: float = 0.002,
+    max_delay: float = 0.05,
+) -> None:
+    """Probe until healthy; raise :class:`ProcessExited` at once or :class:`HealthTimeout`.
+
+    Between probes it sleeps on a backoff, but wakes early when the process exits, when one of
+    ``signals`` is set (a ready pipe, sd_notify) or when the log file grows.
+    """
+    delay = first_delay
+    last = "not probed yet"
+    log_size = _size(log_path)
+    while True:
+        if exited is not None and exited.done():
+            raise ProcessExited(exit_code())
+        remaining = deadline - _timing.monotonic()
+        if remaining <= 0:
+            raise HealthTimeout(timeout, last)
+        try:
+            result = await asyncio.wait_for(_first(probe.check(), exited), remaining)
+        except asyncio.TimeoutError:
+            raise HealthTimeout(timeout, last if last != "not probed yet" else "probe timed out") from None
+        if result is _EXITED:
+            raise ProcessExited(exit_code())
+        if result is None:
+            return
+        last = str(result)
+        # Sleep until the next probe is due, waking early on exit, a signal or new output.
+        wake_at = min(_timing.monotonic() + delay, deadline)
+        delay = min(delay * 2, max_delay)
+        while True:
+            left = wake_at - _timing.monotonic()
+            if left <= 0:
+                break
+            if any(ev.is_set() for ev in signals):
+                break
+            if exited is not None and exited.done():
+                break
+            waiters: list[Awaitable[Any]] = [asyncio.sleep(min(left, 0.005))]
+            await _wait_any(waiters, exited, signals)
+            size = _size(log_path)
+            if size != log_size:
+                log_size = size
+                delay = first_delay
+                break
+
+
+_EXITED = object()
+
+
+async def _first(check: Awaitable[str | None], exited: asyncio.Future[Any] | None) -> object:
+    """The probe's answer, or ``_EXITED`` if the process exits first."""
+    if exited is None:
+        return await check
+    task = asyncio.ensure_future(check)
+    done, _ = await asyncio.wait({task, exited}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+    return _EXITED
+
+
+async def _wait_any(
+    sleeps: list[Awaitable[Any]], exited: asyncio.Future[Any] | None, signals: tuple[asyncio.Event, ...]
+) -> None:
+    tasks = [asyncio.ensure_future(s) for s in sleeps]
+    tasks += [asyncio.ensure_future(ev.wait()) for ev in signals]
+    others: set[asyncio.Future[Any]] = set(tasks)
+    if exited is not None:
+        others.add(exited)
+    try:
+        await asyncio.wait(others, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _size(path: Path | None) -> int:
+    if path is None:
+        return -1
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1

@@ -1,0 +1,478 @@
+"""``UnifiedLauncher``: the graph, the lifecycles, the runners and the health waits together.
+
+Each service starts the moment its own dependencies are ready (independent ones concurrently),
+with ``retries`` and exponential backoff; a failure fails its dependents without starting them
+and leaves unrelated services running. Teardown is reverse-ordered and best-effort: a service
+stops once all its dependents have, and a failing stop is logged while the rest still stops.
+All the work happens on the launcher's background loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import _timing
+from . import graph as graph_mod
+from ._loop import LoopThread
+from .config import LauncherConfig, ServiceConfig, resolve_mode
+from .errors import DependencyFailedError, LauncherError, ServiceDiedError, ServiceStartupError
+from .lifecycle import ServiceLifecycle
+from .report import RunTiming, ServiceTiming, build_report
+
+log = logging.getLogger(__name__)
+
+
+class LauncherStatus(str, enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class _Service:
+    """One service's live state inside a launcher."""
+
+    def __init__(self, config: ServiceConfig, level: int) -> None:
+        self.config = config
+        self.level = level
+        self.machine = ServiceLifecycle(config.name)
+        self.runner: Any = None
+        self.start_task: asyncio.Task[None] | None = None
+        self.error: ServiceStartupError | None = None
+        self.attempts = 0
+        self.startup_seconds: float | None = None
+
+    @property
+    def state(self) -> str:
+        return self.machine.state
+
+
+class ServiceHandle:
+    """What tests and the CLI see of one service (SPEC 3)."""
+
+    def __init__(self, launcher: UnifiedLauncher, name: str) -> None:
+        self._launcher = launcher
+        self.name = name
+
+    @property
+    def _svc(self) -> _Service:
+        return self._launcher._services[self.name]
+
+    @property
+    def config(self) -> ServiceConfig:
+        return self._svc.config
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int | None:
+        return self.config.port
+
+    @property
+    def url(self) -> str | None:
+        return self.config.url
+
+    @property
+    def pid(self) -> int | None:
+        runner = self._svc.runner
+        return runner.pid if runner is not None else None
+
+    @property
+    def runner(self) -> str:
+        return self._launcher._runner_kind(self.config)
+
+    @property
+    def state(self) -> str:
+        return self._svc.state
+
+    @property
+    def level(self) -> int:
+        return self._svc.level
+
+    @property
+    def startup_seconds(self) -> float | None:
+        return self._svc.startup_seconds
+
+    @property
+    def log_path(self) -> Path | None:
+        runner = self._svc.runner
+        return runner.log_path if runner is not None else None
+
+    def logs(self, tail: int = 50) -> str:
+        runner = self._svc.runner
+        return runner.logs(tail) if runner is not None else ""
+
+    async def astart(self) -> ServiceHandle:
+        await self._launcher.start([self.name], retry_failed=True)
+        return self
+
+    async def astop(self) -> None:
+        await self._launcher.stop([self.name])
+
+    async def arestart(self) -> ServiceHandle:
+        await self.astop()
+        return await self.astart()
+
+    def start(self) -> ServiceHandle:
+        self._launcher._thread.run(self._launcher._start([self.name], retry_failed=True))
+        return self
+
+    def stop(self) -> None:
+        self._launcher._thread.run(self._launcher._stop([self.name]))
+
+    def restart(self) -> ServiceHandle:
+        self.stop()
+        return self.start()
+
+    def __repr__(self) -> str:
+        return f"<ServiceHandle {self.name!r} {self.state} url={self.url} pid={self.pid} runner={self.runner}>"
+
+
+class UnifiedLauncher:
+    """Starts and stops the services of one config (SPEC 6).
+
+    ``mode``/``in_process_apps`` default to what :func:`resolve_mode` decides for the config.
+    """
+
+    def __init__(
+        self,
+        config: LauncherConfig,
+        *,
+        shared_workers: bool = False,
+        keep: bool = False,
+        launcher_id: str | None = None,
+        owner_pid: int | None = None,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.mode, self.mode_reason, apps_as_subprocesses = resolve_mode(
+            config, shared_workers=shared_workers, keep=keep
+        )
+        self.in_process_apps = not apps_as_subprocesses
+        self.id = launcher_id or f"{os.getpid()}-{secrets.token_hex(3)}"
+        self._owner_pid = owner_pid
+        self._graph = config.graph
+        levels = graph_mod.level_map(self._graph)
+        self._services = {name: _Service(svc, levels[name]) for name, svc in config.services.items()}
+        self._handles = {name: ServiceHandle(self, name) for name in config.services}
+        self._base_env = dict(os.environ if base_env is None else base_env)
+        self._thread = LoopThread(f"unified-launcher-{self.id}")
+        self._runs: list[RunTiming] = []
+        self._run: RunTiming | None = None
+        self._run_t0 = 0.0
+        self._active_starts = 0
+        self._window_t0 = 0.0
+        self._state_file: Any = None
+        self._ctx: Any = None
+        self._reaped = False
+        self._stopping = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def services(self) -> Mapping[str, ServiceHandle]:
+        return MappingProxyType(self._handles)
+
+    def service(self, name: str) -> ServiceHandle:
+        if name not in self._handles:
+            from .errors import UnknownServiceError
+
+            raise UnknownServiceError([name], sorted(self._handles))
+        return self._handles[name]
+
+    async def start(self, names: Iterable[str] | None = None, *, retry_failed: bool = False) -> dict[str, ServiceHandle]:
+        """Start ``names`` (default: every service) and their dependencies; wait until ready."""
+        return await self._thread.call(self._start(names, retry_failed=retry_failed))
+
+    async def stop(self, names: Iterable[str] | None = None) -> None:
+        """Stop ``names``, or everything this launcher started (reverse dependency order)."""
+        await self._thread.call(self._stop(names))
+        if names is None:
+            self.close()
+
+    def get_status(self) -> LauncherStatus:
+        states = [s.state for s in self._services.values()]
+        if self._stopping or "stopping" in states:
+            return LauncherStatus.STOPPING
+        if "starting" in states:
+            return LauncherStatus.STARTING
+        up = [s for s in states if s in ("running", "completed")]
+        failed = [s for s in states if s == "failed"]
+        if up and failed:
+            return LauncherStatus.DEGRADED
+        if failed:
+            return LauncherStatus.FAILED
+        if up:
+            return LauncherStatus.RUNNING
+        return LauncherStatus.STOPPED if self._runs else LauncherStatus.IDLE
+
+    def report(self) -> dict[str, Any]:
+        return build_report(
+            self._runs, profile=self.config.profile, mode=self.mode, mode_reason=self.mode_reason,
+            budget_seconds=self.config.startup_budget,
+        )
+
+    def close(self) -> None:
+        """Stop the background loop (after :meth:`stop`)."""
+        if not self._closed:
+            self._closed = True
+            self._thread.close()
+
+    async def __aenter__(self) -> UnifiedLauncher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<UnifiedLauncher {self.id} {self.get_status().value} mode={self.mode} services={sorted(self._services)}>"
+
+    # ------------------------------------------------------------------ internals: context
+
+    def _runner_kind(self, svc: ServiceConfig) -> str:
+        if svc.kind == "url":
+            return "external"
+        if svc.kind == "app" and self.in_process_apps:
+            return "in_process"
+        return "subprocess"
+
+    def _context(self) -> Any:
+        if self._ctx is None:
+            from ._state import StateFile, reap
+            from .health import HttpClient
+            from .runners import RunContext
+
+            if not self._reaped:
+                self._reaped = True
+                try:
+                    reap(self.config.state_dir)
+                except OSError as exc:
+                    log.warning("cannot reap leftovers under %s: %s", self.config.state_dir, exc)
+            self._state_file = StateFile(self.config.state_dir, self.id, owner_pid=self._owner_pid,
+                                         tmp_root=self.config.tmp_root)
+            self._ctx = RunContext(
+                launcher_id=self.id,
+                root=self.config.root,
+                log_dir=self.config.state_dir / "logs",
+                base_env=self._base_env,
+                http=HttpClient(),
+                log_level=self.config.log_level if self.config.log_level != "info" else "warning",
+                on_spawn=self._state_file.add,
+                on_exit=self._state_file.remove,
+            )
+        return self._ctx
+
+    # ------------------------------------------------------------------ internals: start
+
+    async def _start(self, names: Iterable[str] | None, *, retry_failed: bool = False) -> dict[str, ServiceHandle]:
+        wanted = sorted(graph_mod.closure(self._graph, names if names is not None else self._graph))
+        if retry_failed:
+            for name in names or []:
+                svc = self._services[name]
+                if svc.error is not None:
+                    svc.error = None
+                    svc.start_task = None
+        self._context()
+        if self._run is None:
+            self._run = RunTiming()
+            self._runs.append(self._run)
+            self._run_t0 = _timing.monotonic()
+        if self._active_starts == 0:
+            self._window_t0 = _timing.monotonic()
+        self._active_starts += 1
+        try:
+            results = await asyncio.gather(*(self._ensure(n) for n in wanted), return_exceptions=True)
+        finally:
+            self._active_starts -= 1
+            if self._active_starts == 0 and self._run is not None:
+                self._run.total_startup_seconds += _timing.monotonic() - self._window_t0
+        for result in results:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise _root_cause(errors, self._services)
+        return {name: self._handles[name] for name in wanted}
+
+    async def _ensure(self, name: str) -> None:
+        svc = self._services[name]
+        if svc.error is not None:
+            raise svc.error
+        if svc.start_task is None:
+            svc.start_task = asyncio.ensure_future(self._start_service(svc))
+        await asyncio.shield(svc.start_task)
+        if svc.state == "running" and svc.runner is not None and not svc.runner.alive():
+            from .runners.subprocess import describe_exit
+
+            svc.error = ServiceDiedError(name, describe_exit(svc.runner.exit_code), log_tail=svc.runner.logs(20))
+            svc.machine.fail()
+            raise svc.error
+
+    async def _start_service(self, svc: _Service) -> None:
+        name = svc.config.name
+        deps = self._graph[name]
+        if deps:
+            results = await asyncio.gather(*(self._ensure(d) for d in deps), return_exceptions=True)
+            for dep, result in zip(deps, results):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    svc.error = DependencyFailedError(name, dep)
+                    if isinstance(result, ServiceStartupError):
+                        svc.error.cause = f"dependency '{dep}' failed: {result.cause}"
+                        svc.error.log_tail = result.log_tail
+                    raise svc.error
+        timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config),
+                               depends_on=tuple(self._graph[name]))
+        assert self._run is not None
+        self._run.services[name] = timing
+        began = _timing.monotonic()
+        timing.started_at = began - self._run_t0
+        ctx = self._context()
+        from .runners import make_runner
+
+        for attempt in range(1, svc.config.retries + 1):
+            svc.attempts = timing.attempts = attempt
+            runner = make_runner(svc.config, ctx, in_process_apps=self.in_process_apps)
+            svc.runner = runner
+            svc.machine.begin()
+            deadline = _timing.monotonic() + svc.config.startup_timeout
+            try:
+                await runner.start(deadline)
+                await runner.wait_ready(deadline)
+            except ServiceStartupError as exc:
+                await self._quiet_stop(runner)
+                svc.machine.fail()
+                if attempt < svc.config.retries:
+                    backoff = min(2.0 ** (attempt - 1), 30.0)
+                    log.warning("%s (attempt %d of %d); retrying in %.0f s", exc, attempt, svc.config.retries, backoff)
+                    await asyncio.sleep(backoff)
+                    continue
+                timing.failed = True
+                svc.error = exc
+                raise
+            except BaseException:
+                await asyncio.shield(self._quiet_stop(runner))
+                svc.machine.fail()
+                raise
+            break
+        now = _timing.monotonic()
+        svc.startup_seconds = timing.startup_seconds = now - began
+        timing.ready_at = now - self._run_t0
+        timing.spawned_at = ((runner.spawned_at or began) - self._run_t0)
+        if svc.config.task:
+            svc.machine.complete()
+        else:
+            svc.machine.ready()
+        log.info("%s ready in %.3f s", name, svc.startup_seconds)
+
+    async def _quiet_stop(self, runner: Any) -> None:
+        try:
+            await runner.stop()
+        except Exception:
+            log.exception("stopping %s after a failed start failed", runner)
+
+    # ------------------------------------------------------------------ internals: stop
+
+    async def _stop(self, names: Iterable[str] | None) -> None:
+        full = names is None
+        targets = set(self._services) if names is None else set(names)
+        unknown = targets - set(self._services)
+        if unknown:
+            from .errors import UnknownServiceError
+
+            raise UnknownServiceError(sorted(unknown), sorted(self._services))
+        t0 = _timing.monotonic()
+        self._stopping = full
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def stop_one(name: str) -> None:
+            dependents = [d for d, deps in self._graph.items() if name in deps and d in tasks]
+            if dependents:
+                await asyncio.gather(*(tasks[d] for d in dependents), return_exceptions=True)
+            await self._stop_service(self._services[name])
+
+        try:
+            for name in sorted(targets):
+                tasks[name] = asyncio.ensure_future(stop_one(name))
+            results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for name, result in zip(tasks, results):
+                if isinstance(result, BaseException):
+                    log.error("stopping service %s failed: %r", name, result)
+        finally:
+            self._stopping = False
+        if full:
+            if self._run is not None:
+                self._run.total_teardown_seconds = _timing.monotonic() - t0
+            self._run = None
+            for svc in self._services.values():
+                svc.error = None
+            await self._release()
+
+    async def _stop_service(self, svc: _Service) -> None:
+        task = svc.start_task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:
+                pass
+        svc.start_task = None
+        runner = svc.runner
+        if svc.state == "stopped" or runner is None:
+            return
+        t0 = _timing.monotonic()
+        svc.machine.halt()
+        try:
+            await runner.stop()
+        finally:
+            svc.machine.finish()
+            svc.start_task = None
+            run = self._run
+            if run is not None and svc.config.name in run.services:
+                run.services[svc.config.name].teardown_seconds = _timing.monotonic() - t0
+
+    async def _release(self) -> None:
+        if self._ctx is not None:
+            await self._ctx.http.close()
+        if self._state_file is not None:
+            self._state_file.close()
+        shutil.rmtree(self.config.tmp_root, ignore_errors=True)
+
+
+def _root_cause(errors: list[BaseException], services: Mapping[str, _Service]) -> BaseException:
+    """The error to show: a service's own failure before a dependent's, lowest level first."""
+    own = [e for e in errors if isinstance(e, LauncherError) and not isinstance(e, DependencyFailedError)]
+    pool = own or errors
+
+    def level(e: BaseException) -> int:
+        svc = services.get(getattr(e, "service", ""))
+        return svc.level if svc else 0
+
+    return sorted(pool, key=level)[0]
+
+
+def run_sync(launcher: UnifiedLauncher, names: Iterable[str] | None = None) -> dict[str, ServiceHandle]:
+    """Start from synchronous code (the plugin, the CLI)."""
+    return launcher._thread.run(launcher._start(names))
+
+
+def stop_sync(launcher: UnifiedLauncher, names: Iterable[str] | None = None) -> None:
+    launcher._thread.run(launcher._stop(names))
+    if names is None:
+        launcher.close()

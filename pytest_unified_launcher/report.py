@@ -1,0 +1,264 @@
+"""Timings, percentiles, the SPEC 5 JSON report, the terminal table and the SVG waterfall.
+
+Everything here is a pure function over plain data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.sax.saxutils import escape
+
+SCHEMA = 1
+
+
+@dataclass
+class ServiceTiming:
+    level: int
+    runner: str
+    started_at: float | None = None
+    spawned_at: float | None = None
+    ready_at: float | None = None
+    startup_seconds: float | None = None
+    teardown_seconds: float | None = None
+    attempts: int = 0
+    depends_on: tuple[str, ...] = ()
+    failed: bool = False
+
+
+@dataclass
+class RunTiming:
+    total_startup_seconds: float = 0.0
+    total_teardown_seconds: float | None = None
+    services: dict[str, ServiceTiming] = field(default_factory=dict)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks (statistics' 'inclusive')."""
+    if not values:
+        return math.nan
+    data = sorted(values)
+    if len(data) == 1:
+        return data[0]
+    pos = (len(data) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (pos - low)
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": _r(percentile(values, 50)),
+        "p95": _r(percentile(values, 95)),
+        "p99": _r(percentile(values, 99)),
+        "max": _r(max(values)) if values else math.nan,
+    }
+
+
+def _r(value: float | None) -> Any:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, 4)
+
+
+def run_to_json(run: RunTiming) -> dict[str, Any]:
+    return {
+        "total_startup_seconds": _r(run.total_startup_seconds),
+        "total_teardown_seconds": _r(run.total_teardown_seconds),
+        "services": {
+            name: {
+                "level": t.level,
+                "runner": t.runner,
+                "started_at": _r(t.started_at),
+                "spawned_at": _r(t.spawned_at),
+                "ready_at": _r(t.ready_at),
+                "startup_seconds": _r(t.startup_seconds),
+                "teardown_seconds": _r(t.teardown_seconds),
+                "attempts": t.attempts,
+                "depends_on": list(t.depends_on),
+                "failed": t.failed,
+            }
+            for name, t in sorted(run.services.items())
+        },
+    }
+
+
+def build_report(
+    runs: Iterable[RunTiming],
+    *,
+    profile: str | None,
+    mode: str,
+    mode_reason: str,
+    budget_seconds: float,
+) -> dict[str, Any]:
+    """The SPEC 5 report: every run, and P50/P95/P99/max over the runs."""
+    run_list = [r for r in runs if r.services]
+    totals = [r.total_startup_seconds for r in run_list]
+    per_service: dict[str, list[float]] = {}
+    teardown: list[float] = []
+    for run in run_list:
+        if run.total_teardown_seconds is not None:
+            teardown.append(run.total_teardown_seconds)
+        for name, t in run.services.items():
+            if t.startup_seconds is not None:
+                per_service.setdefault(name, []).append(t.startup_seconds)
+    summary: dict[str, Any] = {
+        "total": stats(totals) if totals else None,
+        "teardown": stats(teardown) if teardown else None,
+        "services": {name: stats(v) for name, v in sorted(per_service.items())},
+    }
+    p95 = percentile(totals, 95) if totals else 0.0
+    return {
+        "schema": SCHEMA,
+        "profile": profile,
+        "mode": mode,
+        "mode_reason": mode_reason,
+        "budget_seconds": budget_seconds,
+        "runs": [run_to_json(r) for r in run_list],
+        "summary": summary,
+        "budget_ok": bool(p95 <= budget_seconds),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A plain aligned text table (first column left-aligned, the rest right-aligned)."""
+    body = [list(map(str, r)) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in body]
+
+
+def session_summary(report: Mapping[str, Any]) -> list[str]:
+    """The terminal summary of one session (the last run of the report)."""
+    runs = report["runs"]
+    if not runs:
+        return [f"mode: {report['mode']} ({report['mode_reason']}); no services were started"]
+    run = runs[-1]
+    rows = []
+    for name, s in sorted(run["services"].items(), key=lambda kv: (kv[1]["level"], kv[0])):
+        state = "FAILED" if s["failed"] else ""
+        rows.append([name, str(s["level"]), s["runner"], _fmt(s["startup_seconds"]),
+                     _fmt(s["teardown_seconds"]), str(s["attempts"]), state])
+    lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", ""], rows)
+    total = run["total_startup_seconds"]
+    budget = report["budget_seconds"]
+    verdict = "within" if total <= budget else "EXCEEDS"
+    lines.append(f"total startup {total:.3f} s {verdict} the budget of {budget:g} s"
+                 + (f"; teardown {run['total_teardown_seconds']:.3f} s" if run["total_teardown_seconds"] is not None else ""))
+    lines.append(f"mode: {report['mode']} ({report['mode_reason']})")
+    return lines
+
+
+def bench_summary(report: Mapping[str, Any]) -> list[str]:
+    """The bench table: per service and total P50/P95/P99/max over the runs."""
+    summary = report["summary"]
+    rows = []
+    for name, s in summary["services"].items():
+        rows.append([name, _fmt(s["p50"]), _fmt(s["p95"]), _fmt(s["p99"]), _fmt(s["max"])])
+    if summary["total"]:
+        t = summary["total"]
+        rows.append(["TOTAL startup", _fmt(t["p50"]), _fmt(t["p95"]), _fmt(t["p99"]), _fmt(t["max"])])
+    if summary["teardown"]:
+        t = summary["teardown"]
+        rows.append(["TOTAL teardown", _fmt(t["p50"]), _fmt(t["p95"]), _fmt(t["p99"]), _fmt(t["max"])])
+    lines = render_table(["service (seconds)", "p50", "p95", "p99", "max"], rows)
+    verdict = "OK" if report["budget_ok"] else "EXCEEDED"
+    lines.append(f"budget {report['budget_seconds']:g} s for the total P95: {verdict}"
+                 f" ({len(report['runs'])} runs, mode {report['mode']})")
+    return lines
+
+
+def critical_path(services: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The chain of services that determined when the last one became ready."""
+    if not services:
+        return set()
+    done = {n: s for n, s in services.items() if s.get("ready_at") is not None}
+    if not done:
+        return set()
+    current = max(done, key=lambda n: done[n]["ready_at"])
+    path = {current}
+    while True:
+        deps = [d for d in services[current].get("depends_on", []) if d in done]
+        if not deps:
+            return path
+        current = max(deps, key=lambda n: done[n]["ready_at"])
+        path.add(current)
+
+
+def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "startup waterfall") -> str:
+    """A startup waterfall: one bar per service from started_at to ready_at, by level."""
+    services = run["services"]
+    order = sorted(services, key=lambda n: (services[n]["level"], services[n]["started_at"] or 0, n))
+    end = max([s["ready_at"] or 0 for s in services.values()] + [run.get("total_startup_seconds") or 0, 0.001])
+    show_budget = budget_seconds <= end * 1.5
+    span = max(end, budget_seconds) if show_budget else end
+    left, right, row_h, top = 170, 40, 26, 50
+    width = 900
+    plot_w = width - left - right
+    height = top + row_h * len(order) + 60
+
+    def x(t: float) -> float:
+        return left + plot_w * (t / span)
+
+    crit = critical_path(services)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<title>{escape(title)}</title>',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="20" font-size="14" font-weight="bold">{escape(title)}: '
+        f'{run.get("total_startup_seconds", 0):.3f} s</text>',
+        f'<text x="{left}" y="38" fill="#555">light: spawn/setup  dark: waiting for health  '
+        f'red outline: critical path</text>',
+    ]
+    ticks = _ticks(span)
+    for t in ticks:
+        out.append(f'<line x1="{x(t):.1f}" y1="{top - 4}" x2="{x(t):.1f}" y2="{top + row_h * len(order)}" stroke="#eee"/>')
+        out.append(f'<text x="{x(t):.1f}" y="{top + row_h * len(order) + 16}" text-anchor="middle" fill="#555">{t:g} s</text>')
+    last_level = None
+    for i, name in enumerate(order):
+        s = services[name]
+        y = top + i * row_h
+        if s["level"] != last_level:
+            last_level = s["level"]
+            out.append(f'<line x1="0" y1="{y}" x2="{width}" y2="{y}" stroke="#ccc"/>')
+            out.append(f'<text x="4" y="{y + 12}" fill="#888" font-size="10">level {s["level"]}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 17}" text-anchor="end">{escape(name)}</text>')
+        start = s["started_at"] or 0.0
+        spawned = s.get("spawned_at") or start
+        ready = s["ready_at"] if s["ready_at"] is not None else end
+        colour = "#d9534f" if s.get("failed") else "#2b7bb9"
+        stroke = ' stroke="#c00" stroke-width="2"' if name in crit else ""
+        out.append(
+            f'<g class="bar" data-service="{escape(name)}">'
+            f'<rect class="phase-spawn" x="{x(start):.1f}" y="{y + 5}" width="{max(x(spawned) - x(start), 0.5):.1f}" '
+            f'height="{row_h - 10}" fill="{colour}" opacity="0.35"/>'
+            f'<rect class="phase-health" x="{x(spawned):.1f}" y="{y + 5}" width="{max(x(ready) - x(spawned), 1):.1f}" '
+            f'height="{row_h - 10}" fill="{colour}"{stroke}/>'
+            f'<text x="{x(ready) + 4:.1f}" y="{y + 17}" fill="#333">{(s["startup_seconds"] or 0):.3f} s</text>'
+            f'</g>'
+        )
+    if show_budget:
+        out.append(f'<line x1="{x(budget_seconds):.1f}" y1="{top - 8}" x2="{x(budget_seconds):.1f}" '
+                   f'y2="{top + row_h * len(order)}" stroke="#c00" stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{x(budget_seconds) - 4:.1f}" y="{top - 10}" text-anchor="end" fill="#c00">budget {budget_seconds:g} s</text>')
+    else:
+        out.append(f'<text x="{width - right}" y="{top - 10}" text-anchor="end" fill="#080">budget {budget_seconds:g} s (off the scale)</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _ticks(span: float) -> list[float]:
+    raw = span / 6
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [round(i * step, 6) for i in range(int(span / step) + 1)]

@@ -1,0 +1,91 @@
+"""Runners: how one service is started, waited for and stopped.
+
+All share one shape (as mirakuru's executors do): ``start()`` spawns against the attempt's
+deadline, ``wait_ready()`` waits against the same deadline while checking on every poll that
+the process is alive, and ``stop()`` is best-effort and idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import ServiceConfig
+
+if TYPE_CHECKING:
+    from ..health import HttpClient
+
+
+@dataclass
+class RunContext:
+    """What every runner of one launcher shares."""
+
+    launcher_id: str
+    root: Path
+    log_dir: Path
+    base_env: Mapping[str, str]
+    http: HttpClient
+    log_level: str = "info"
+    on_spawn: Callable[[str, int], None] = lambda name, pid: None
+    on_exit: Callable[[str, int], None] = lambda name, pid: None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Runner:
+    """The base shape; see the subclasses."""
+
+    kind = "base"
+
+    def __init__(self, svc: ServiceConfig, ctx: RunContext) -> None:
+        self.svc = svc
+        self.ctx = ctx
+        self.spawned_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def log_path(self) -> Path | None:
+        return None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None
+
+    def alive(self) -> bool:
+        return True
+
+    async def start(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    async def wait_ready(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def logs(self, tail: int = 50) -> str:
+        from .._process import tail as read_tail
+
+        return read_tail(self.log_path, tail)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.svc.name!r} pid={self.pid}>"
+
+
+def make_runner(svc: ServiceConfig, ctx: RunContext, *, in_process_apps: bool) -> Runner:
+    """The runner for ``svc``: apps in-process or as subprocesses, commands, externals."""
+    if svc.kind == "url":
+        from .external import ExternalRunner
+
+        return ExternalRunner(svc, ctx)
+    if svc.kind == "app" and in_process_apps:
+        from .inprocess import InProcessRunner
+
+        return InProcessRunner(svc, ctx)
+    from .subprocess import SubprocessRunner
+
+    return SubprocessRunner(svc, ctx)

@@ -1,0 +1,132 @@
+"""In-process app services (single_process mode): uvicorn servers on the launcher's loop.
+
+The app is imported in the test process, after its ``env`` is put in ``os.environ``, so
+breakpoints and coverage work in app code. Each server has its own pre-bound port.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import _timing
+from ..errors import ServiceStartupError
+from ..health import HealthTimeout, make_probe, wait_healthy
+from . import Runner
+
+_current: contextvars.ContextVar[InProcessRunner | None] = contextvars.ContextVar(
+    "unified_launcher_inprocess_service", default=None
+)
+
+
+class _ServiceLogHandler(logging.Handler):
+    """Writes uvicorn's records to the log file of the service whose task logged them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        runner = _current.get()
+        if runner is None:
+            return
+        try:
+            with open(runner.log_path, "a", encoding="utf-8") as fh:
+                fh.write(self.format(record) + "\n")
+        except OSError:
+            pass
+
+
+_handler: _ServiceLogHandler | None = None
+
+
+def _install_handler() -> None:
+    global _handler
+    if _handler is None:
+        _handler = _ServiceLogHandler()
+        _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("uvicorn").addHandler(_handler)
+
+
+class InProcessRunner(Runner):
+    kind = "in_process"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.server: Any = None
+        self._stopped = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.ctx.log_dir / f"{self.svc.name}.log"
+
+    def alive(self) -> bool:
+        return self.server is not None and not self._stopped
+
+    def _fail(self, cause: str, **kwargs: Any) -> ServiceStartupError:
+        return ServiceStartupError(self.svc.name, cause, log_tail=self.logs(20), **kwargs)
+
+    async def start(self, deadline: float) -> None:
+        from .._asgi import AppImportError, AppServer, LifespanFailed, bind, load_app
+
+        svc = self.svc
+        assert svc.app is not None and svc.port is not None
+        _current.set(self)
+        _install_handler()
+        self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_text("")
+        svc.tmp.mkdir(parents=True, exist_ok=True)
+        os.environ.update(svc.env)
+        self.spawned_at = _timing.monotonic()
+        try:
+            app = load_app(svc.app, self.ctx.root)
+        except AppImportError as exc:
+            raise self._fail(str(exc)) from None
+        except Exception as exc:
+            import traceback
+
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                traceback.print_exc(file=fh)
+            raise self._fail(f"importing {svc.app!r} raised {type(exc).__name__}: {exc}") from None
+        try:
+            sock = bind(svc.host, svc.port)
+        except OSError as exc:
+            from .subprocess import port_holder
+
+            holder = port_holder(svc.port)
+            raise self._fail(
+                f"port {svc.port} already in use" + (f" by {holder}" if holder else "")
+                + f" ({exc.strerror}); stop that process or choose another port"
+            ) from None
+        self.server = AppServer(app, svc.host, svc.port, log_level=self.ctx.log_level)
+        try:
+            await self.server.start(sock)
+        except LifespanFailed as exc:
+            self.server = None
+            raise self._fail(str(exc)) from None
+
+    async def wait_ready(self, deadline: float) -> None:
+        # The socket listens already; one probe confirms the app answers (e.g. /health).
+        if self.svc.health.kind in ("tcp", "alive"):
+            return
+        probe = make_probe(
+            self.svc, self.svc.health, client=self.ctx.http, log_path=self.log_path,
+            env=dict(os.environ), spawned_at=self.spawned_at or _timing.monotonic(),
+        )
+        try:
+            await wait_healthy(probe, deadline=deadline, timeout=self.svc.startup_timeout,
+                               log_path=self.log_path)
+        except HealthTimeout as exc:
+            raise self._fail(
+                f"health check ({self.svc.health.describe()}) timed out after {exc.timeout:.1f} s "
+                f"(last probe: {exc.last})",
+                timeout=exc.timeout,
+            ) from None
+
+    async def stop(self) -> None:
+        if self.server is not None and not self._stopped:
+            self._stopped = True
+            token = _current.set(self)
+            try:
+                await self.server.stop(timeout=self.svc.stop_timeout)
+            finally:
+                _current.reset(token)

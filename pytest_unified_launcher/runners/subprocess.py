@@ -1,0 +1,267 @@
+"""Subprocess services: ``command`` services, tasks, and app services in multi_process mode."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import _timing
+from .._process import OWNER_VAR, SERVICE_VAR, run_to_end, spawn, stop_process, user_ids
+from ..errors import ServiceStartupError
+from ..health import HealthTimeout, NotifySocket, ProcessExited, make_probe, wait_healthy
+from . import Runner
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def port_holder(port: int) -> str:
+    """Best effort: which process listens on ``port`` ("pid 123 (redis-server)")."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except Exception:
+        pass
+    return ""
+
+
+class SubprocessRunner(Runner):
+    kind = "subprocess"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proc: asyncio.subprocess.Process | None = None
+        self._spawning: asyncio.Future[asyncio.subprocess.Process] | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._log_fd: int | None = None
+        self._ready = asyncio.Event()
+        self._ready_fd: int | None = None
+        self._notify: NotifySocket | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.ctx.log_dir / f"{self.svc.name}.log"
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.proc.returncode if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    # ------------------------------------------------------------------ start
+
+    def _env(self) -> dict[str, str]:
+        env = dict(self.ctx.base_env)
+        env.update(self.svc.env)
+        env[OWNER_VAR] = self.ctx.launcher_id
+        env[SERVICE_VAR] = self.svc.name
+        return env
+
+    def _argv(self, ready_fd: int | None) -> list[str]:
+        if self.svc.kind != "app":
+            return list(self.svc.command)
+        assert self.svc.app and self.svc.port is not None
+        argv = [
+            sys.executable, "-m", "pytest_unified_launcher._serve", "--app", self.svc.app,
+            "--host", self.svc.host, "--port", str(self.svc.port), "--app-dir", str(self.ctx.root),
+            "--log-level", self.ctx.log_level,
+        ]
+        if ready_fd is not None:
+            argv += ["--ready-fd", str(ready_fd)]
+        return argv
+
+    def _fail(self, cause: str, **kwargs: Any) -> ServiceStartupError:
+        return ServiceStartupError(self.svc.name, cause, log_tail=self.logs(20), **kwargs)
+
+    def _prepare_tmp(self, ids: tuple[int, int] | None) -> None:
+        root = self.svc.tmp.parent
+        root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(root, 0o711)
+        self.svc.tmp.mkdir(mode=0o700, exist_ok=True)
+        if ids is not None:
+            for dirpath, dirnames, filenames in os.walk(self.svc.tmp):
+                os.chown(dirpath, *ids)
+                for f in filenames:
+                    os.chown(os.path.join(dirpath, f), *ids)
+
+    async def start(self, deadline: float) -> None:
+        svc = self.svc
+        try:
+            ids = user_ids(svc.user)
+        except LookupError as exc:
+            raise self._fail(f"{exc}; create it or remove user = ...") from None
+        self._prepare_tmp(ids)
+        self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        env = self._env()
+        for step in svc.setup:
+            await self._run_setup(step, env, ids, deadline)
+        if svc.port is not None and not svc.task:
+            from .._ports import is_free
+
+            if not is_free(svc.host, svc.port):
+                holder = port_holder(svc.port)
+                raise self._fail(
+                    f"port {svc.port} already in use" + (f" by {holder}" if holder else "")
+                    + "; stop that process or choose another port"
+                )
+        pass_fds: list[int] = []
+        write_fd = None
+        if svc.kind == "app":
+            self._ready_fd, write_fd = os.pipe()
+            pass_fds.append(write_fd)
+            asyncio.get_running_loop().add_reader(self._ready_fd, self._on_ready_pipe)
+        if svc.health.kind == "notify":
+            self._notify = NotifySocket(svc.tmp / "notify.sock")
+            env["NOTIFY_SOCKET"] = str(self._notify.path)
+        self.spawned_at = _timing.monotonic()
+        self._spawning = asyncio.ensure_future(
+            spawn(self._argv(write_fd), env=env, cwd=svc.cwd, log_file=self._log_fd, ids=ids, pass_fds=pass_fds)
+        )
+        try:
+            # Shielded: if we are cancelled (Ctrl-C), the spawn still completes and stop() reaps it.
+            self.proc = await asyncio.shield(self._spawning)
+        except FileNotFoundError:
+            raise self._fail(f"command {self._argv(None)[0]!r} not found; is it installed and on PATH?") from None
+        except PermissionError as exc:
+            raise self._fail(f"cannot run {self._argv(None)[0]!r}: {exc.strerror}") from None
+        except NotADirectoryError:
+            raise self._fail(f"cwd {svc.cwd} is not a folder") from None
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)
+        self.ctx.on_spawn(svc.name, self.proc.pid)
+        self._exited = asyncio.ensure_future(self.proc.wait())
+
+    async def _run_setup(
+        self, step: tuple[str, ...], env: dict[str, str], ids: tuple[int, int] | None, deadline: float
+    ) -> None:
+        assert self._log_fd is not None
+        os.write(self._log_fd, f"$ {shlex.join(step)}\n".encode())
+        try:
+            code = await run_to_end(
+                step, env=env, cwd=self.svc.cwd, log_file=self._log_fd, ids=ids,
+                timeout=max(0.0, deadline - _timing.monotonic()),
+            )
+        except FileNotFoundError:
+            raise self._fail(f"setup command {step[0]!r} not found; is it installed and on PATH?") from None
+        except asyncio.TimeoutError:
+            raise self._fail(
+                f"setup command `{shlex.join(step)}` did not finish within {self.svc.startup_timeout:.1f} s",
+                timeout=self.svc.startup_timeout,
+            ) from None
+        if code != 0:
+            raise self._fail(f"setup command `{shlex.join(step)}` {describe_exit(code)}", exit_code=code)
+
+    def _on_ready_pipe(self) -> None:
+        assert self._ready_fd is not None
+        try:
+            data = os.read(self._ready_fd, 64)
+        except OSError:
+            data = b""
+        if data.startswith(b"ready"):
+            self._ready.set()
+        self._close_ready_pipe()
+
+    def _close_ready_pipe(self) -> None:
+        if self._ready_fd is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._ready_fd)
+            except RuntimeError:
+                pass
+            os.close(self._ready_fd)
+            self._ready_fd = None
+
+    # ------------------------------------------------------------------ readiness
+
+    async def wait_ready(self, deadline: float) -> None:
+        assert self.proc is not None and self._exited is not None
+        timeout = self.svc.startup_timeout
+        if self.svc.task:
+            try:
+                code = await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
+            except asyncio.TimeoutError:
+                raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
+            if code != 0:
+                raise self._fail(describe_exit(code), exit_code=code)
+            return
+        signals: tuple[asyncio.Event, ...] = ()
+        if self.svc.kind == "app":
+            signals = (self._ready,)
+        if self._notify is not None:
+            signals = (self._notify.ready,)
+        probe = make_probe(
+            self.svc, self.svc.health, client=self.ctx.http, log_path=self.log_path,
+            env=self._env(), spawned_at=self.spawned_at or _timing.monotonic(), notify=self._notify,
+        )
+        try:
+            if signals:
+                await self._wait_signal(signals[0], deadline)
+            await wait_healthy(
+                probe, deadline=deadline, timeout=timeout, exited=self._exited,
+                exit_code=lambda: self.exit_code, signals=signals, log_path=self.log_path,
+            )
+        except ProcessExited as exc:
+            raise self._fail(describe_exit(exc.code), exit_code=exc.code) from None
+        except HealthTimeout as exc:
+            raise self._fail(
+                f"health check ({self.svc.health.describe()}) timed out after {exc.timeout:.1f} s "
+                f"(last probe: {exc.last})",
+                timeout=exc.timeout,
+            ) from None
+
+    async def _wait_signal(self, event: asyncio.Event, deadline: float) -> None:
+        """Wait for the ready pipe / READY=1 (no polling), the process's exit, or the deadline."""
+        assert self._exited is not None
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait(
+                {waiter, self._exited}, timeout=max(0.0, deadline - _timing.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        if self.proc is None and self._spawning is not None:
+            try:
+                self.proc = await self._spawning
+            except Exception:
+                self.proc = None
+        try:
+            if self.proc is not None:
+                await stop_process(self.proc, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout)
+                self.ctx.on_exit(self.svc.name, self.proc.pid)
+        finally:
+            self._close_ready_pipe()
+            if self._notify is not None:
+                self._notify.close()
+                self._notify = None
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
