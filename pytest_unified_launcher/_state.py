@@ -73,8 +73,12 @@ def _alive_as(pid: int, token: str) -> bool:
     return token != "?" and process_token(pid) == token
 
 
-def reap(state_dir: Path) -> list[tuple[str, int]]:
-    """Kill what launchers that no longer run left behind; returns ``(service, pid)`` reaped."""
+def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, int]]:
+    """Kill what launchers that no longer run left behind; returns ``(service, pid)`` reaped.
+
+    With ``owner_pid``, also what the launchers owned by that (living) process left: an
+    xdist controller cleaning up after its workers.
+    """
     run_dir = state_dir / "run"
     if not run_dir.is_dir():
         return []
@@ -88,7 +92,8 @@ def reap(state_dir: Path) -> list[tuple[str, int]]:
             log.warning("removing unreadable state file %s", path)
             path.unlink(missing_ok=True)
             continue
-        if _alive_as(int(owner["pid"]), str(owner["token"])):
+        ours = owner_pid is not None and int(owner["pid"]) == owner_pid
+        if not ours and _alive_as(int(owner["pid"]), str(owner["token"])):
             continue  # its launcher still runs: not ours to touch
         for pid_text, info in processes.items():
             pid = int(pid_text)

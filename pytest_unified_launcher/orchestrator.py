@@ -205,6 +205,42 @@ class UnifiedLauncher:
         if names is None:
             self.close()
 
+    def adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool = False) -> None:
+        """Take over a service another process started (xdist ``shared``, ``--launcher-attach``)."""
+        self._thread.run(self._adopt(name, pid=pid, token=token, completed=completed))
+
+    async def _adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool) -> None:
+        from .runners.attached import AttachedRunner
+
+        svc = self._services[name]
+        if svc.state in ("running", "completed") and svc.runner is not None and svc.runner.alive():
+            return
+        svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token)
+        if svc.state != "stopped":
+            if svc.state != "failed":
+                svc.machine.fail()
+        svc.machine.begin()
+        svc.machine.complete() if completed else svc.machine.ready()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        svc.start_task = done  # type: ignore[assignment]
+        svc.error = None
+
+    def forget(self) -> None:
+        """Leave every service running and hand them over (``--launcher-keep``, xdist workers)."""
+        if self._state_file is not None:
+            self._state_file.close()
+        self._thread.run(self._forget())
+        self.close()
+
+    async def _forget(self) -> None:
+        for svc in self._services.values():
+            runner = svc.runner
+            if runner is not None and hasattr(runner, "detach"):
+                runner.detach()
+        if self._ctx is not None:
+            await self._ctx.http.close()
+
     def get_status(self) -> LauncherStatus:
         states = [s.state for s in self._services.values()]
         if self._stopping or "stopping" in states:

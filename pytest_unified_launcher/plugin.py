@@ -1,1 +1,543 @@
-"""pytest plugin (placeholder while building)."""
+"""The pytest11 entry point: options, the ``services`` marker, fixtures, summary, teardown.
+
+Everything heavy is imported only once a config file exists: a project without one pays for a
+few ``stat`` calls. State lives in ``config.stash``; the core knows nothing of pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from collections.abc import Generator, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .errors import ConfigError, LauncherError, UnknownServiceError
+
+if TYPE_CHECKING:
+    from .config import LauncherConfig
+    from .orchestrator import ServiceHandle, UnifiedLauncher
+    from .xdist import SharedEnvironment
+
+_OPTIONS = [
+    ("config", "PATH", "config file (default: launcher.toml in the rootdir, then pyproject.toml)"),
+    ("profile", "NAME", "config profile to merge over the base, e.g. ci"),
+    ("mode", "MODE", "single_process | multi_process | auto"),
+    ("services", "A,B", "services to start at session start"),
+    ("xdist", "MODE", "shared (one environment for all workers) | per_worker"),
+    ("report", "PATH", "write the JSON startup report here"),
+    ("budget", "SECONDS", "fail the session when the environment's startup exceeds this"),
+    ("waterfall", "PATH", "write the startup waterfall SVG here"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("unified-launcher", "service environments (pytest-unified-launcher)")
+    for name, metavar, text in _OPTIONS:
+        group.addoption(f"--launcher-{name}", dest=f"launcher_{name}", metavar=metavar, default=None, help=text)
+        parser.addini(f"launcher_{name}", text, default=None)
+    group.addoption("--launcher-keep", dest="launcher_keep", action="store_true", default=None,
+                    help="leave the services running after the session; prints how to stop them")
+    parser.addini("launcher_keep", "leave the services running after the session", type="bool", default=False)
+    group.addoption("--launcher-attach", dest="launcher_attach", action="store_true", default=None,
+                    help="use the environment `unified-launcher up` is running")
+    parser.addini("launcher_attach", "use the environment `unified-launcher up` runs", type="bool", default=False)
+
+
+def _opt(config: pytest.Config, name: str, namespace: Any = None) -> Any:
+    value = getattr(namespace or config.option, f"launcher_{name}", None)
+    if value is None:
+        value = config.getini(f"launcher_{name}")
+    return value if value not in ("", []) else None
+
+
+class _Session:
+    """The plugin's per-session state, kept in ``config.stash``."""
+
+    def __init__(self, config_path: Path | None, looked: list[str]) -> None:
+        self.config_path = config_path
+        self.looked = looked
+        self.lconfig: LauncherConfig | None = None
+        self.launcher: UnifiedLauncher | None = None
+        self.role = "single"  # or "controller" / "worker"
+        self.shared: SharedEnvironment | None = None
+        self.shared_payload: dict[str, Any] | None = None
+        self.keep = False
+        self.attach = False
+        self.worker_reports: list[dict[str, Any]] = []
+        self.failed_services: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        return self.lconfig is not None
+
+
+_KEY = pytest.StashKey[_Session]()
+
+
+def _xdist_workers(namespace: Any) -> int:
+    n = getattr(namespace, "numprocesses", None)
+    if isinstance(n, str):
+        return 2  # "auto" / "logical": resolved later, assume several
+    if getattr(namespace, "dist", "no") not in (None, "no") and not n:
+        return 2
+    return int(n or 0)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Load the config and export ``[launcher.test_env]`` before any conftest.py is imported."""
+    ns = early_config.known_args_namespace
+    from .config import find_config
+
+    shared_env = os.environ.get("UNIFIED_LAUNCHER_SHARED")
+    in_worker = "PYTEST_XDIST_WORKER" in os.environ
+    payload = json.loads(shared_env) if (shared_env and in_worker) else None
+    path, looked = find_config(
+        explicit=payload["config"] if payload else _opt(early_config, "config", ns),
+        ini=None if payload else early_config.getini("launcher_config") or None,
+        rootdir=early_config.rootpath,
+        invocation_dir=early_config.invocation_params.dir,
+    )
+    session = _Session(path, looked)
+    early_config.stash[_KEY] = session
+    if path is None:
+        return
+    from .config import load_config
+
+    workers = 0 if in_worker else _xdist_workers(ns)
+    session.keep = bool(_opt(early_config, "keep", ns))
+    session.attach = bool(_opt(early_config, "attach", ns))
+    if session.attach and payload is None:
+        payload = _attach_payload(path, early_config, ns)
+    budget = _opt(early_config, "budget", ns)
+    try:
+        lconfig = load_config(
+            path,
+            profile=ns.launcher_profile,
+            mode=ns.launcher_mode,
+            xdist=ns.launcher_xdist,
+            budget=float(ns.launcher_budget) if ns.launcher_budget else None,
+            ini={
+                "profile": early_config.getini("launcher_profile") or None,
+                "mode": early_config.getini("launcher_mode") or None,
+                "xdist": early_config.getini("launcher_xdist") or None,
+                "budget": early_config.getini("launcher_budget") or None,
+            },
+            pinned_ports=payload["ports"] if payload else None,
+            tmp_root=payload["tmp_root"] if payload else None,
+        )
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise pytest.UsageError(f"--launcher-budget {budget!r} is not a number of seconds ({exc})") from None
+    session.lconfig = lconfig
+    if in_worker and payload is not None and lconfig.xdist == "shared":
+        from .xdist import SharedEnvironment
+
+        session.role = "worker"
+        session.shared = SharedEnvironment(Path(payload["folder"]))
+        session.shared_payload = payload
+    elif in_worker:
+        session.role = "worker"
+    elif workers >= 1:
+        session.role = "controller"
+        if lconfig.xdist == "per_worker" and workers > 1:
+            fixed = sorted(n for n, s in lconfig.services.items() if s.port is not None and not s.port_auto and s.kind != "url")
+            if fixed:
+                raise pytest.UsageError(str(ConfigError(
+                    f"fixed port {lconfig.services[fixed[0]].port} cannot be used with xdist = per_worker "
+                    f"and {workers if not isinstance(ns.numprocesses, str) else 'several'} workers: every worker would bind it",
+                    source=str(lconfig.source), service=fixed[0], key="port",
+                    fix='use port = "auto" (or remove port), or --launcher-xdist=shared',
+                )))
+        if lconfig.xdist == "shared":
+            from .xdist import controller_payload
+
+            folder = lconfig.tmp_root.parent / f"{lconfig.tmp_root.name}-xdist"
+            os.environ["UNIFIED_LAUNCHER_SHARED"] = controller_payload(
+                config_path=path, ports=lconfig.ports, tmp_root=lconfig.tmp_root, folder=folder
+            )
+            from .xdist import SharedEnvironment
+
+            session.shared = SharedEnvironment(folder)
+    os.environ.update(lconfig.test_env)
+
+
+def _attach_payload(path: Path, early_config: pytest.Config, ns: Any) -> dict[str, Any]:
+    """The running environment's ports and temp dir, so placeholders name its addresses."""
+    from ._up import read_up_record
+    from .config import load_config
+
+    try:
+        probe = load_config(path, profile=ns.launcher_profile, environ={**os.environ, "LAUNCHER_CONFIG": ""},
+                            pinned_ports=_AllPorts(), tmp_root="/nonexistent")
+        record = read_up_record(probe.state_dir)
+    except LauncherError as exc:
+        raise pytest.UsageError(f"--launcher-attach: {exc}") from None
+    return {"config": str(path), "ports": record.get("ports", {}), "tmp_root": record.get("tmp_root")}
+
+
+class _AllPorts(dict):  # type: ignore[type-arg]
+    """Pinned ports that answer 0 for every service: resolve a config without reserving."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> int:
+        return 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "services(*names): start these launcher services (and their dependencies) before the test",
+    )
+
+
+def _session(config: pytest.Config) -> _Session:
+    session = config.stash.get(_KEY, None)
+    if session is None:  # plugin registered late (e.g. -p from a conftest)
+        session = _Session(None, [])
+        config.stash[_KEY] = session
+    return session
+
+
+def _launcher(config: pytest.Config) -> UnifiedLauncher:
+    session = _session(config)
+    if session.lconfig is None:
+        raise LauncherError(
+            "no launcher config found; looked in: " + "; ".join(session.looked)
+            + ". Create a launcher.toml (`unified-launcher init`) or pass --launcher-config PATH"
+        )
+    if session.launcher is None:
+        from .orchestrator import UnifiedLauncher
+
+        shared = session.shared is not None
+        session.launcher = UnifiedLauncher(
+            session.lconfig,
+            shared_workers=shared,
+            keep=session.keep,
+            owner_pid=session.shared_payload["controller_pid"] if session.shared_payload else None,
+        )
+        if session.attach:
+            _attach(session)
+    return session.launcher
+
+
+def _attach(session: _Session) -> None:
+    from ._up import attach_launcher
+
+    assert session.launcher is not None and session.lconfig is not None
+    attach_launcher(session.launcher, session.lconfig.state_dir)
+
+
+def _marked_services(item: pytest.Item) -> list[str]:
+    names: list[str] = []
+    for marker in item.iter_markers("services"):
+        for arg in marker.args:
+            for name in [arg] if isinstance(arg, str) else arg:
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHandle]:
+    from . import graph as graph_mod
+
+    session = _session(config)
+    launcher = _launcher(config)
+    wanted = sorted(graph_mod.closure(launcher._graph, names))
+    # Fast path: everything already up (a few attribute reads, no thread hop).
+    services = launcher._services
+    if all(services[n].state in ("running", "completed") and services[n].runner is not None
+           and services[n].runner.alive() for n in wanted):
+        return {n: launcher._handles[n] for n in wanted}
+    if session.shared is not None and session.role == "worker":
+        session.shared.ensure(launcher, wanted)
+    else:
+        from .orchestrator import run_sync
+
+        run_sync(launcher, wanted)
+    return {n: launcher._handles[n] for n in wanted}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = _session(session.config)
+    names = _opt(session.config, "services")
+    if state.active and names and state.role != "controller":
+        try:
+            _ensure(session.config, [n.strip() for n in str(names).split(",") if n.strip()])
+        except LauncherError as exc:
+            raise pytest.UsageError(f"--launcher-services: {exc}") from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    names = _marked_services(item)
+    if not names:
+        return
+    state = _session(item.config)
+    if not state.active:
+        pytest.fail(
+            "@pytest.mark.services used, but no launcher config found; looked in: "
+            + "; ".join(state.looked)
+            + ". Create a launcher.toml or pass --launcher-config PATH",
+            pytrace=False,
+        )
+    try:
+        _ensure(item.config, names)
+    except UnknownServiceError as exc:
+        pytest.fail(f"@pytest.mark.services: {exc}", pytrace=False)
+    except LauncherError as exc:
+        if state.launcher is not None:
+            state.failed_services.update(n for n, s in state.launcher._services.items() if s.error)
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        state = item.config.stash.get(_KEY, None)
+        names = _marked_services(item)
+        if state is not None and state.launcher is not None and names:
+            from . import graph as graph_mod
+
+            try:
+                wanted = sorted(graph_mod.closure(state.launcher._graph, names))
+            except LauncherError:
+                wanted = []
+            for name in wanted:
+                text = state.launcher._handles[name].logs(20)
+                if text:
+                    report.sections.append((f"unified-launcher log: {name} (last 20 lines)", text))
+    return report
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class LauncherFacade:
+    """The ``launcher`` fixture: the session's UnifiedLauncher, synchronously."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+
+    @property
+    def _launcher(self) -> UnifiedLauncher:
+        return _launcher(self._config)
+
+    def start(self, names: Iterable[str] | str | None = None) -> dict[str, ServiceHandle]:
+        if isinstance(names, str):
+            names = [names]
+        return _ensure(self._config, names if names is not None else self._launcher._graph)
+
+    def stop(self, names: Iterable[str] | str | None = None) -> None:
+        if isinstance(names, str):
+            names = [names]
+        names = list(names) if names is not None else sorted(self._launcher._graph)
+        self._launcher._thread.run(self._launcher._stop(names))
+        state = _session(self._config)
+        if state.shared is not None:
+            state.shared.forget_stopped(names)
+
+    def service(self, name: str) -> ServiceHandle:
+        return self._launcher.service(name)
+
+    @property
+    def services(self) -> Mapping[str, ServiceHandle]:
+        return self._launcher.services
+
+    @property
+    def status(self) -> Any:
+        return self._launcher.get_status()
+
+    @property
+    def config(self) -> LauncherConfig:
+        return self._launcher.config
+
+    def report(self) -> dict[str, Any]:
+        return self._launcher.report()
+
+    def __repr__(self) -> str:
+        return f"<launcher fixture {self._launcher!r}>"
+
+
+@pytest.fixture(scope="session")
+def launcher(pytestconfig: pytest.Config) -> LauncherFacade:
+    """The session's launcher (start, stop, service, status, report), synchronously."""
+    facade = LauncherFacade(pytestconfig)
+    try:
+        facade._launcher
+    except LauncherError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return facade
+
+
+@pytest.fixture
+def services(request: pytest.FixtureRequest) -> Mapping[str, ServiceHandle]:
+    """Read-only ``name -> ServiceHandle`` of the test's marked services and their dependencies."""
+    names = _marked_services(request.node)
+    if not names:
+        return types.MappingProxyType({})
+    return types.MappingProxyType(_ensure(request.config, names))
+
+
+# --------------------------------------------------------------------------- end of session
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(_KEY, None)
+    if state is None or not state.active:
+        return
+    if state.role == "worker":
+        _finish_worker(session.config, state)
+    elif state.role == "controller":
+        _finish_controller(state)
+    else:
+        _finish_single(session.config, state)
+    report = _combined_report(state)
+    if report is None:
+        return
+    session.config.stash[_REPORT] = report
+    path = _opt(session.config, "report")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    svg = _opt(session.config, "waterfall")
+    if svg and report["runs"]:
+        from .report import render_svg
+
+        Path(svg).write_text(render_svg(report["runs"][-1], budget_seconds=report["budget_seconds"]))
+    if state.role != "worker" and report["runs"]:
+        total = report["runs"][-1]["total_startup_seconds"]
+        if total > report["budget_seconds"] and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_REPORT = pytest.StashKey[dict[str, Any]]()
+
+
+def _finish_single(config: pytest.Config, state: _Session) -> None:
+    launcher = state.launcher
+    if launcher is None:
+        return
+    if state.keep or state.attach:
+        if state.keep and not state.attach:
+            from ._up import write_up_record
+
+            path = write_up_record(launcher)
+            state.keep_message = (
+                f"services left running (--launcher-keep); stop them with: "
+                f"unified-launcher down --config {launcher.config.source}  (state: {path})"
+            )
+        launcher.forget()
+        return
+    from .orchestrator import stop_sync
+
+    stop_sync(launcher)
+
+
+def _finish_worker(config: pytest.Config, state: _Session) -> None:
+    launcher = state.launcher
+    if launcher is not None:
+        report = launcher.report()
+        if state.shared is not None:
+            launcher.forget()  # the controller stops the shared environment
+        else:
+            from .orchestrator import stop_sync
+
+            stop_sync(launcher)
+            report = launcher.report()
+        workeroutput = getattr(config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["unified_launcher_report"] = json.dumps(report)
+
+
+def _finish_controller(state: _Session) -> None:
+    if state.shared is None or state.lconfig is None:
+        return
+    from ._state import reap
+    from .orchestrator import UnifiedLauncher, stop_sync
+
+    record = state.shared.read()
+    launcher = UnifiedLauncher(state.lconfig, shared_workers=True)
+    for name, entry in record.items():
+        if name in launcher._services and entry.get("state") in ("running", "completed"):
+            launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
+                           completed=entry["state"] == "completed")
+    t_stop = launcher
+    stop_sync(t_stop)
+    state.teardown_report = launcher.report()
+    reap(state.lconfig.state_dir, owner_pid=os.getpid())
+    import shutil
+
+    shutil.rmtree(state.shared.folder, ignore_errors=True)
+    shutil.rmtree(state.lconfig.tmp_root, ignore_errors=True)
+
+
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    state = node.config.stash.get(_KEY, None)
+    output = getattr(node, "workeroutput", None) or {}
+    if state is not None and "unified_launcher_report" in output:
+        state.worker_reports.append(json.loads(output["unified_launcher_report"]))
+
+
+def _combined_report(state: _Session) -> dict[str, Any] | None:
+    """This session's report; on the xdist controller, the workers' runs merged into one."""
+    if state.role != "controller":
+        return state.launcher.report() if state.launcher is not None else None
+    if not state.worker_reports:
+        return None
+    from .report import RunTiming, ServiceTiming, build_report
+
+    merged = RunTiming()
+    for rep in state.worker_reports:
+        for run in rep["runs"]:
+            merged.total_startup_seconds += run["total_startup_seconds"]
+            for name, s in run["services"].items():
+                if name not in merged.services:
+                    merged.services[name] = ServiceTiming(
+                        level=s["level"], runner=s["runner"], started_at=s["started_at"],
+                        spawned_at=s.get("spawned_at"), ready_at=s["ready_at"],
+                        startup_seconds=s["startup_seconds"], teardown_seconds=s["teardown_seconds"],
+                        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())), failed=s.get("failed", False),
+                    )
+    teardown = getattr(state, "teardown_report", None)
+    if teardown and teardown["runs"]:
+        run = teardown["runs"][-1]
+        merged.total_teardown_seconds = run["total_teardown_seconds"]
+        for name, s in run["services"].items():
+            if name in merged.services:
+                merged.services[name].teardown_seconds = s["teardown_seconds"]
+    first = state.worker_reports[0]
+    if state.shared is None:
+        # per_worker: every worker had its own environment; each one's startup counts once.
+        merged.total_startup_seconds = max(
+            (run["total_startup_seconds"] for rep in state.worker_reports for run in rep["runs"]), default=0.0
+        )
+    return build_report(
+        [merged], profile=first["profile"], mode=first["mode"], mode_reason=first["mode_reason"],
+        budget_seconds=first["budget_seconds"],
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_KEY, None)
+    report = config.stash.get(_REPORT, None)
+    if state is None or report is None or not report["runs"]:
+        return
+    from .report import session_summary
+
+    terminalreporter.section("unified launcher")
+    for line in session_summary(report):
+        red = "EXCEEDS" in line or "FAILED" in line
+        terminalreporter.line(line, red=red)
+    message = getattr(state, "keep_message", None)
+    if message:
+        terminalreporter.line(message, yellow=True)

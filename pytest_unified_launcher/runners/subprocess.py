@@ -247,6 +247,16 @@ class SubprocessRunner(Runner):
 
     # ------------------------------------------------------------------ stop
 
+    def detach(self) -> None:
+        """Leave the process running; close only what this process holds."""
+        self._close_ready_pipe()
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
     async def stop(self) -> None:
         if self.proc is None and self._spawning is not None:
             try:

@@ -1,0 +1,66 @@
+"""A service another process started (an xdist worker, ``unified-launcher up``): adopted by pid.
+
+It is alive while its pid still names the recorded process; stopping it signals its process
+group like any subprocess service, so a shared environment can be stopped from anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from .._process import kill_pids, process_token
+from . import Runner
+
+
+class AttachedRunner(Runner):
+    kind = "subprocess"
+
+    def __init__(self, *args: Any, pid: int | None, token: str | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pid = pid
+        self._token = token
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.ctx.log_dir / f"{self.svc.name}.log"
+
+    def alive(self) -> bool:
+        if self._pid is None:
+            return True
+        return process_token(self._pid) == self._token
+
+    async def start(self, deadline: float) -> None:  # pragma: no cover - adopted, never started
+        raise RuntimeError("an attached service is not started here")
+
+    async def wait_ready(self, deadline: float) -> None:  # pragma: no cover
+        return None
+
+    async def stop(self) -> None:
+        pid = self._pid
+        if pid is None or not self.alive():
+            return
+        try:
+            os.killpg(pid, self.svc.stop_signal)
+        except OSError:
+            kill_pids([pid], self.svc.stop_signal)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.svc.stop_timeout
+        delay = 0.002
+        while self.alive() and loop.time() < end:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.alive():
+            kill_pids([pid])
+        self.ctx.on_exit(self.svc.name, pid)

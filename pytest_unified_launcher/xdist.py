@@ -1,0 +1,107 @@
+"""One environment shared by every xdist worker: a file lock and a record of what runs.
+
+The first worker that needs a service starts it under the lock and records it (pid and start
+token, or its failure); the others adopt what is recorded, or re-raise the recorded failure
+without another attempt. The controller stops everything after the last worker has finished.
+Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import graph as graph_mod
+from ._process import process_token
+from ._state import write_private
+from .errors import LauncherError, ServiceStartupError
+
+ENV_VAR = "UNIFIED_LAUNCHER_SHARED"
+
+
+class SharedEnvironment:
+    """The shared folder of one xdist session: ``lock`` and ``services.json``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.record_path = folder / "services.json"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.folder / "lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write(self, record: dict[str, Any]) -> None:
+        write_private(self.record_path, record)
+
+    def ensure(self, launcher: Any, names: Iterable[str]) -> None:
+        """Start ``names`` once for all workers: adopt what runs, repeat what failed."""
+        wanted = graph_mod.closure(launcher._graph, names)
+        with self.lock():
+            record = self.read()
+            for name in sorted(wanted):
+                entry = record.get(name)
+                if not entry:
+                    continue
+                if entry["state"] == "failed":
+                    raise ServiceStartupError(name, entry["cause"], log_tail=entry.get("log_tail", ""))
+                pid = entry.get("pid")
+                if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):
+                    launcher.adopt(name, pid=pid, token=entry.get("token"),
+                                   completed=entry["state"] == "completed")
+                else:
+                    record.pop(name)
+            try:
+                from .orchestrator import run_sync
+
+                run_sync(launcher, sorted(wanted))
+            except LauncherError:
+                raise
+            finally:
+                self._record(launcher, wanted, record)
+
+    def _record(self, launcher: Any, names: Iterable[str], record: dict[str, Any]) -> None:
+        for name in names:
+            svc = launcher._services[name]
+            if svc.error is not None:
+                err = svc.error
+                record[name] = {"state": "failed", "cause": err.cause, "log_tail": err.log_tail}
+            elif svc.state in ("running", "completed"):
+                pid = svc.runner.pid if svc.runner is not None else None
+                record[name] = {
+                    "state": svc.state, "pid": pid, "token": process_token(pid) if pid else None,
+                }
+        self.write(record)
+
+    def forget_stopped(self, names: Iterable[str]) -> None:
+        """A service stopped by a test is stopped for every worker: drop its record."""
+        with self.lock():
+            record = self.read()
+            for name in names:
+                record.pop(name, None)
+            self.write(record)
+
+
+def controller_payload(*, config_path: Path, ports: dict[str, int], tmp_root: Path, folder: Path,
+                       controller_pid: int | None = None) -> str:
+    return json.dumps({
+        "config": str(config_path), "ports": ports, "tmp_root": str(tmp_root),
+        "folder": str(folder), "controller_pid": controller_pid or os.getpid(),
+    })
