@@ -1,0 +1,44 @@
+"""Shared test helpers: real processes, and a check that none of them outlives its test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+OWNER_VAR = "UNIFIED_LAUNCHER_OWNER"
+
+
+def launcher_processes() -> list[psutil.Process]:
+    """Every live process started by any launcher (they carry the owner marker variable)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if OWNER_VAR in proc.environ():
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture
+def no_orphans() -> Iterator[None]:
+    """Fail the test if a launcher-started process is still alive after it."""
+    before = {p.pid for p in launcher_processes()}
+    yield
+    leftover = [p for p in launcher_processes() if p.pid not in before]
+    gone, alive = psutil.wait_procs(leftover, timeout=3)
+    assert not alive, f"processes left running: {[(p.pid, p.name()) for p in alive]}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.fail("redis-server is not installed: run ./scripts/setup.sh (the README's test command does)")
+    return path

@@ -1,0 +1,25 @@
+"""A plain TCP server used as a `command` service: python tcp_server.py PORT [--ignore-term] [--fork]."""
+
+import os
+import signal
+import socket
+import sys
+import time
+
+port = int(sys.argv[1])
+if "--ignore-term" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if "--delay" in sys.argv:
+    time.sleep(float(sys.argv[sys.argv.index("--delay") + 1]))
+if "--fork" in sys.argv and os.fork() == 0:
+    # The grandchild: keeps running after its parent is gone, unless the group is killed.
+    while True:
+        time.sleep(1)
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", port))
+sock.listen(16)
+print(f"listening on {port}", flush=True)
+while True:
+    conn, _ = sock.accept()
+    conn.close()

@@ -1,0 +1,51 @@
+"""Small FastAPI apps for the tests."""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+LIFESPAN_EVENTS: list[str] = []
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> Any:
+    LIFESPAN_EVENTS.append("startup")
+    yield
+    LIFESPAN_EVENTS.append("shutdown")
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/health")
+def health() -> dict[str, Any]:
+    return {"ok": True}
+
+
+@app.get("/env/{name}")
+def env(name: str) -> dict[str, Any]:
+    return {"value": os.environ.get(name), "pid": os.getpid()}
+
+
+router = APIRouter()
+
+
+@router.get("/health")
+def router_health() -> dict[str, str]:
+    return {"kind": "router"}
+
+
+def create_app() -> FastAPI:
+    made = FastAPI()
+
+    @made.get("/health")
+    def made_health() -> dict[str, str]:
+        return {"kind": "factory"}
+
+    return made
+
+

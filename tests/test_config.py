@@ -1,0 +1,259 @@
+"""Unit tests for config parsing: every SPEC 1 mistake is one clear ConfigError, never a traceback."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_unified_launcher.config import (
+    load_config,
+    parse,
+    resolve_mode,
+)
+from pytest_unified_launcher.errors import ConfigError
+
+BASE = """
+[services.database]
+command = ["postgres", "-p", "${port}"]
+[services.cache]
+command = "redis-server --port ${port}"
+health = { tcp = true }
+[services.api]
+app = "app:app"
+depends_on = ["database", "cache"]
+env = { DB = "postgresql://127.0.0.1:${services.database.port}/x" }
+[profiles.ci]
+launcher = { mode = "multi_process", startup_timeout = 60 }
+[profiles.ci.services.api.env]
+LOG = "warning"
+[profiles.staging.services.api]
+url = "http://127.0.0.1:9000"
+"""
+
+
+def _ports() -> Any:
+    counter = itertools.count(20000)
+    return lambda name, host: next(counter)
+
+
+def build(text: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("environ", {})
+    return parse(tomllib.loads(textwrap.dedent(text)), source="launcher.toml",
+                 allocate_port=_ports(), tmp_root="/tmp/ul-test", **kwargs)
+
+
+def test_base_config_resolves_every_placeholder() -> None:
+    """Ports are fixed at load time, so dependents' env already holds their addresses."""
+    cfg = build(BASE)
+    db = cfg.services["database"]
+    assert db.command == ("postgres", "-p", str(db.port))
+    assert cfg.services["cache"].command[0:2] == ("redis-server", "--port")
+    assert cfg.services["api"].env["DB"] == f"postgresql://127.0.0.1:{db.port}/x"
+    assert cfg.services["api"].url == f"http://127.0.0.1:{cfg.services['api'].port}"
+    assert cfg.mode == "auto" and cfg.startup_budget == 25
+
+
+def test_profile_overlays_key_by_key() -> None:
+    """A profile merges over the base: tables key by key, other values replaced."""
+    cfg = build(BASE, profile="ci")
+    assert cfg.mode == "multi_process"
+    assert cfg.services["api"].startup_timeout == 60
+    assert set(cfg.services["api"].env) == {"DB", "LOG"}
+
+
+def test_profile_that_changes_kind_drops_old_keys() -> None:
+    """A profile setting url turns the service external and drops the app key."""
+    cfg = build(BASE, profile="staging")
+    api = cfg.services["api"]
+    assert api.kind == "url" and api.url == "http://127.0.0.1:9000" and api.port == 9000
+    assert cfg.graph["api"] == ()  # an external service's dependencies are not started
+
+
+@pytest.mark.parametrize(
+    ("environ", "kwargs", "ini", "expected_mode", "expected_timeout"),
+    [
+        ({}, {}, {}, "auto", 30),
+        ({"LAUNCHER_MODE": "single_process"}, {}, {}, "single_process", 30),
+        ({"LAUNCHER_MODE": "single_process"}, {"mode": "multi_process"}, {}, "multi_process", 30),
+        ({}, {}, {"mode": "multi_process"}, "multi_process", 30),
+        ({"LAUNCHER_MODE": "single_process"}, {}, {"mode": "multi_process"}, "single_process", 30),
+        ({"LAUNCHER_TIMEOUT": "5"}, {}, {}, "auto", 5),
+        ({"LAUNCHER_PROFILE": "ci"}, {}, {}, "multi_process", 60),
+        ({"LAUNCHER_PROFILE": "ci", "LAUNCHER_TIMEOUT": "7"}, {}, {}, "multi_process", 7),
+        ({"LAUNCHER_MODE": "auto_detect"}, {}, {}, "auto", 30),
+    ],
+)
+def test_precedence(environ: dict[str, str], kwargs: dict[str, Any], ini: dict[str, Any],
+                    expected_mode: str, expected_timeout: float) -> None:
+    """Option > LAUNCHER_* > ini > profile > file > defaults."""
+    cfg = build(BASE, environ=environ, ini=ini, **kwargs)
+    assert cfg.mode == expected_mode
+    assert cfg.services["api"].startup_timeout == expected_timeout
+
+
+ERRORS = [
+    # (config text, kwargs, fragments that must all appear in the message)
+    ("[services.a]\ncommand = ['x']\nhelth = { tcp = true }\n", {},
+     ["launcher.toml", "service 'a'", "unknown key 'helth'", "did you mean 'health'"]),
+    ("[services.a]\ncommand = ['x']\nport = 'eighty'\n", {}, ["service 'a'", "key 'port'", "'eighty'"]),
+    ("[services.a]\ncommand = ['x']\nretries = 0\n", {}, ["service 'a'", "key 'retries'"]),
+    ("[services.a]\ncommand = ['x']\ndepends_on = ['b']\n", {}, ["service 'a'", "depends_on", "'b'"]),
+    ("[services.a]\ncommand = ['x']\ndepends_on = ['b']\n[services.b]\ncommand = ['y']\ndepends_on = ['a']\n",
+     {}, ["dependency cycle: a -> b -> a"]),
+    ("[services.a]\ncommand = ['x', '${nope}']\n", {}, ["service 'a'", "key 'command'", "unknown placeholder '${nope}'"]),
+    ("[services.a]\ncommand = ['x']\n[services.b]\ncommand = ['${services.a.port}']\n", {},
+     ["service 'b'", "not among this service's dependencies", "add 'a' to depends_on"]),
+    ("[services.a]\ncommand = ['x']\n", {"profile": "cii"}, ["unknown profile 'cii'", "the file defines no profiles"]),
+    (BASE, {"profile": "cii"}, ["unknown profile 'cii'", "did you mean 'ci'", "known profiles: ci, staging"]),
+    ("[services.a]\napp = 'm:app'\ncommand = ['x']\n", {}, ["service 'a'", "exactly one of app"]),
+    ("[services.a]\n", {}, ["service 'a'", "exactly one of app"]),
+    ("[services.'a b']\ncommand = ['x']\n", {}, ["'a b'", "letters, digits"]),
+    ("[launcher]\nmode = 'fast'\n", {}, ["key 'launcher.mode'", "'fast'"]),
+    ("[launcher]\nmodee = 'auto'\n", {}, ["unknown key 'modee'", "did you mean 'mode'"]),
+    ("[servics.a]\ncommand = ['x']\n", {}, ["unknown top-level table 'servics'", "did you mean 'services'"]),
+    ("[services.a]\ncommand = ['x', '${env.UL_UNSET_VAR}']\n", {}, ["UL_UNSET_VAR is not set", ":-value"]),
+    ("[services.a]\ncommand = ['x']\nstop_signal = 'SIGFOO'\n", {}, ["unknown signal 'SIGFOO'"]),
+    ("[services.a]\ncommand = ['x']\nhealth = { tcp = true }\n", {}, ["tcp probe needs a port"]),
+    ("[services.a]\ncommand = ['x']\nhealth = { http = '/h', tcp = true }\n", {}, ["set exactly one of http"]),
+    ("[services.a]\ncommand = ['x']\nhealth = { log = '([' }\n", {}, ["not a valid regex"]),
+    ("[services.a]\ncommand = ['x']\ntask = true\nhealth = { tcp = true }\n", {}, ["a task has no health probe"]),
+    ("[services.a]\ncommand = ['x']\n", {"environ": {"LAUNCHER_MODE": "turbo"}}, ["LAUNCHER_MODE", "'turbo'"]),
+    ("[services.a]\ncommand = ['x']\n[profiles.ci.services.b]\nport = 1\n", {"profile": "ci"},
+     ["profile 'ci' overrides service 'b'"]),
+]
+
+
+@pytest.mark.parametrize(("text", "kwargs", "fragments"), ERRORS)
+def test_config_mistakes_are_one_clear_message(text: str, kwargs: dict[str, Any], fragments: list[str]) -> None:
+    """Each SPEC 1 mistake raises a ConfigError naming where, what and (usually) the fix."""
+    with pytest.raises(ConfigError) as info:
+        build(text, **kwargs)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert info.value.exit_code == 2
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    """A TOML syntax error names the file and the line."""
+    path = tmp_path / "launcher.toml"
+    path.write_text("[services.a]\ncommand = = 1\n[launcher]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(path) in str(info.value) and "line 2" in str(info.value)
+
+
+def test_missing_file() -> None:
+    """A missing file is a ConfigError with a fix, not a FileNotFoundError."""
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config("/nonexistent/launcher.toml", environ={})
+
+
+def test_placeholders_never_split_arguments() -> None:
+    """A substituted value stays one argv element: spaces and shell syntax are not interpreted."""
+    cfg = build("[services.a]\ncommand = \"echo ${env.HOSTILE}\"\n",
+                environ={"HOSTILE": "x; rm -rf / $(whoami) 'q'"})
+    assert cfg.services["a"].command == ("echo", "x; rm -rf / $(whoami) 'q'")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a$$b", "a$b"),
+        ("${name}-${host}", "svc-127.0.0.1"),
+        ("${tmp}", "/tmp/ul-test/svc"),
+        ("${env.UL_X:-dflt}", "dflt"),
+    ],
+)
+def test_placeholder_values(text: str, expected: str) -> None:
+    """Each placeholder form expands as documented."""
+    cfg = build(f"[services.svc]\ncommand = ['{text}']\n")
+    assert cfg.services["svc"].command == (expected,)
+
+
+def test_ports_only_where_needed() -> None:
+    """A command service gets a port only if it sets one or uses ${port}; a task gets none."""
+    cfg = build("""
+        [services.a]
+        command = ['sleep', '1']
+        [services.b]
+        command = ['srv', '${port}']
+        [services.c]
+        command = ['migrate']
+        task = true
+        [services.d]
+        command = ['srv']
+        port = 7001
+    """)
+    assert cfg.services["a"].port is None and cfg.services["a"].health.kind == "alive"
+    assert cfg.services["b"].port is not None and cfg.services["b"].health.kind == "tcp"
+    assert cfg.services["c"].port is None and cfg.services["c"].health.kind == "exit"
+    assert cfg.services["d"].port == 7001 and not cfg.services["d"].port_auto
+
+
+def test_test_env_sees_every_service() -> None:
+    """[launcher.test_env] may name any service's address."""
+    cfg = build(BASE + '\n[launcher.test_env]\nAPI = "${services.api.url}/v1"\n'.replace("[launcher.test_env]", "[launcher.test_env]"))
+    assert cfg.test_env["API"] == cfg.services["api"].url + "/v1"
+
+
+@pytest.mark.parametrize(
+    ("mode", "shared", "keep", "conflict", "expected", "subprocess_apps"),
+    [
+        ("auto", False, False, False, "single_process", False),
+        ("auto", True, False, False, "multi_process", True),
+        ("auto", False, True, False, "multi_process", True),
+        ("auto", False, False, True, "multi_process", True),
+        ("single_process", True, False, False, "single_process", True),
+        ("multi_process", False, False, False, "multi_process", True),
+    ],
+)
+def test_resolve_mode(mode: str, shared: bool, keep: bool, conflict: bool, expected: str, subprocess_apps: bool) -> None:
+    """auto picks single_process unless xdist sharing, --launcher-keep or an env conflict forbids it."""
+    extra = '[services.b]\napp = "m:b"\nenv = { X = "2" }\n' if conflict else ""
+    cfg = build(f'[launcher]\nmode = "{mode}"\n[services.a]\napp = "m:a"\nenv = {{ X = "1" }}\n{extra}')
+    got, reason, as_sub = resolve_mode(cfg, shared_workers=shared, keep=keep)
+    assert (got, as_sub) == (expected, subprocess_apps)
+    assert reason
+
+
+def test_single_process_env_conflict_is_an_error() -> None:
+    """Explicit single_process with two apps setting one variable differently is a config error."""
+    cfg = build('[launcher]\nmode = "single_process"\n[services.a]\napp = "m:a"\nenv = { X = "1" }\n'
+                '[services.b]\napp = "m:b"\nenv = { X = "2" }\n')
+    with pytest.raises(ConfigError, match="set X to different values"):
+        resolve_mode(cfg)
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    """cwd and state_dir are relative to the config file's folder."""
+    path = tmp_path / "launcher.toml"
+    path.write_text("[services.a]\ncommand = ['x']\ncwd = 'sub'\n")
+    cfg = load_config(path, environ={})
+    assert cfg.services["a"].cwd == (tmp_path / "sub").resolve()
+    assert cfg.state_dir == (tmp_path / ".launcher").resolve()
+
+
+def test_pyproject_table(tmp_path: Path) -> None:
+    """[tool.unified-launcher] in pyproject.toml is read like a launcher.toml."""
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.unified-launcher.services.a]\ncommand = ['x']\n")
+    assert list(load_config(path, environ={}).services) == ["a"]
+
+
+def test_auto_ports_are_distinct_and_outside_the_ephemeral_range(tmp_path: Path) -> None:
+    """load_config reserves distinct ports below the kernel's ephemeral range."""
+    from pytest_unified_launcher import _ports
+
+    path = tmp_path / "launcher.toml"
+    path.write_text("".join(f"[services.s{i}]\ncommand = ['x', '${{port}}']\n" for i in range(20)))
+    ports = list(load_config(path, environ={}).ports.values())
+    other = list(load_config(path, environ={}).ports.values())
+    low, high = _ports.ephemeral_range()
+    assert len(set(ports + other)) == 40
+    assert all(not low <= p <= high for p in ports)

@@ -1,0 +1,312 @@
+"""Integration tests of UnifiedLauncher: real processes, real sockets, real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_unified_launcher import (
+    ConfigError,
+    LauncherStatus,
+    ServiceStartupError,
+    UnifiedLauncher,
+    load_config,
+)
+from pytest_unified_launcher._ports import is_free
+
+APPS = Path(__file__).parent / "apps"
+PY = sys.executable
+TCP = str(APPS / "tcp_server.py")
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "launcher.toml"
+    path.write_text(textwrap.dedent(text).replace("{PY}", PY).replace("{TCP}", TCP))
+    return path
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+GRAPH = """
+[launcher]
+state_dir = "state"
+[services.cache]
+command = "redis-server --port ${port} --bind 127.0.0.1 --save '' --appendonly no"
+[services.plain]
+command = ["{PY}", "{TCP}", "${port}"]
+[services.seed]
+command = ["{PY}", "-c", "print('seeded')"]
+task = true
+depends_on = ["plain"]
+[services.api]
+app = "web:app"
+depends_on = ["cache", "seed"]
+health = { http = "/health" }
+env = { REDIS_URL = "redis://127.0.0.1:${services.cache.port}/0", GREETING = "hi" }
+[services.router]
+app = "web:router"
+depends_on = ["api"]
+env = { API_URL = "${services.api.url}" }
+[services.factory]
+app = "web:create_app"
+health = { http = "/health" }
+"""
+
+
+@pytest.fixture
+def graph_config(tmp_path: Path) -> Path:
+    path = write_config(tmp_path, GRAPH)
+    (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
+    return path
+
+
+@pytest.mark.parametrize("mode", ["single_process", "multi_process"])
+async def test_graph_starts_and_stops_cleanly(graph_config: Path, mode: str, redis_server: str, no_orphans: None) -> None:
+    """Both modes bring up the whole graph with the same URLs contract and leave nothing behind."""
+    config = load_config(graph_config, mode=mode, environ={})
+    launcher = UnifiedLauncher(config)
+    try:
+        handles = await launcher.start()
+        assert launcher.get_status() is LauncherStatus.RUNNING
+        assert get_json(handles["api"].url + "/health") == {"ok": True}
+        assert get_json(handles["api"].url + "/env/GREETING")["value"] == "hi"
+        assert get_json(handles["router"].url + "/health") == {"kind": "router"}
+        assert get_json(handles["factory"].url + "/health") == {"kind": "factory"}
+        assert handles["seed"].state == "completed" and handles["cache"].state == "running"
+        expected_runner = "in_process" if mode == "single_process" else "subprocess"
+        assert handles["api"].runner == expected_runner
+        assert (handles["api"].pid is None) == (mode == "single_process")
+        assert handles["router"].level == 3 and handles["cache"].level == 0
+        report = launcher.report()
+        api = report["runs"][0]["services"]["api"]
+        seed = report["runs"][0]["services"]["seed"]
+        assert api["started_at"] >= seed["ready_at"]  # started only once its dependencies were ready
+        ports = [h.port for h in handles.values() if h.port]
+    finally:
+        await launcher.stop()
+    assert launcher.get_status() is LauncherStatus.STOPPED
+    assert all(is_free("127.0.0.1", p) for p in ports)
+    assert launcher.report()["runs"][0]["total_teardown_seconds"] is not None
+
+
+async def test_start_subset_starts_only_its_closure(graph_config: Path, no_orphans: None) -> None:
+    """start(['seed']) starts seed and plain, nothing else."""
+    async with UnifiedLauncher(load_config(graph_config, environ={})) as launcher:
+        handles = await launcher.start(["seed"])
+        assert sorted(handles) == ["plain", "seed"]
+        assert launcher.services["cache"].state == "stopped"
+
+
+async def test_exit_during_startup_fails_at_once_with_code_and_tail(tmp_path: Path, no_orphans: None) -> None:
+    """A process that dies during startup is reported with its exit code and output, not a timeout."""
+    path = write_config(tmp_path, """
+        [services.crash]
+        command = ["{PY}", "-c", "import sys; print('boom: bad settings'); sys.exit(3)"]
+        port = "auto"
+        startup_timeout = 120
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    assert info.value.service == "crash"
+    assert "exited with code 3" in str(info.value) and "boom: bad settings" in str(info.value)
+    assert launcher.get_status() is LauncherStatus.STOPPED
+
+
+async def test_health_timeout_names_the_last_probe(tmp_path: Path, no_orphans: None) -> None:
+    """A service that never becomes healthy is killed and reported with the last probe's answer."""
+    path = write_config(tmp_path, """
+        [services.mute]
+        command = ["{PY}", "-c", "import time; print('starting'); time.sleep(60)"]
+        port = "auto"
+        health = { tcp = true }
+        startup_timeout = 1
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    assert "health check (tcp) timed out after 1.0 s (last probe: connection refused)" in str(info.value)
+    assert "starting" in info.value.log_tail
+
+
+async def test_failure_fails_dependents_and_spares_others(tmp_path: Path, no_orphans: None) -> None:
+    """A failed service fails its dependents without starting them; unrelated services run on."""
+    path = write_config(tmp_path, """
+        [services.good]
+        command = ["{PY}", "{TCP}", "${port}"]
+        [services.bad]
+        command = ["{PY}", "-c", "raise SystemExit(7)"]
+        [services.child]
+        command = ["{PY}", "{TCP}", "${port}"]
+        depends_on = ["bad"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+        assert info.value.service == "bad" and "exited with code 7" in str(info.value)
+        assert launcher.services["good"].state == "running"
+        assert launcher.services["child"].state == "stopped" and launcher.services["child"].pid is None
+        assert launcher.get_status() is LauncherStatus.DEGRADED
+        # Remembered: asking again fails the same way without another attempt.
+        with pytest.raises(ServiceStartupError, match="service 'bad' failed to start: exited with code 7"):
+            await launcher.start(["child"])
+        assert launcher.report()["runs"][0]["services"]["bad"]["attempts"] == 1
+
+
+async def test_failing_task_reports_its_output(tmp_path: Path, no_orphans: None) -> None:
+    """A task that exits non-zero fails with its log tail; its dependents never start."""
+    path = write_config(tmp_path, """
+        [services.migrate]
+        command = ["{PY}", "-c", "print('migration 002 failed'); raise SystemExit(1)"]
+        task = true
+        [services.app]
+        command = ["{PY}", "{TCP}", "${port}"]
+        depends_on = ["migrate"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    assert info.value.service == "migrate" and "migration 002 failed" in info.value.log_tail
+
+
+async def test_retries_with_backoff(tmp_path: Path, no_orphans: None) -> None:
+    """retries = 2: a first failed attempt is followed by a second, which succeeds."""
+    marker = tmp_path / "tried"
+    path = write_config(tmp_path, f"""
+        [services.flaky]
+        command = ["{{PY}}", "-c", "import os,sys,runpy; p='{marker}'; done=os.path.exists(p); open(p,'w').close(); sys.argv=['x','${{port}}']; sys.exit(1) if not done else runpy.run_path('{{TCP}}', run_name='__main__')"]
+        retries = 2
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handles = await launcher.start()
+        assert handles["flaky"].state == "running"
+        assert launcher.report()["runs"][0]["services"]["flaky"]["attempts"] == 2
+
+
+async def test_sigterm_ignored_gets_sigkill_and_grandchild_dies(tmp_path: Path, no_orphans: None) -> None:
+    """A service ignoring SIGTERM is killed after stop_timeout; a forked grandchild does not survive."""
+    path = write_config(tmp_path, """
+        [services.stubborn]
+        command = ["{PY}", "{TCP}", "${port}", "--ignore-term"]
+        stop_timeout = 0.5
+        [services.forker]
+        command = ["{PY}", "{TCP}", "${port}", "--fork"]
+    """)
+    import psutil
+
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handles = await launcher.start()
+        kids = psutil.Process(handles["forker"].pid).children(recursive=True)
+        assert kids, "the forker should have a child"
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
+
+
+async def test_port_in_use_is_reported(tmp_path: Path, no_orphans: None) -> None:
+    """A fixed port another process holds fails that service naming the port."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    path = write_config(tmp_path, f"""
+        [services.clash]
+        command = ["{{PY}}", "{{TCP}}", "${{port}}"]
+        port = {port}
+    """)
+    try:
+        async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+            with pytest.raises(ServiceStartupError, match=f"port {port} already in use"):
+                await launcher.start()
+    finally:
+        holder.close()
+
+
+async def test_setup_runs_before_every_start(tmp_path: Path, no_orphans: None) -> None:
+    """setup commands run before the service, in its ${tmp}; a failing setup fails the start."""
+    path = write_config(tmp_path, """
+        [services.svc]
+        setup = [["{PY}", "-c", "open('${tmp}/ready.txt','w').write('x')"]]
+        command = ["{PY}", "-c", "import os,sys,runpy; assert os.path.exists('${tmp}/ready.txt'); sys.argv=['x','${port}']; runpy.run_path('{TCP}', run_name='__main__')"]
+        [services.badsetup]
+        setup = ["false"]
+        command = ["sleep", "30"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        assert (await launcher.start(["svc"]))["svc"].state == "running"
+        with pytest.raises(ServiceStartupError, match="setup command `false` exited with code 1"):
+            await launcher.start(["badsetup"])
+
+
+async def test_handle_restart_and_died_service(tmp_path: Path, no_orphans: None) -> None:
+    """restart() gives a new process; a service that dies is reported on the next start, not restarted."""
+    import os
+    import signal
+
+    path = write_config(tmp_path, """
+        [services.svc]
+        command = ["{PY}", "{TCP}", "${port}"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handle = (await launcher.start())["svc"]
+        first = handle.pid
+        await handle.arestart()
+        assert handle.pid != first and handle.state == "running"
+        os.kill(handle.pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        with pytest.raises(ServiceStartupError, match="is no longer running: was killed by SIGKILL"):
+            await launcher.start()
+
+
+async def test_in_process_app_sees_env_and_lifespan(graph_config: Path, no_orphans: None) -> None:
+    """An in-process app's env is in os.environ before import, and its lifespan runs both ways."""
+    config = load_config(graph_config, mode="single_process", environ={})
+    launcher = UnifiedLauncher(config)
+    try:
+        handles = await launcher.start(["api"])
+        import web  # the test's copy, imported by the launcher from the config folder
+
+        assert web.LIFESPAN_EVENTS == ["startup"]
+        assert get_json(handles["api"].url + "/env/REDIS_URL")["value"].startswith("redis://127.0.0.1:")
+    finally:
+        await launcher.stop()
+    assert web.LIFESPAN_EVENTS == ["startup", "shutdown"]
+    sys.modules.pop("web", None)
+
+
+async def test_bad_app_import_string(tmp_path: Path, no_orphans: None) -> None:
+    """A wrong app import string fails that service with a precise message in both modes."""
+    path = write_config(tmp_path, """
+        [services.api]
+        app = "nosuchmodule:app"
+    """)
+    for mode in ("single_process", "multi_process"):
+        async with UnifiedLauncher(load_config(path, mode=mode, environ={})) as launcher:
+            with pytest.raises(ServiceStartupError, match="cannot import module 'nosuchmodule'"):
+                await launcher.start()
+
+
+def test_explicit_single_process_conflict_raises_config_error(tmp_path: Path) -> None:
+    """Two in-process apps with one variable set differently cannot share a process."""
+    path = write_config(tmp_path, """
+        [launcher]
+        mode = "single_process"
+        [services.a]
+        app = "web:app"
+        env = { X = "1" }
+        [services.b]
+        app = "web:app"
+        env = { X = "2" }
+    """)
+    with pytest.raises(ConfigError, match="set X to different values"):
+        UnifiedLauncher(load_config(path, environ={}))

@@ -1,0 +1,89 @@
+"""Unit tests for percentiles, the SPEC 5 report and the SVG waterfall."""
+
+from __future__ import annotations
+
+import statistics
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from pytest_unified_launcher.report import (
+    RunTiming,
+    ServiceTiming,
+    build_report,
+    critical_path,
+    percentile,
+    render_svg,
+    session_summary,
+)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[1.0, 2.0], [0.3, 0.1, 0.2], [5.0, 1.0, 9.0, 3.0, 7.0], [float(i) for i in range(1, 101)], [0.9, 0.91, 0.95, 1.2]],
+)
+def test_percentiles_match_statistics_quantiles(values: list[float]) -> None:
+    """P50/P95/P99 agree with statistics.quantiles(method='inclusive')."""
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    assert percentile(values, 50) == pytest.approx(q[49])
+    assert percentile(values, 95) == pytest.approx(q[94])
+    assert percentile(values, 99) == pytest.approx(q[98])
+
+
+def test_percentile_of_one_value() -> None:
+    """One run: every percentile is that run."""
+    assert percentile([0.4], 95) == 0.4
+
+
+def _run(total: float, gw: float) -> RunTiming:
+    return RunTiming(
+        total_startup_seconds=total,
+        total_teardown_seconds=0.1,
+        services={
+            "db": ServiceTiming(level=0, runner="subprocess", started_at=0.0, spawned_at=0.01, ready_at=0.3,
+                                startup_seconds=0.3, teardown_seconds=0.05, attempts=1),
+            "cache": ServiceTiming(level=0, runner="subprocess", started_at=0.0, spawned_at=0.0, ready_at=0.1,
+                                   startup_seconds=0.1, teardown_seconds=0.01, attempts=1),
+            "gw": ServiceTiming(level=1, runner="in_process", started_at=0.3, spawned_at=0.3, ready_at=0.3 + gw,
+                                startup_seconds=gw, teardown_seconds=0.01, attempts=1, depends_on=("db", "cache")),
+        },
+    )
+
+
+def test_report_schema() -> None:
+    """The report has SPEC 5's keys and its summary is computed over the runs."""
+    report = build_report([_run(0.5, 0.2), _run(0.7, 0.4)], profile="ci", mode="multi_process",
+                          mode_reason="asked", budget_seconds=0.6)
+    assert report["schema"] == 1 and report["profile"] == "ci" and report["mode"] == "multi_process"
+    assert len(report["runs"]) == 2
+    gw = report["runs"][0]["services"]["gw"]
+    assert {"level", "runner", "started_at", "ready_at", "startup_seconds", "teardown_seconds", "attempts"} <= set(gw)
+    assert report["summary"]["total"]["p50"] == pytest.approx(0.6)
+    assert report["summary"]["services"]["gw"]["max"] == pytest.approx(0.4)
+    assert report["budget_ok"] is False  # P95 0.69 > 0.6
+
+
+def test_summary_lines_mark_a_budget_overrun() -> None:
+    """The terminal summary says when the startup exceeds the budget."""
+    report = build_report([_run(2.0, 0.2)], profile=None, mode="single_process", mode_reason="auto", budget_seconds=1.0)
+    text = "\n".join(session_summary(report))
+    assert "EXCEEDS the budget of 1 s" in text and "gw" in text and "single_process (auto)" in text
+
+
+def test_critical_path() -> None:
+    """The critical path follows the latest-ready dependency back from the last service."""
+    report = build_report([_run(0.5, 0.2)], profile=None, mode="m", mode_reason="r", budget_seconds=25)
+    assert critical_path(report["runs"][0]["services"]) == {"gw", "db"}
+
+
+def test_svg_waterfall() -> None:
+    """The SVG parses, has one bar per service, and each bar starts at its started_at."""
+    report = build_report([_run(0.5, 0.2)], profile=None, mode="m", mode_reason="r", budget_seconds=0.6)
+    svg = render_svg(report["runs"][0], budget_seconds=0.6)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    bars = [g for g in root.iter(f"{ns}g") if g.get("class") == "bar"]
+    assert sorted(g.get("data-service") for g in bars) == ["cache", "db", "gw"]
+    xs = {g.get("data-service"): float(g.find(f"{ns}rect").get("x")) for g in bars}
+    assert xs["db"] == xs["cache"] < xs["gw"]
+    assert "budget 0.6 s" in svg
