@@ -270,6 +270,7 @@ async def test_handle_restart_and_died_service(tmp_path: Path, no_orphans: None)
 
 async def test_in_process_app_sees_env_and_lifespan(graph_config: Path, no_orphans: None) -> None:
     """An in-process app's env is in os.environ before import, and its lifespan runs both ways."""
+    sys.modules.pop("web", None)
     config = load_config(graph_config, mode="single_process", environ={})
     launcher = UnifiedLauncher(config)
     try:
