@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import graph as graph_mod
+from ._discovery import CONFIG_FILENAME, find_config
 from .errors import ConfigError
 
 Mode = Literal["single_process", "multi_process", "auto"]
@@ -29,7 +30,6 @@ PortAllocator = Callable[[str, str], int]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
-CONFIG_FILENAME = "launcher.toml"
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_BUDGET = 25.0
 
@@ -905,43 +905,6 @@ def read_toml(path: Path) -> dict[str, Any]:
             )
         return dict(section)
     return data
-
-
-def find_config(
-    *,
-    explicit: str | os.PathLike[str] | None = None,
-    ini: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    rootdir: Path | None = None,
-    invocation_dir: Path | None = None,
-) -> tuple[Path | None, list[str]]:
-    """The config file to use and, for the error when there is none, where we looked."""
-    environ = os.environ if environ is None else environ
-    looked: list[str] = []
-    for given, origin in ((explicit, "--launcher-config"), (ini, "ini launcher_config"),
-                          (environ.get("LAUNCHER_CONFIG"), "LAUNCHER_CONFIG")):
-        if given:
-            path = Path(given)
-            if not path.is_absolute() and origin == "ini launcher_config" and rootdir:
-                path = rootdir / path
-            return path.resolve(), [f"{origin}={given}"]
-    for folder in dict.fromkeys(d for d in (rootdir, invocation_dir) if d is not None):
-        candidate = folder / CONFIG_FILENAME
-        looked.append(str(candidate))
-        if candidate.is_file():
-            return candidate.resolve(), looked
-    if rootdir is not None:
-        pyproject = rootdir / "pyproject.toml"
-        looked.append(f"{pyproject} [tool.unified-launcher]")
-        if pyproject.is_file() and "unified-launcher" in pyproject.read_text(encoding="utf-8", errors="replace"):
-            import tomllib
-
-            try:
-                if "unified-launcher" in tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}):
-                    return pyproject.resolve(), looked
-            except tomllib.TOMLDecodeError:
-                return pyproject.resolve(), looked
-    return None, looked
 
 
 def load_config(

@@ -91,7 +91,7 @@ def _xdist_workers(namespace: Any) -> int:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     """Load the config and export ``[launcher.test_env]`` before any conftest.py is imported."""
     ns = early_config.known_args_namespace
-    from .config import find_config
+    from ._discovery import find_config
 
     shared_env = os.environ.get("UNIFIED_LAUNCHER_SHARED")
     in_worker = "PYTEST_XDIST_WORKER" in os.environ

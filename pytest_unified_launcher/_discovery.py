@@ -1,0 +1,46 @@
+"""Finding the config file: cheap (a few ``stat`` calls), so the plugin costs nothing without one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+CONFIG_FILENAME = "launcher.toml"
+
+
+def find_config(
+    *,
+    explicit: str | os.PathLike[str] | None = None,
+    ini: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    rootdir: Path | None = None,
+    invocation_dir: Path | None = None,
+) -> tuple[Path | None, list[str]]:
+    """The config file to use and, for the error when there is none, where we looked."""
+    environ = os.environ if environ is None else environ
+    looked: list[str] = []
+    for given, origin in ((explicit, "--launcher-config"), (ini, "ini launcher_config"),
+                          (environ.get("LAUNCHER_CONFIG"), "LAUNCHER_CONFIG")):
+        if given:
+            path = Path(given)
+            if not path.is_absolute() and origin == "ini launcher_config" and rootdir:
+                path = rootdir / path
+            return path.resolve(), [f"{origin}={given}"]
+    for folder in dict.fromkeys(d for d in (rootdir, invocation_dir) if d is not None):
+        candidate = folder / CONFIG_FILENAME
+        looked.append(str(candidate))
+        if candidate.is_file():
+            return candidate.resolve(), looked
+    if rootdir is not None:
+        pyproject = rootdir / "pyproject.toml"
+        looked.append(f"{pyproject} [tool.unified-launcher]")
+        if pyproject.is_file() and "unified-launcher" in pyproject.read_text(encoding="utf-8", errors="replace"):
+            import tomllib
+
+            try:
+                if "unified-launcher" in tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}):
+                    return pyproject.resolve(), looked
+            except tomllib.TOMLDecodeError:
+                return pyproject.resolve(), looked
+    return None, looked

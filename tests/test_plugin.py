@@ -1,0 +1,344 @@
+"""pytester acceptance tests of the pytest plugin, in subprocesses with real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import launcher_processes
+
+APPS = Path(__file__).parent / "apps"
+PY = sys.executable
+TCP = str(APPS / "tcp_server.py")
+
+CONFIG = f"""
+[launcher]
+state_dir = "state"
+[launcher.test_env]
+API_URL = "${{services.api.url}}"
+[services.plain]
+command = ["{PY}", "{TCP}", "${{port}}"]
+[services.api]
+app = "web:app"
+depends_on = ["plain"]
+health = {{ http = "/health" }}
+env = {{ PLAIN_PORT = "${{services.plain.port}}" }}
+[services.broken]
+command = ["{PY}", "-c", "print('cannot connect to the database'); raise SystemExit(3)"]
+port = "auto"
+[services.needs_broken]
+command = ["{PY}", "{TCP}", "${{port}}"]
+depends_on = ["broken"]
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makefile(".toml", launcher=CONFIG)
+    (pytester.path / "web.py").write_text((APPS / "web.py").read_text())
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    return pytester
+
+
+def test_marker_services_fixture_and_summary(project: pytest.Pytester, no_orphans: None) -> None:
+    """Marked tests get their services and dependencies; the summary lists each service."""
+    project.makeconftest("""
+        import os
+        # [launcher.test_env] is exported before any conftest.py is imported.
+        IMPORT_TIME_API_URL = os.environ["API_URL"]
+    """)
+    project.makepyfile("""
+        import json, os, urllib.request
+        import pytest
+        import conftest
+
+        @pytest.mark.services("api")
+        def test_api(services):
+            assert sorted(services) == ["api", "plain"]
+            assert conftest.IMPORT_TIME_API_URL == services["api"].url
+            body = json.loads(urllib.request.urlopen(services["api"].url + "/env/PLAIN_PORT").read())
+            assert body["value"] == str(services["plain"].port)
+            with pytest.raises(TypeError):
+                services["x"] = 1
+
+        @pytest.mark.services("plain")
+        class TestClass:
+            def test_in_class(self, services, launcher):
+                assert services["plain"].state == "running"
+                assert launcher.service("api").state == "running"
+
+        def test_needs_nothing(services):
+            assert dict(services) == {}
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-report=report.json")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*= unified launcher =*", "*plain*0*subprocess*", "*api*1*in_process*",
+                                 "total startup * s within the budget of 25 s*", "mode: single_process (auto:*"])
+    report = json.loads((project.path / "report.json").read_text())
+    assert report["schema"] == 1 and set(report["runs"][0]["services"]) == {"api", "plain"}
+
+
+def test_failed_service_errors_each_test_once(project: pytest.Pytester, no_orphans: None) -> None:
+    """A failing service errors every test needing it with its cause and output; others pass."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("broken")
+        def test_one(): pass
+
+        @pytest.mark.services("needs_broken")
+        def test_two(): pass
+
+        @pytest.mark.services("plain")
+        def test_other(services): assert services["plain"].pid
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*service 'broken' failed to start: exited with code 3*",
+                                 "*cannot connect to the database*"])
+    assert result.stdout.str().count("$ ") == 0
+    assert "Traceback" not in result.stdout.str()
+    report_attempts = result.stdout.str()
+    assert "broken" in report_attempts
+
+
+def test_unknown_service_lists_known(project: pytest.Pytester) -> None:
+    """An unknown name in the marker errors that test, listing the known services."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("apii")
+        def test_x(): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*unknown service 'apii'; the config defines: api, broken, needs_broken, plain*"])
+
+
+def test_config_error_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """A config mistake ends the run with exit code 4 and the message, no traceback."""
+    pytester.makefile(".toml", launcher="[services.a]\ncommand = ['x']\ndepends_on = ['b']\n[services.b]\ncommand = ['y']\ndepends_on = ['a']\n")
+    pytester.makepyfile("def test_x(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*launcher config error in *launcher.toml*dependency cycle: a -> b -> a*"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_unknown_profile_is_a_usage_error(project: pytest.Pytester) -> None:
+    """--launcher-profile with an unknown name lists what is known."""
+    project.makepyfile("def test_x(): pass\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-profile=nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown profile 'nope'*"])
+
+
+def test_marker_without_config(pytester: pytest.Pytester) -> None:
+    """The marker with no config errors the test, saying where it looked."""
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_x(): pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*no launcher config found; looked in: *launcher.toml*"])
+
+
+def test_no_config_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
+    """Without a config and marker, the plugin imports none of uvicorn, fastapi, aiohttp, pydantic."""
+    pytester.makepyfile("""
+        import sys
+        def test_x():
+            heavy = [m for m in ("uvicorn", "fastapi", "aiohttp", "pydantic", "statemachine") if m in sys.modules]
+            assert heavy == []
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:benchmark")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / ".launcher").exists()
+
+
+def test_budget_gate_fails_the_session(project: pytest.Pytester, no_orphans: None) -> None:
+    """A startup over --launcher-budget makes the session exit 1 even if every test passed."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_x(): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-budget=0.000001")
+    result.assert_outcomes(passed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*EXCEEDS the budget of 1e-06 s*"])
+
+
+def test_service_dying_mid_session_is_reported(project: pytest.Pytester, no_orphans: None) -> None:
+    """A service that dies is reported on the next test that needs it, with no silent restart."""
+    project.makepyfile("""
+        import os, signal, time
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_kill(services):
+            os.kill(services["plain"].pid, signal.SIGKILL)
+            time.sleep(0.3)
+
+        @pytest.mark.services("plain")
+        def test_next(): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*service 'plain' is no longer running: was killed by SIGKILL*"])
+
+
+def test_failing_test_gets_service_logs(project: pytest.Pytester, no_orphans: None) -> None:
+    """A failing test's report carries its services' log tails as a section."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_fails(): assert False
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*unified-launcher log: plain (last 20 lines)*", "listening on *"])
+
+
+def test_async_test_and_fault_injection(project: pytest.Pytester, no_orphans: None) -> None:
+    """Async tests use the fixtures too; restart() gives the service a new process."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.services("plain")
+        async def test_restart(services):
+            old = services["plain"].pid
+            services["plain"].restart()
+            assert services["plain"].pid != old and services["plain"].state == "running"
+            assert "listening on" in services["plain"].logs()
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def _run_pytest(path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([PY, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for(path: Path, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > end:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+def test_ctrl_c_during_tests_stops_everything(project: pytest.Pytester, no_orphans: None) -> None:
+    """SIGINT while a test runs: the session ends and no service process survives."""
+    project.makepyfile("""
+        import pathlib, time
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_wait():
+            pathlib.Path("started").touch()
+            time.sleep(60)
+    """)
+    proc = _run_pytest(project.path, "--launcher-mode=multi_process")
+    _wait_for(project.path / "started")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out
+
+
+def test_ctrl_c_during_startup_stops_everything(project: pytest.Pytester, no_orphans: None) -> None:
+    """SIGINT while services are still starting: what was spawned is stopped."""
+    slow = f'[services.slow]\ncommand = ["{PY}", "{TCP}", "${{port}}", "--delay", "30"]\ndepends_on = ["plain"]\n'
+    (project.path / "launcher.toml").write_text(CONFIG + slow)
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("slow")
+        def test_x(): pass
+    """)
+    proc = _run_pytest(project.path)
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if any(p.environ().get("UNIFIED_LAUNCHER_SERVICE") == "slow" for p in launcher_processes()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+
+
+def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, no_orphans: None) -> None:
+    """A SIGKILLed session leaves services behind; the next run reaps exactly those."""
+    bystander = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+    project.makepyfile("""
+        import pathlib, time
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_wait(services):
+            pathlib.Path("pid").write_text(str(services["plain"].pid))
+            time.sleep(60)
+    """)
+    proc = _run_pytest(project.path)
+    _wait_for(project.path / "pid")
+    time.sleep(0.1)
+    orphan = int((project.path / "pid").read_text())
+    proc.kill()  # SIGKILL: no teardown runs
+    proc.communicate()
+    assert psutil.pid_exists(orphan), "the killed session's service should still run before the reap"
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_again(services): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+    assert bystander.poll() is None, "an unrelated process must not be touched"
+    bystander.kill()
+    bystander.wait()
+
+
+@pytest.mark.parametrize("xdist_mode", ["shared", "per_worker"])
+def test_xdist(project: pytest.Pytester, xdist_mode: str, no_orphans: None) -> None:
+    """shared: one environment for all workers; per_worker: one each, on their own ports."""
+    project.makepyfile("""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        @pytest.mark.services("api")
+        def test_x(services, i):
+            with open(f"seen-{os.environ['PYTEST_XDIST_WORKER']}-{i}", "w") as fh:
+                fh.write(f"{services['plain'].pid} {services['api'].url} {os.environ['API_URL']}")
+            assert os.environ["API_URL"] == services["api"].url
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", f"--launcher-xdist={xdist_mode}")
+    result.assert_outcomes(passed=6)
+    seen = [p.read_text().split() for p in project.path.glob("seen-*")]
+    workers = {p.name.split("-")[1] for p in project.path.glob("seen-*")}
+    pids = {s[0] for s in seen}
+    urls = {s[1] for s in seen}
+    if xdist_mode == "shared":
+        assert len(pids) == 1 and len(urls) == 1
+        result.stdout.fnmatch_lines(["*mode: multi_process (auto: xdist workers share the services)*"])
+    elif len(workers) == 2:
+        assert len(pids) == 2 and len(urls) == 2
+    result.stdout.fnmatch_lines(["*= unified launcher =*"])
