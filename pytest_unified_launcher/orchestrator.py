@@ -10,12 +10,13 @@ All the work happens on the launcher's background loop thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -128,15 +129,22 @@ class ServiceHandle:
         return await self.astart()
 
     def start(self) -> ServiceHandle:
-        self._launcher._thread.run(self._launcher._start([self.name], retry_failed=True))
+        with self._launcher.guard():
+            self._launcher._thread.run(self._launcher._start([self.name], retry_failed=True))
+            self._launcher.on_change([self.name])
         return self
 
     def stop(self) -> None:
-        self._launcher._thread.run(self._launcher._stop([self.name]))
+        with self._launcher.guard():
+            self._launcher._thread.run(self._launcher._stop([self.name]))
+            self._launcher.on_change([self.name])
 
     def restart(self) -> ServiceHandle:
-        self.stop()
-        return self.start()
+        with self._launcher.guard():
+            self._launcher._thread.run(self._launcher._stop([self.name]))
+            self._launcher._thread.run(self._launcher._start([self.name], retry_failed=True))
+            self._launcher.on_change([self.name])
+        return self
 
     def __repr__(self) -> str:
         return f"<ServiceHandle {self.name!r} {self.state} url={self.url} pid={self.pid} runner={self.runner}>"
@@ -180,6 +188,11 @@ class UnifiedLauncher:
         self._ctx: Any = None
         self._reaped = False
         self._stopping = False
+        #: Called (from the caller's thread) after a handle's start/stop changed services, so a
+        #: shared environment's record can follow (the xdist plugin sets it).
+        self.on_change: Callable[[list[str]], None] = lambda names: None
+        #: Held around a handle's start/stop (the xdist plugin makes it the shared file lock).
+        self.guard: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -213,12 +226,19 @@ class UnifiedLauncher:
         from .runners.attached import AttachedRunner
 
         svc = self._services[name]
-        if svc.state in ("running", "completed") and svc.runner is not None and svc.runner.alive():
+        if svc.state == "completed" or (
+            svc.state == "running" and svc.runner is not None and svc.runner.pid == pid and svc.runner.alive()
+        ):
             return
+        if svc.state == "running":
+            svc.machine.fail()
         svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token)
-        if svc.state != "stopped":
-            if svc.state != "failed":
-                svc.machine.fail()
+        if self._run is None:  # so that stopping an adopted environment is timed like any other
+            self._run = RunTiming()
+            self._runs.append(self._run)
+            self._run_t0 = _timing.monotonic()
+        self._run.services.setdefault(name, ServiceTiming(
+            level=svc.level, runner=self._runner_kind(svc.config), depends_on=tuple(self._graph[name])))
         svc.machine.begin()
         svc.machine.complete() if completed else svc.machine.ready()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -231,7 +251,8 @@ class UnifiedLauncher:
         if self._state_file is not None:
             self._state_file.close()
         self._thread.run(self._forget())
-        self.close()
+        # The loop thread is left to die with the process: closing it now would make asyncio's
+        # child watcher complain about the processes we deliberately leave running.
 
     async def _forget(self) -> None:
         for svc in self._services.values():

@@ -223,6 +223,10 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
             keep=session.keep,
             owner_pid=session.shared_payload["controller_pid"] if session.shared_payload else None,
         )
+        if session.shared is not None and session.role == "worker":
+            shared, launcher = session.shared, session.launcher
+            launcher.on_change = lambda names: shared.update(launcher, names)
+            launcher.guard = shared.lock
         if session.attach:
             _attach(session)
     return session.launcher
@@ -253,7 +257,7 @@ def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHan
     wanted = sorted(graph_mod.closure(launcher._graph, names))
     # Fast path: everything already up (a few attribute reads, no thread hop).
     services = launcher._services
-    if all(services[n].state in ("running", "completed") and services[n].runner is not None
+    if session.shared is None and all(services[n].state in ("running", "completed") and services[n].runner is not None
            and services[n].runner.alive() for n in wanted):
         return {n: launcher._handles[n] for n in wanted}
     if session.shared is not None and session.role == "worker":
@@ -342,8 +346,7 @@ class LauncherFacade:
         names = list(names) if names is not None else sorted(self._launcher._graph)
         self._launcher._thread.run(self._launcher._stop(names))
         state = _session(self._config)
-        if state.shared is not None:
-            state.shared.forget_stopped(names)
+        self._launcher.on_change(names)
 
     def service(self, name: str) -> ServiceHandle:
         return self._launcher.service(name)
@@ -501,7 +504,9 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
         for run in rep["runs"]:
             merged.total_startup_seconds += run["total_startup_seconds"]
             for name, s in run["services"].items():
-                if name not in merged.services:
+                if s["startup_seconds"] is not None and (
+                    name not in merged.services or merged.services[name].startup_seconds is None
+                ):
                     merged.services[name] = ServiceTiming(
                         level=s["level"], runner=s["runner"], started_at=s["started_at"],
                         spawned_at=s.get("spawned_at"), ready_at=s["ready_at"],

@@ -19,7 +19,7 @@ from typing import Any
 from . import graph as graph_mod
 from ._process import process_token
 from ._state import write_private
-from .errors import LauncherError, ServiceStartupError
+from .errors import LauncherError, ServiceDiedError, ServiceStartupError
 
 ENV_VAR = "UNIFIED_LAUNCHER_SHARED"
 
@@ -59,15 +59,27 @@ class SharedEnvironment:
             for name in sorted(wanted):
                 entry = record.get(name)
                 if not entry:
+                    if launcher._services[name].state != "stopped":
+                        # Another worker stopped it (a test's stop()): stopped for every worker.
+                        launcher._thread.run(launcher._stop([name]))
                     continue
                 if entry["state"] == "failed":
                     raise ServiceStartupError(name, entry["cause"], log_tail=entry.get("log_tail", ""))
+                if entry["state"] == "died":
+                    raise ServiceDiedError(name, entry["cause"], log_tail=entry.get("log_tail", ""))
                 pid = entry.get("pid")
                 if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):
                     launcher.adopt(name, pid=pid, token=entry.get("token"),
                                    completed=entry["state"] == "completed")
-                else:
-                    record.pop(name)
+                    continue
+                # It died since it was recorded: report it once for all, never restart silently.
+                from ._process import tail
+
+                log_tail = tail(launcher.config.state_dir / "logs" / f"{name}.log", 20)
+                record[name] = {"state": "died", "cause": "exited during the session",
+                                "log_tail": log_tail}
+                self.write(record)
+                raise ServiceDiedError(name, "exited during the session", log_tail=log_tail)
             try:
                 from .orchestrator import run_sync
 
@@ -90,13 +102,12 @@ class SharedEnvironment:
                 }
         self.write(record)
 
-    def forget_stopped(self, names: Iterable[str]) -> None:
-        """A service stopped by a test is stopped for every worker: drop its record."""
-        with self.lock():
-            record = self.read()
-            for name in names:
-                record.pop(name, None)
-            self.write(record)
+    def update(self, launcher: Any, names: Iterable[str]) -> None:
+        """Record what a test's stop()/start() changed (called holding :meth:`lock`)."""
+        record = self.read()
+        for name in names:
+            record.pop(name, None)
+        self._record(launcher, names, record)
 
 
 def controller_payload(*, config_path: Path, ports: dict[str, int], tmp_root: Path, folder: Path,

@@ -34,8 +34,8 @@ class AttachedRunner(Runner):
 
     def alive(self) -> bool:
         if self._pid is None:
-            return True
-        return process_token(self._pid) == self._token
+            return True  # nothing of ours to watch (a completed task)
+        return self._token not in (None, "?") and process_token(self._pid) == self._token
 
     async def start(self, deadline: float) -> None:  # pragma: no cover - adopted, never started
         raise RuntimeError("an attached service is not started here")
@@ -45,7 +45,7 @@ class AttachedRunner(Runner):
 
     async def stop(self) -> None:
         pid = self._pid
-        if pid is None or not self.alive():
+        if pid is None or self.svc.task or not self.alive():
             return
         try:
             os.killpg(pid, self.svc.stop_signal)
