@@ -1,0 +1,313 @@
+"""What ``unified-launcher up`` runs: start, record, supervise, serve the control API, stop.
+
+It restarts a service that dies (``auto_restart``, backoff 1 s, 2 s, 4 s ... capped at 30 s),
+reloads services whose ``watch`` paths change (``--dev``), and always stops everything on
+Ctrl-C, SIGTERM (``down``) or a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import _timing
+from . import graph as graph_mod
+from ._up import remove_up_record, write_up_record
+from .config import LauncherConfig
+from .errors import LauncherError
+from .orchestrator import UnifiedLauncher
+
+log = logging.getLogger(__name__)
+
+COLOURS = ["36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96"]
+MAX_BACKOFF = 30.0
+
+
+def default_watch_paths(config: LauncherConfig, name: str) -> list[Path]:
+    """A service's ``watch`` paths, or for an app the folder of its top-level package."""
+    svc = config.services[name]
+    if svc.watch:
+        return list(svc.watch)
+    if svc.kind == "app" and svc.app:
+        top = svc.app.split(":")[0].split(".")[0]
+        for candidate in (config.root / top, config.root / f"{top}.py"):
+            if candidate.exists():
+                return [candidate]
+    return []
+
+
+class Environment:
+    def __init__(
+        self,
+        config: LauncherConfig,
+        names: Sequence[str] | None,
+        *,
+        dev: bool = False,
+        out: TextIO = sys.stdout,
+        colour: bool | None = None,
+        follow_logs: bool = True,
+    ) -> None:
+        self.config = config
+        self.names = list(names) if names else None
+        self.dev = dev or config.dev_mode
+        # Apps outlive nothing here, but dev reloads need fresh imports: subprocesses then.
+        self.launcher = UnifiedLauncher(config, keep=self.dev)
+        self.out = out
+        self.colour = out.isatty() if colour is None else colour
+        self.follow_logs = follow_logs
+        self.stop_event = asyncio.Event()
+        self.secret = secrets.token_urlsafe(32)
+        self.restarts: dict[str, int] = {}
+        self.control_url: str | None = None
+        self._server: Any = None
+        self._metrics: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._observer: Any = None
+
+    # ------------------------------------------------------------------ output
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def _prefix(self, name: str) -> str:
+        width = max(len(n) for n in self.config.services)
+        label = f"{name:<{width}} |"
+        if not self.colour:
+            return label
+        colour = COLOURS[sorted(self.config.services).index(name) % len(COLOURS)]
+        return f"\033[{colour}m{label}\033[0m"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> dict[str, Any]:
+        """Start the services (or raise); record them; serve the control API."""
+        self.say(f"starting {', '.join(self.names) if self.names else 'all services'} "
+                 f"({self.launcher.mode}: {self.launcher.mode_reason})")
+        t0 = _timing.monotonic()
+        progress = asyncio.ensure_future(self._progress())
+        try:
+            handles = await self.launcher.start(self.names)
+        finally:
+            progress.cancel()
+        self.say(f"ready in {_timing.monotonic() - t0:.3f} s")
+        from .control import Metrics
+
+        self._metrics = Metrics()
+        for name, handle in handles.items():
+            if handle.startup_seconds is not None:
+                self._metrics.startup.labels(name).observe(handle.startup_seconds)
+        await self._serve_control_api()
+        self.record()
+        return handles
+
+    def record(self) -> Path:
+        from .control import make_token
+
+        control = {"url": self.control_url, "token": make_token(self.secret), "secret": self.secret}
+        return write_up_record(self.launcher, owner_pid=os.getpid(), control=control)
+
+    async def _progress(self) -> None:
+        seen: dict[str, str] = {}
+        while True:
+            for name, handle in self.launcher.services.items():
+                if seen.get(name) != handle.state and handle.state != "stopped":
+                    seen[name] = handle.state
+                    self.say(f"  {name}: {handle.state}")
+            await asyncio.sleep(0.05)
+
+    async def _serve_control_api(self) -> None:
+        from ._asgi import AppServer, bind
+        from .control import create_app
+
+        app = create_app(self, self.secret, self._metrics)
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        self._server = AppServer(app, "127.0.0.1", port, log_level="warning")
+        await self._server.start(sock)
+        self.control_url = f"http://127.0.0.1:{port}"
+
+    async def run(self) -> None:
+        """Supervise until :attr:`stop_event` is set (Ctrl-C, SIGTERM, ``down``)."""
+        self._tasks.append(asyncio.ensure_future(self._supervise()))
+        if self.follow_logs:
+            self._tasks.append(asyncio.ensure_future(self._follow_logs()))
+        if self.dev:
+            self._start_watching()
+        await self.stop_event.wait()
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+        if self._server is not None:
+            await self._server.stop(timeout=1)
+        self.say("stopping ...")
+        try:
+            await self.launcher.stop()
+        finally:
+            remove_up_record(self.config.state_dir)
+        self.say("stopped")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+
+    # ------------------------------------------------------------------ supervision
+
+    async def restart(self, names: Sequence[str], *, why: str) -> None:
+        """Restart ``names`` and their dependents (dependents stop first, start last)."""
+        affected = sorted(graph_mod.dependents_closure(self.launcher.config.graph, names))
+        running = [n for n in affected if self.launcher.services[n].state != "stopped" or n in names]
+        self.say(f"restarting {', '.join(running)} ({why})")
+        await self.launcher._thread.call(self.launcher._stop(running))
+        try:
+            await self.launcher.start(running, retry_failed=True)
+        except LauncherError as exc:
+            self.say(str(exc))
+        for name in running:
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self._metrics is not None:
+                self._metrics.restarts.labels(name).inc()
+        self.record()
+
+    async def stop_one(self, name: str, *, why: str) -> None:
+        self.say(f"stopping {name} ({why})")
+        await self.launcher._thread.call(self.launcher._stop([name]))
+        self.record()
+
+    async def _supervise(self) -> None:
+        failures: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(0.25)
+            for name, handle in self.launcher.services.items():
+                svc = self.launcher._services[name]
+                if handle.state != "running" or svc.runner is None:
+                    continue
+                if self._metrics is not None and handle.port and svc.config.health.kind in ("tcp", "http"):
+                    await self._probe_latency(name, handle)
+                if svc.runner.alive():
+                    failures.pop(name, None)
+                    continue
+                from .runners.subprocess import describe_exit
+
+                self.say(f"{self._prefix(name)} service {name} {describe_exit(svc.runner.exit_code)}")
+                if not self.config.auto_restart:
+                    await self.launcher._thread.call(self.launcher._stop([name]))
+                    self.record()
+                    continue
+                count = failures.get(name, 0)
+                failures[name] = count + 1
+                delay = min(2.0 ** count, MAX_BACKOFF)
+                self.say(f"auto_restart: restarting {name} in {delay:.0f} s")
+                await asyncio.sleep(delay)
+                await self.restart([name], why=f"it died; attempt {count + 1}")
+
+    async def _probe_latency(self, name: str, handle: Any) -> None:
+        t0 = _timing.monotonic()
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(handle.host, handle.port), 1)
+            writer.close()
+        except (OSError, asyncio.TimeoutError):
+            return
+        self._metrics.probe.labels(name).observe(_timing.monotonic() - t0)
+
+    async def _follow_logs(self) -> None:
+        """Print every service's new log lines with a coloured ``name |`` prefix."""
+        offsets: dict[str, int] = {}
+        log_dir = self.config.state_dir / "logs"
+        while True:
+            for name in sorted(self.config.services):
+                path = log_dir / f"{name}.log"
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                offset = offsets.get(name, 0)
+                if size < offset:
+                    offset = 0  # truncated: a restart
+                if size == offset:
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+                cut = data.rfind(b"\n") + 1
+                offsets[name] = offset + cut
+                for line in data[:cut].decode("utf-8", errors="replace").splitlines():
+                    self.say(f"{self._prefix(name)} {line}")
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ dev mode
+
+    def _start_watching(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        loop = asyncio.get_running_loop()
+        changed: asyncio.Queue[str] = asyncio.Queue()
+        env = self
+
+        class Handler(FileSystemEventHandler):
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                path = str(event.src_path)
+                if event.is_directory or "__pycache__" in path or path.endswith((".pyc", "~", ".swp")):
+                    return
+                loop.call_soon_threadsafe(changed.put_nowait, self.name)
+
+        self._observer = Observer()
+        watched = []
+        for name in self.launcher.services:
+            for path in default_watch_paths(self.config, name):
+                target = path if path.is_dir() else path.parent
+                self._observer.schedule(Handler(name), str(target), recursive=path.is_dir())
+                watched.append(f"{name}: {path}")
+        self._observer.start()
+        self.say("dev mode: watching " + ("; ".join(watched) if watched else "nothing (set `watch` paths)"))
+
+        async def reload() -> None:
+            while True:
+                names = {await changed.get()}
+                await asyncio.sleep(0.3)  # debounce: an editor's save is several events
+                while not changed.empty():
+                    names.add(changed.get_nowait())
+                await env.restart(sorted(names), why="files changed")
+
+        self._tasks.append(asyncio.ensure_future(reload()))
+
+
+async def run_up(
+    config: LauncherConfig,
+    names: Sequence[str] | None,
+    *,
+    dev: bool,
+    on_ready: Callable[[Environment, BaseException | None], None],
+    out: TextIO = sys.stdout,
+    follow_logs: bool = True,
+) -> int:
+    """Start, call ``on_ready``, supervise until stopped, stop. Returns the exit code."""
+    env = Environment(config, names, dev=dev, out=out, follow_logs=follow_logs)
+    env.install_signal_handlers()
+    try:
+        try:
+            await env.start()
+        except LauncherError as exc:
+            on_ready(env, exc)
+            return exc.exit_code
+        on_ready(env, None)
+        await env.run()
+        return 0
+    finally:
+        await env.shutdown()
+        env.launcher.close()

@@ -1,0 +1,361 @@
+"""``unified-launcher``: the same environments outside pytest (check, up, status, down, bench, init).
+
+Exit codes: 0 ok, 1 a startup failure or a budget exceeded, 2 a config or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import AttachError, ConfigError, LauncherError
+
+EXAMPLES = {
+    "check": "example: unified-launcher check --profile ci",
+    "up": "examples:\n  unified-launcher up                 # everything, until Ctrl-C\n"
+          "  unified-launcher up agent --dev     # agent + dependencies, reload on changes\n"
+          "  unified-launcher up --detach        # start, print the table, return",
+    "status": "example: unified-launcher status",
+    "down": "example: unified-launcher down",
+    "bench": "example: unified-launcher bench api_gateway --runs 10 --json bench.json --svg waterfall.svg",
+    "init": "example: unified-launcher init --with postgres,redis,fastapi",
+}
+
+
+def _shared(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: ./launcher.toml, then ./pyproject.toml)")
+    parser.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help="profile to merge, e.g. ci")
+    parser.add_argument("--mode", choices=["single_process", "multi_process", "auto"], default=argparse.SUPPRESS,
+                        help="how app services run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unified-launcher",
+        description="Start, check and benchmark the service graph of a launcher.toml outside pytest.",
+    )
+    _shared(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        _shared(p)
+        return p
+
+    add("check", "validate the config and print the start order level by level")
+    up = add("up", "start services (with dependencies) and keep them running until Ctrl-C or `down`")
+    up.add_argument("services", nargs="*", help="services to start (default: all)")
+    up.add_argument("--dev", action="store_true", help="restart a service and its dependents when its files change")
+    up.add_argument("--detach", action="store_true", help="start, wait until healthy, print the table, return")
+    up.add_argument("--daemon-fd", type=int, default=None, help=argparse.SUPPRESS)
+    add("status", "show the running environment's services, URLs and pids")
+    add("down", "stop the running environment gracefully")
+    bench = add("bench", "cold-start and stop the services N times; P50/P95/P99/max against the budget")
+    bench.add_argument("services", nargs="*", help="services to start (default: all)")
+    bench.add_argument("--runs", type=int, default=10, help="number of cold starts (default 10)")
+    bench.add_argument("--json", metavar="PATH", help="write the JSON report here")
+    bench.add_argument("--svg", metavar="PATH", help="write the startup waterfall of the slowest run here")
+    init = add("init", "write a commented starter launcher.toml and a test that uses it")
+    init.add_argument("--with", dest="with_", default="postgres,redis,fastapi",
+                      help="comma-separated templates: postgres, redis, fastapi, external")
+    return parser
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    from ._discovery import find_config
+
+    path, looked = find_config(explicit=getattr(args, "config", None), rootdir=Path.cwd())
+    if path is None:
+        raise ConfigError(
+            "no launcher config found; looked in: " + "; ".join(looked),
+            fix="run `unified-launcher init`, or pass --config PATH",
+        )
+    return path
+
+
+def _load(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from .config import load_config
+
+    return load_config(_config_path(args), profile=getattr(args, "profile", None),
+                       mode=getattr(args, "mode", None), **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except LauncherError as exc:
+        from ._redact import redact
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+# --------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import graph as graph_mod
+    from ._redact import redact
+    from .config import resolve_mode
+
+    config = _load(args)
+    mode, reason, _ = resolve_mode(config)
+    print(f"{config.source}: OK ({len(config.services)} services"
+          + (f", profile {config.profile}" if config.profile else "") + f"; mode {mode}: {reason})")
+    from .report import render_table
+
+    rows = []
+    for level, names in enumerate(graph_mod.levels(config.graph)):
+        for name in names:
+            svc = config.services[name]
+            kind = "task" if svc.task else {"app": "app", "command": "command", "url": "external"}[svc.kind]
+            port = "-" if svc.port is None else (f"auto -> {svc.port}" if svc.port_auto else str(svc.port))
+            rows.append([str(level), name, kind, port, svc.health.describe(), ", ".join(svc.depends_on) or "-"])
+    print("\nstart order (each service starts as soon as its own dependencies are ready):")
+    for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):
+        print(redact(line))
+    return 0
+
+
+# --------------------------------------------------------------------------- up / status / down
+
+
+def _print_table(services: dict[str, Any]) -> None:
+    from .report import render_table
+
+    rows = []
+    for name, s in sorted(services.items(), key=lambda kv: (kv[1].get("level", 0), kv[0])):
+        startup = s.get("startup_seconds")
+        rows.append([name, s.get("state", "?"), s.get("url") or "-", str(s.get("pid") or "-"),
+                     s.get("runner", "-"), "-" if startup is None else f"{startup:.3f}"])
+    for line in render_table(["service", "state", "url", "pid", "runner", "startup s"], rows):
+        print(line)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ._up import read_up_record
+
+    config = _load(args)
+    try:
+        existing = read_up_record(config.state_dir)
+    except AttachError:
+        existing = None
+    if existing and _owner_alive(existing):
+        print(f"error: an environment is already running (pid {existing['owner_pid']}); "
+              "stop it with `unified-launcher down`", file=sys.stderr)
+        return 2
+    if args.detach:
+        return _detach(args, config)
+    from ._environment import run_up
+
+    fd = args.daemon_fd
+
+    def on_ready(env: Any, error: BaseException | None) -> None:
+        if error is not None:
+            print(str(error), file=sys.stderr, flush=True)
+        else:
+            _print_table(read_up_record(config.state_dir)["services"])
+            print(f"control API: {env.control_url} (token in {config.state_dir / 'up.json'})", flush=True)
+            print("press Ctrl-C to stop" if fd is None else "running in the background; stop with `unified-launcher down`",
+                  flush=True)
+        if fd is not None:
+            message = {"ok": error is None, "error": str(error) if error else None}
+            os.write(fd, (json.dumps(message) + "\n").encode())
+            os.close(fd)
+
+    return asyncio.run(run_up(config, args.services or None, dev=args.dev, on_ready=on_ready,
+                              follow_logs=fd is None))
+
+
+def _detach(args: argparse.Namespace, config: Any) -> int:
+    """Run `up` as a background process; wait for its verdict; print the table."""
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "pytest_unified_launcher"]
+    for opt in ("config", "profile", "mode"):
+        if getattr(args, opt, None):
+            argv += [f"--{opt}", str(getattr(args, opt))]
+    argv += ["up", *args.services, "--daemon-fd", str(write_fd)] + (["--dev"] if args.dev else [])
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.state_dir / "up.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[write_fd],
+                                start_new_session=True, cwd=os.getcwd())
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        line = pipe.readline()
+    try:
+        verdict = json.loads(line) if line else {"ok": False, "error": f"the background process exited; see {log_path}"}
+    except ValueError:
+        verdict = {"ok": False, "error": f"unexpected answer from the background process; see {log_path}"}
+    if not verdict["ok"]:
+        proc.wait(timeout=120)
+        print(verdict["error"], file=sys.stderr)
+        return 1
+    from ._up import read_up_record
+
+    record = read_up_record(config.state_dir)
+    _print_table(record["services"])
+    print(f"running in the background (pid {proc.pid}); control API {record['control']['url']}; "
+          "stop with `unified-launcher down`")
+    return 0
+
+
+def _owner_alive(record: dict[str, Any]) -> bool:
+    from ._process import process_token
+
+    pid = record.get("owner_pid")
+    return bool(pid) and process_token(pid) == record.get("owner_token")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ._process import process_token
+    from ._up import read_up_record
+
+    config = _load(args, pinned_ports=_NoPorts())
+    record = read_up_record(config.state_dir)
+    services = record["services"]
+    healthy = True
+    for entry in services.values():
+        pid = entry.get("pid")
+        if entry["state"] == "running" and pid and process_token(pid) != entry.get("token"):
+            entry["state"] = "dead"
+            healthy = False
+    owner = "running" if _owner_alive(record) else "gone (services may be orphaned; run `unified-launcher down`)"
+    print(f"environment of {record['config']} (profile {record.get('profile') or '-'}, mode {record['mode']}); "
+          f"supervisor pid {record.get('owner_pid') or '-'}: {owner}")
+    _print_table(services)
+    return 0 if healthy else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from ._up import read_up_record, remove_up_record
+
+    config = _load(args, pinned_ports=_NoPorts())
+    record = read_up_record(config.state_dir)
+    if _owner_alive(record):
+        pid = record["owner_pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 120
+        while _owner_alive(record) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not _owner_alive(record):
+            print(f"stopped the environment (supervisor pid {pid})")
+            return 0
+        os.kill(pid, signal.SIGKILL)
+    # No supervisor (``--launcher-keep``, or it was killed): stop the recorded services directly.
+    from .orchestrator import UnifiedLauncher, stop_sync
+
+    full = _load(args, pinned_ports=record.get("ports", {}), tmp_root=record.get("tmp_root"))
+    launcher = UnifiedLauncher(full, keep=True)
+    for name, entry in record["services"].items():
+        if name in launcher.services and entry.get("pid"):
+            from ._process import process_token
+
+            if process_token(entry["pid"]) == entry.get("token"):
+                launcher.adopt(name, pid=entry["pid"], token=entry["token"])
+    stop_sync(launcher)
+    remove_up_record(config.state_dir)
+    print(f"stopped {len(record['services'])} services")
+    return 0
+
+
+class _NoPorts(dict):  # type: ignore[type-arg]
+    """Resolve a config to find its state_dir without reserving ports."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> int:
+        return 0
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .orchestrator import UnifiedLauncher
+    from .report import bench_summary, render_svg
+
+    if args.runs < 1:
+        raise ConfigError("--runs must be at least 1", fix="e.g. --runs 10")
+    config = _load(args)
+    launcher = UnifiedLauncher(config)
+    names = args.services or None
+    print(f"bench: {args.runs} cold starts of {', '.join(names) if names else 'all services'} "
+          f"({launcher.mode}: {launcher.mode_reason})", flush=True)
+    failed = None
+    try:
+        for i in range(1, args.runs + 1):
+            try:
+                launcher._thread.run(launcher._start(names))
+            except LauncherError as exc:
+                failed = exc
+            finally:
+                launcher._thread.run(launcher._stop(None))
+            run = launcher._runs[-1]
+            print(f"  run {i}/{args.runs}: up {run.total_startup_seconds:.3f} s, "
+                  f"down {run.total_teardown_seconds or 0:.3f} s", flush=True)
+            if failed:
+                print(str(failed), file=sys.stderr)
+                return 1
+    finally:
+        launcher.close()
+    report = launcher.report()
+    if launcher.mode == "single_process" and launcher.in_process_apps:
+        report["note"] = ("single_process: only the first run is cold for imports; "
+                          "later runs reuse the modules already imported")
+    for line in bench_summary(report):
+        print(line)
+    if report.get("note"):
+        print("note: " + report["note"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.svg:
+        slowest = max(report["runs"], key=lambda r: r["total_startup_seconds"])
+        Path(args.svg).write_text(render_svg(slowest, budget_seconds=report["budget_seconds"],
+                                             title=f"slowest of {args.runs} cold starts"))
+    return 0 if report["budget_ok"] else 1
+
+
+# --------------------------------------------------------------------------- init
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ._templates import render_init
+
+    target = Path(getattr(args, "config", None) or "launcher.toml")
+    if target.exists():
+        print(f"error: {target} already exists; not overwriting it (remove it or pass --config NEW_PATH)",
+              file=sys.stderr)
+        return 2
+    chosen = [w.strip() for w in args.with_.split(",") if w.strip()]
+    files = render_init(chosen, target)
+    for path, text in files.items():
+        if path.exists() and path != target:
+            print(f"kept existing {path}")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    print(f"next: unified-launcher check --config {target}")
+    return 0
+
+
+COMMANDS = {
+    "check": cmd_check, "up": cmd_up, "status": cmd_status, "down": cmd_down,
+    "bench": cmd_bench, "init": cmd_init,
+}
