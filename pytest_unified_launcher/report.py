@@ -125,16 +125,27 @@ def _fmt(value: float | None) -> str:
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A plain aligned text table (first column left-aligned, the rest right-aligned)."""
+    """A plain aligned text table: numeric columns right-aligned, the rest left-aligned."""
     body = [list(map(str, r)) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
+    numeric = [bool(body) and all(_is_number(r[i]) for r in body) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells)
+            c.rjust(widths[i]) if numeric[i] else c.ljust(widths[i]) for i, c in enumerate(cells)
         ).rstrip()
 
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in body]
+
+
+def _is_number(text: str) -> bool:
+    if text in ("-", ""):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def session_summary(report: Mapping[str, Any]) -> list[str]:

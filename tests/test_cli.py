@@ -1,0 +1,230 @@
+"""The CLI as a user runs it: real subprocesses, real services, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+PY = sys.executable
+TCP = str(APPS / "tcp_server.py")
+
+CONFIG = f"""
+[launcher]
+state_dir = "state"
+[services.plain]
+command = ["{PY}", "{TCP}", "${{port}}"]
+[services.api]
+app = "web:app"
+depends_on = ["plain"]
+health = {{ http = "/health" }}
+env = {{ PLAIN_PORT = "${{services.plain.port}}", API_TOKEN = "s3cr3t-value" }}
+watch = ["web.py"]
+"""
+
+
+def cli(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "pytest_unified_launcher", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "launcher.toml").write_text(CONFIG)
+    (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
+    return tmp_path
+
+
+@pytest.fixture
+def running(project: Path, no_orphans: None) -> Any:
+    result = cli(project, "up", "--detach", "--mode", "multi_process")
+    assert result.returncode == 0, result.stderr + result.stdout
+    record = json.loads((project / "state" / "up.json").read_text())
+    yield record
+    cli(project, "down")
+
+
+def http(url: str, token: str | None = None, method: str = "GET", body: Any = None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    req = urllib.request.Request(url, method=method, headers=headers, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_check_prints_levels(project: Path) -> None:
+    """check validates and prints the start order with kind, port and probe."""
+    result = cli(project, "check")
+    assert result.returncode == 0, result.stderr
+    assert "plain" in result.stdout and "http GET http://127.0.0.1:" in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert any(parts[:2] == ["0", "plain"] for parts in lines) and any(parts[:2] == ["1", "api"] for parts in lines)
+
+
+def test_check_config_error_exit_2(project: Path) -> None:
+    """A config mistake is exit code 2 and one message, no traceback."""
+    (project / "launcher.toml").write_text(CONFIG.replace("depends_on", "depends_onn"))
+    result = cli(project, "check")
+    assert result.returncode == 2
+    assert "unknown key 'depends_onn'" in result.stderr and "did you mean 'depends_on'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytester: pytest.Pytester) -> None:
+    """up --detach leaves services running; status shows them; pytest --launcher-attach uses them."""
+    status = cli(project, "status")
+    assert status.returncode == 0 and "plain" in status.stdout and "running" in status.stdout
+    assert (project / "state" / "up.json").stat().st_mode & 0o777 == 0o600
+    api_url = running["services"]["api"]["url"]
+    (project / "test_attached.py").write_text(
+        "import pytest, os\n"
+        "@pytest.mark.services('api')\n"
+        "def test_uses_running(services):\n"
+        f"    assert services['api'].url == {api_url!r}\n"
+        f"    assert services['plain'].pid == {running['services']['plain']['pid']}\n"
+    )
+    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach", "test_attached.py"],
+                            cwd=project, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The attached session did not stop the environment.
+    assert cli(project, "status").returncode == 0
+    down = cli(project, "down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert not (project / "state" / "up.json").exists()
+    again = cli(project, "status")
+    assert again.returncode == 1 and "no environment is running" in again.stderr
+
+
+def test_attach_without_environment_is_clear(project: Path) -> None:
+    """--launcher-attach with nothing running is a usage error that says how to start one."""
+    (project / "test_x.py").write_text("def test_x(): pass\n")
+    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach"], cwd=project,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4
+    assert "no environment is running" in result.stderr and "unified-launcher up --detach" in result.stderr
+
+
+def test_control_api_tokens_and_metrics(running: dict[str, Any]) -> None:
+    """Missing, expired, forged and alg=none tokens get 401; the right one works; /metrics parses."""
+    import jwt
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = running["control"]["url"]
+    token = running["control"]["token"]
+    secret = running["control"]["secret"]
+    assert base.startswith("http://127.0.0.1:")
+    assert http(f"{base}/services")[0] == 401
+    expired = jwt.encode({"iss": "unified-launcher", "exp": int(time.time()) - 10}, secret, algorithm="HS256")
+    forged = jwt.encode({"iss": "unified-launcher", "exp": int(time.time()) + 600}, "not-the-secret-but-long-enough-for-hs256!", algorithm="HS256")
+    none_alg = jwt.encode({"iss": "unified-launcher", "exp": int(time.time()) + 600}, None, algorithm="none")
+    for bad in (expired, forged, none_alg, "garbage"):
+        assert http(f"{base}/services", bad)[0] == 401
+    code, body = http(f"{base}/services", token)
+    assert code == 200 and {s["name"] for s in json.loads(body)["services"]} == {"plain", "api"}
+    assert http(f"{base}/services/nope", token)[0] == 404
+    assert http(f"{base}/services/plain/restart", token, "POST", {"reasonn": 1})[0] == 422
+    old_pid = json.loads(http(f"{base}/services/plain", token)[1])["pid"]
+    code, body = http(f"{base}/services/plain/restart", token, "POST", {"reason": "test"})
+    assert code == 200 and json.loads(body)["pid"] != old_pid
+    code, text = http(f"{base}/metrics", token)
+    assert code == 200
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"launcher_service_up", "launcher_service_startup_seconds", "launcher_service_restarts"} <= names
+
+
+def _wait(predicate: Any, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def test_killed_service_is_restarted_with_backoff(project: Path, running: dict[str, Any]) -> None:
+    """auto_restart brings a killed service back with a new pid."""
+    old = running["services"]["plain"]["pid"]
+    os.kill(old, signal.SIGKILL)
+
+    def new_pid() -> bool:
+        record = json.loads((project / "state" / "up.json").read_text())
+        return record["services"].get("plain", {}).get("pid") not in (None, old)
+
+    _wait(new_pid)
+    log = (project / "state" / "up.log").read_text()
+    assert "was killed by SIGKILL" in log and "auto_restart: restarting plain in 1 s" in log
+
+
+def test_dev_mode_restarts_changed_service_only(project: Path, no_orphans: None) -> None:
+    """--dev: a change under a service's watch paths restarts that service (and dependents) only."""
+    result = cli(project, "up", "--detach", "--dev")
+    assert result.returncode == 0, result.stderr
+    try:
+        record = json.loads((project / "state" / "up.json").read_text())
+        api_pid, plain_pid = record["services"]["api"]["pid"], record["services"]["plain"]["pid"]
+        time.sleep(0.5)
+        with open(project / "web.py", "a") as fh:
+            fh.write("\n# changed\n")
+
+        def restarted() -> bool:
+            rec = json.loads((project / "state" / "up.json").read_text())
+            return rec["services"].get("api", {}).get("pid") not in (None, api_pid)
+
+        _wait(restarted)
+        rec = json.loads((project / "state" / "up.json").read_text())
+        assert rec["services"]["plain"]["pid"] == plain_pid
+    finally:
+        assert cli(project, "down").returncode == 0
+
+
+def test_up_detach_failure_leaves_nothing(project: Path, no_orphans: None) -> None:
+    """up --detach with a failing service exits 1 with its message and leaves nothing running."""
+    (project / "launcher.toml").write_text(CONFIG + '[services.bad]\ncommand = ["false"]\ndepends_on = ["plain"]\n')
+    result = cli(project, "up", "--detach")
+    assert result.returncode == 1
+    assert "service 'bad' failed to start: exited with code 1" in result.stderr
+    assert not (project / "state" / "up.json").exists()
+
+
+def test_bench_exit_codes_json_and_svg(project: Path, no_orphans: None) -> None:
+    """bench prints percentiles, writes JSON and SVG, and exits 1 over budget."""
+    ok = cli(project, "bench", "plain", "--runs", "3", "--json", "b.json", "--svg", "w.svg")
+    assert ok.returncode == 0, ok.stderr
+    assert "TOTAL startup" in ok.stdout and "run 3/3" in ok.stdout
+    report = json.loads((project / "b.json").read_text())
+    assert len(report["runs"]) == 3 and report["budget_ok"] is True
+    assert (project / "w.svg").read_text().startswith("<svg")
+    (project / "launcher.toml").write_text(CONFIG.replace('state_dir = "state"', 'state_dir = "state"\nstartup_budget = 0.000001'))
+    over = cli(project, "bench", "plain", "--runs", "2")
+    assert over.returncode == 1 and "EXCEEDED" in over.stdout
+
+
+def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
+    """init writes a starter config that check accepts, and refuses to overwrite it."""
+    result = cli(tmp_path, "init", "--with", "redis,fastapi,external")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tests" / "test_services.py").exists()
+    assert cli(tmp_path, "check").returncode == 0
+    again = cli(tmp_path, "init")
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_help_has_examples() -> None:
+    """Every subcommand's --help explains itself with an example."""
+    for command in ("check", "up", "status", "down", "bench", "init"):
+        result = cli(Path.cwd(), command, "--help")
+        assert result.returncode == 0 and "example" in result.stdout
