@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -687,7 +688,7 @@ def _resolve(
             return ConfigError("", source=src, service=name, key=current_key[0])
 
         tmp = tmp_root / name
-        own = {"name": name, "host": addresses[name]["host"], "tmp": str(tmp)}
+        own = {"name": name, "host": addresses[name]["host"], "tmp": str(tmp), "python": sys.executable}
         for attr in ("port", "url"):
             if attr in addresses[name]:
                 own[attr] = addresses[name][attr]

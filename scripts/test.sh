@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 py="$PWD/.venv/bin/python"
+export PATH="$PWD/.venv/bin:$PATH"
 "$py" -m pytest "$@"
 cd example_project
 "$py" -m pytest -p no:cacheprovider                                  # single_process

@@ -257,3 +257,11 @@ def test_auto_ports_are_distinct_and_outside_the_ephemeral_range(tmp_path: Path)
     low, high = _ports.ephemeral_range()
     assert len(set(ports + other)) == 40
     assert all(not low <= p <= high for p in ports)
+
+
+def test_python_placeholder_is_the_launchers_interpreter() -> None:
+    """${python} runs Python tasks with the interpreter (and virtualenv) the launcher runs in."""
+    import sys
+
+    cfg = build("[services.t]\ncommand = ['${python}', '-m', 'tool']\ntask = true\n")
+    assert cfg.services["t"].command == (sys.executable, "-m", "tool")
