@@ -1,20 +1,24 @@
 """Machine-wide port reservation for ``port = "auto"``.
 
 Ports are chosen when the config is loaded and used later, so the kernel must not hand them
-out in between: we pick them below the ephemeral range (``ip_local_port_range``), and claim
-each one with an exclusive file under the temp dir so two launchers (or two xdist workers)
-never pick the same one. A claim whose owner process is gone is stale and is taken over.
+out in between: we pick them outside the ephemeral range (``ip_local_port_range``) and claim
+them machine-wide, so two launchers (or two xdist workers) never pick the same one. Each
+process keeps its claims in one file under the temp dir, written under a global ``flock``; a
+file whose owner process is gone is stale and ignored (then removed).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
+import fcntl
+import json
 import os
 import random
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ._process import process_token
@@ -39,19 +43,6 @@ def candidate_range() -> range:
     return range(high + 1, 65536)
 
 
-def _owner_token() -> str:
-    return f"{os.getpid()} {process_token(os.getpid())}"
-
-
-def _claim_is_stale(path: Path) -> bool:
-    try:
-        pid_text, started = path.read_text().split()
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        return True
-    return process_token(pid) != started
-
-
 def is_free(host: str, port: int) -> bool:
     """Whether a server could bind ``host:port`` now (SO_REUSEADDR, as servers bind)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -64,50 +55,89 @@ def is_free(host: str, port: int) -> bool:
     return True
 
 
-def _claim(port: int) -> bool:
+def _own_file() -> Path:
+    return _CLAIMS / f"{os.getpid()}-{process_token(os.getpid())}.json"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[set[int]]:
+    """Hold the global lock; yield every port claimed by a living process (ours included)."""
     _CLAIMS.mkdir(mode=0o1777, exist_ok=True)
-    path = _CLAIMS / str(port)
-    for _ in range(2):
+    with open(_CLAIMS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _claim_is_stale(path):
-                return False
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(_owner_token())
-        _mine.add(port)
-        return True
-    return False
+            claimed: set[int] = set()
+            for path in _CLAIMS.glob("*.json"):
+                pid_text, _, token = path.stem.partition("-")
+                try:
+                    alive = pid_text.isdigit() and process_token(int(pid_text)) == token
+                    if not alive:
+                        path.unlink(missing_ok=True)
+                        continue
+                    claimed.update(json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue
+            yield claimed
+            _write_own()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_own() -> None:
+    path = _own_file()
+    if _mine:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(_mine)))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def reserver() -> Iterator[Callable[[str], int]]:
+    """``with reserver() as reserve: reserve(host)`` claims ports under one lock (fast in bulk)."""
+    with _locked() as claimed:
+        candidates = candidate_range()
+
+        def reserve(host: str = "127.0.0.1") -> int:
+            for _ in range(4000):
+                port = random.choice(candidates)
+                if port in claimed or port in _mine:
+                    continue
+                if is_free(host, port):
+                    _mine.add(port)
+                    return port
+                claimed.add(port)
+            raise OSError(errno.EADDRINUSE, "no free port found to reserve")
+
+        yield reserve
 
 
 def reserve(host: str = "127.0.0.1") -> int:
-    """A free port, claimed for this process until :func:`release` or exit."""
-    ports = list(candidate_range())
-    random.shuffle(ports)
-    for port in ports[:2000]:
-        if _claim(port):
-            if is_free(host, port):
-                return port
-            release([port])
-    raise OSError(errno.EADDRINUSE, "no free port found to reserve")
+    """One free port, claimed for this process until :func:`release` or exit."""
+    with reserver() as claim:
+        return claim(host)
+
+
+def unclaim(ports: Iterable[int]) -> None:
+    """Drop claims while inside :func:`reserver` (its exit writes the claims file)."""
+    _mine.difference_update(ports)
 
 
 def release(ports: Iterable[int]) -> None:
     """Give up this process's claims on ``ports``."""
-    for port in list(ports):
-        if port in _mine:
-            _mine.discard(port)
-            try:
-                (_CLAIMS / str(port)).unlink()
-            except FileNotFoundError:
-                pass
+    ports = [p for p in ports if p in _mine]
+    if not ports:
+        return
+    with _locked():
+        _mine.difference_update(ports)
 
 
 @atexit.register
 def _release_all() -> None:
-    release(list(_mine))
+    if _mine:
+        try:
+            release(list(_mine))
+        except OSError:
+            pass

@@ -927,27 +927,28 @@ def load_config(
     source = Path(path)
     data = read_toml(source)
     reserved: list[int] = []
+    with _ports.reserver() as reserve:
 
-    def allocate(name: str, host: str) -> int:
-        port = _ports.reserve(host)
-        reserved.append(port)
-        return port
+        def allocate(name: str, host: str) -> int:
+            port = reserve(host)
+            reserved.append(port)
+            return port
 
-    try:
-        return parse(
-            data,
-            source=source,
-            profile=profile,
-            mode=mode,
-            xdist=xdist,
-            budget=budget,
-            timeout=timeout,
-            ini=ini,
-            environ=environ,
-            allocate_port=allocate,
-            pinned_ports=pinned_ports,
-            tmp_root=tmp_root,
-        )
-    except BaseException:
-        _ports.release(reserved)
-        raise
+        try:
+            return parse(
+                data,
+                source=source,
+                profile=profile,
+                mode=mode,
+                xdist=xdist,
+                budget=budget,
+                timeout=timeout,
+                ini=ini,
+                environ=environ,
+                allocate_port=allocate,
+                pinned_ports=pinned_ports,
+                tmp_root=tmp_root,
+            )
+        except BaseException:
+            _ports.unclaim(reserved)  # still under the lock: the claims file is rewritten on exit
+            raise

@@ -390,6 +390,52 @@ def services(request: pytest.FixtureRequest) -> Mapping[str, ServiceHandle]:
     return types.MappingProxyType(_ensure(request.config, names))
 
 
+@pytest.fixture
+def startup_benchmark(request: pytest.FixtureRequest) -> Any:
+    """``startup_benchmark(["api"], rounds=10)``: cold starts through pytest-benchmark.
+
+    Each round starts the services (and dependencies) on fresh ports, timed by the
+    ``benchmark`` fixture (so ``--benchmark-save`` / ``--benchmark-compare-fail`` gate
+    regressions), then stops them; the test fails when the P95 exceeds the budget.
+    """
+    benchmark = request.getfixturevalue("benchmark")
+    state = _session(request.config)
+    if state.lconfig is None or state.config_path is None:
+        pytest.fail("startup_benchmark needs a launcher config; looked in: " + "; ".join(state.looked), pytrace=False)
+
+    def run(names: Iterable[str] | str | None = None, rounds: int = 10) -> dict[str, Any]:
+        from .config import load_config
+        from .orchestrator import UnifiedLauncher
+        from .report import percentile
+
+        assert state.lconfig is not None and state.config_path is not None
+        wanted = [names] if isinstance(names, str) else (list(names) if names is not None else None)
+        config = load_config(state.config_path, profile=state.lconfig.profile, mode=state.lconfig.mode,
+                             budget=state.lconfig.startup_budget)
+        bench_launcher = UnifiedLauncher(config)
+        try:
+            benchmark.pedantic(
+                lambda: bench_launcher._thread.run(bench_launcher._start(wanted)),
+                teardown=lambda: bench_launcher._thread.run(bench_launcher._stop(None)),
+                rounds=rounds, iterations=1, warmup_rounds=0,
+            )
+        finally:
+            if bench_launcher.get_status().value not in ("stopped", "idle"):
+                bench_launcher._thread.run(bench_launcher._stop(None))
+            bench_launcher.close()
+        report = bench_launcher.report()
+        totals = [r["total_startup_seconds"] for r in report["runs"]]
+        p95 = percentile(totals, 95)
+        benchmark.extra_info.update({"launcher_p95": p95, "launcher_budget": config.startup_budget,
+                                     "launcher_mode": bench_launcher.mode})
+        if p95 > config.startup_budget:
+            pytest.fail(f"startup P95 {p95:.3f} s over {len(totals)} cold starts exceeds the budget of "
+                        f"{config.startup_budget:g} s", pytrace=False)
+        return report
+
+    return run
+
+
 # --------------------------------------------------------------------------- end of session
 
 

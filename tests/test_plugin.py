@@ -342,3 +342,38 @@ def test_xdist(project: pytest.Pytester, xdist_mode: str, no_orphans: None) -> N
     elif len(workers) == 2:
         assert len(pids) == 2 and len(urls) == 2
     result.stdout.fnmatch_lines(["*= unified launcher =*"])
+
+
+def test_startup_benchmark_fixture_and_budget(project: pytest.Pytester, no_orphans: None) -> None:
+    """startup_benchmark runs cold starts through pytest-benchmark and fails over budget."""
+    project.makepyfile("""
+        def test_bench(startup_benchmark):
+            report = startup_benchmark(["api"], rounds=3)
+            assert len(report["runs"]) == 3
+            assert all(set(r["services"]) == {"api", "plain"} for r in report["runs"])
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-json=bench.json")
+    result.assert_outcomes(passed=1)
+    data = json.loads((project.path / "bench.json").read_text())
+    assert data["benchmarks"][0]["stats"]["rounds"] == 3
+    assert data["benchmarks"][0]["extra_info"]["launcher_p95"] > 0
+    over = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-budget=0.000001")
+    over.assert_outcomes(failed=1)
+    over.stdout.fnmatch_lines(["*startup P95 * over 3 cold starts exceeds the budget of 1e-06 s*"])
+
+
+def test_waterfall_option_writes_svg(project: pytest.Pytester, no_orphans: None) -> None:
+    """--launcher-waterfall writes the session's startup waterfall as SVG."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_x(): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-waterfall=w.svg")
+    result.assert_outcomes(passed=1)
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring((project.path / "w.svg").read_text())
+    bars = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "bar"]
+    assert sorted(g.get("data-service") for g in bars) == ["api", "plain"]
