@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ class HttpClient:
         self._session: Any = None
 
     async def get(self, url: str, timeout: float) -> int:
+        if "aiohttp" not in sys.modules:  # let a warm-up import in a thread finish first
+            await asyncio.get_running_loop().run_in_executor(None, __import__, "aiohttp")
         import aiohttp
 
         if self._session is None or self._session.closed:
