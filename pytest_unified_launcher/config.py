@@ -309,6 +309,33 @@ def _merge_service(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[
     return deep_merge(base, overlay)
 
 
+def _not_a_table(value: Any, where: str, source: str, service: str | None = None) -> ConfigError:
+    return ConfigError(
+        f"'{where}' must be a table, not {type(value).__name__} {value!r}",
+        source=source, service=service, key=where,
+        fix=f"write it as [{where}] with keys below it, or as {where} = {{ ... }}",
+    )
+
+
+def _check_tables(data: Mapping[str, Any], source: str) -> None:
+    """The shape the merge relies on: every section and service is a table."""
+    for section in ("launcher", "services", "profiles"):
+        if section in data and not isinstance(data[section], Mapping):
+            raise _not_a_table(data[section], section, source)
+    for name, svc in (data.get("services") or {}).items():
+        if not isinstance(svc, Mapping):
+            raise _not_a_table(svc, f"services.{name}", source, service=str(name))
+    for name, overlay in (data.get("profiles") or {}).items():
+        if not isinstance(overlay, Mapping):
+            raise _not_a_table(overlay, f"profiles.{name}", source)
+        for section in ("launcher", "services"):
+            if section in overlay and not isinstance(overlay[section], Mapping):
+                raise _not_a_table(overlay[section], f"profiles.{name}.{section}", source)
+        for svc_name, svc in (overlay.get("services") or {}).items():
+            if not isinstance(svc, Mapping):
+                raise _not_a_table(svc, f"profiles.{name}.services.{svc_name}", source, service=str(svc_name))
+
+
 def apply_profile(data: Mapping[str, Any], profile: str | None, source: str) -> dict[str, Any]:
     """The file with ``[profiles.NAME]`` merged over it (and the profiles table removed)."""
     profiles = data.get("profiles") or {}
@@ -501,8 +528,21 @@ def _uses_port(raw: ServiceModel) -> bool:
     return any(re.search(r"\$\{\s*(port|url)\s*\}", t) for t in texts)
 
 
-def _argv(value: list[str] | str) -> list[str]:
-    return shlex.split(value) if isinstance(value, str) else list(value)
+def _argv(value: list[str] | str, where: Callable[[], ConfigError] | None = None, key: str = "command") -> list[str]:
+    if not isinstance(value, str):
+        return list(value)
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        err = where() if where else ConfigError("")
+        err.key, err.problem = key, f"cannot split {value!r} into arguments: {exc}"
+        err.fix = "balance the quotes, or write the command as a list of strings"
+        raise err from None
+    if not argv:
+        err = where() if where else ConfigError("")
+        err.key, err.problem, err.fix = key, "the command is empty", "give the program to run"
+        raise err
+    return argv
 
 
 def _signal_number(value: str | int, where: Callable[[], ConfigError]) -> int:
@@ -559,7 +599,8 @@ def parse(
                 fix=(f"did you mean '{close[0]}'? " if close else "")
                 + "valid tables: launcher, services, profiles",
             )
-    profile_names = tuple(sorted((data.get("profiles") or {}) if isinstance(data.get("profiles"), Mapping) else ()))
+    _check_tables(data, src)
+    profile_names = tuple(sorted(data.get("profiles") or {}))
     for name in profile_names:
         if not NAME_RE.match(name):
             raise ConfigError(
@@ -713,10 +754,20 @@ def _resolve(
                 )
         else:
             url = addresses[name].get("url")
-        command = tuple(ex("command", a) for a in _argv(raw.command)) if raw.command else ()
+        command = tuple(ex("command", a) for a in _argv(raw.command, where)) if raw.command is not None else ()
+        if raw.command is not None and not command:
+            current_key[0] = "command"
+            err = where()
+            err.problem, err.fix = "the command is empty", "give the program to run"
+            raise err
         setup = tuple(
-            tuple(ex(f"setup[{i}]", a) for a in _argv(step)) for i, step in enumerate(raw.setup)
+            tuple(ex(f"setup[{i}]", a) for a in _argv(step, where, f"setup[{i}]")) for i, step in enumerate(raw.setup)
         )
+        if any(not step for step in setup):
+            current_key[0] = "setup"
+            err = where()
+            err.problem, err.fix = "a setup step is empty", "remove it or give the program to run"
+            raise err
         env_values = {
             k: ex(f"env.{k}", str(v).lower() if isinstance(v, bool) else str(v))
             for k, v in raw.env.items()
@@ -816,7 +867,11 @@ def _resolve_health(
             raise err
         return HealthCheck("tcp", timeout=h.timeout)
     if h.command is not None:
-        argv = tuple(ex("health.command", a) for a in _argv(h.command))
+        argv = tuple(ex("health.command", a) for a in _argv(h.command, where, "health.command"))
+        if not argv:
+            err = where()
+            err.key, err.problem, err.fix = "health.command", "the probe command is empty", "give the program to run"
+            raise err
         return HealthCheck("command", timeout=h.timeout, argv=argv)
     if h.log is not None:
         return HealthCheck("log", timeout=h.timeout, pattern=ex("health.log", h.log))

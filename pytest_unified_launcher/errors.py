@@ -9,6 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def _redact(text: str) -> str:
+    from ._redact import redact
+
+    return redact(text)
+
+
 class LauncherError(Exception):
     """Base of every error the launcher raises on purpose."""
 
@@ -50,7 +56,7 @@ class ConfigError(LauncherError):
         text = head + self.problem
         if self.fix:
             text += f"\n  fix: {self.fix}"
-        return text
+        return _redact(text)
 
 
 class UnknownServiceError(LauncherError):
@@ -93,7 +99,7 @@ class ServiceStartupError(LauncherError):
         if self.log_tail.strip():
             tail = "\n".join("    " + line for line in self.log_tail.rstrip().splitlines())
             text += f"\n  last lines of its output:\n{tail}"
-        return text
+        return _redact(text)
 
 
 class DependencyFailedError(ServiceStartupError):
