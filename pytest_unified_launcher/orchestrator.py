@@ -264,6 +264,20 @@ class UnifiedLauncher:
         if self._ctx is not None:
             await self._ctx.http.close()
 
+    def kill_all(self) -> None:
+        """SIGKILL every process group this launcher started, now (a second Ctrl-C)."""
+        import signal
+
+        from ._process import kill_pids
+
+        for svc in self._services.values():
+            pid = svc.runner.pid if svc.runner is not None else None
+            if pid:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    kill_pids([pid])
+
     def get_status(self) -> LauncherStatus:
         states = [s.state for s in self._services.values()]
         if self._stopping or "stopping" in states:
@@ -543,6 +557,25 @@ def run_sync(launcher: UnifiedLauncher, names: Iterable[str] | None = None) -> d
 
 
 def stop_sync(launcher: UnifiedLauncher, names: Iterable[str] | None = None) -> None:
-    launcher._thread.run(launcher._stop(names))
+    """Stop from synchronous code. Ctrl-C does not abort a teardown (that would orphan
+    services): the first one is reported and the graceful stop goes on, a second kills every
+    process group at once (as docker compose does)."""
+    future = launcher._thread.submit(launcher._stop(names))
+    interrupted = False
+    while True:
+        try:
+            future.result()
+            break
+        except KeyboardInterrupt:
+            if interrupted:
+                launcher.kill_all()
+                try:
+                    future.result(timeout=10)
+                except BaseException:
+                    pass
+                break
+            interrupted = True
+            print("unified-launcher: stopping services gracefully; press Ctrl-C again to kill them now",
+                  file=sys.stderr, flush=True)
     if names is None:
         launcher.close()

@@ -7,6 +7,7 @@ the process is alive, and ``stop()`` is best-effort and idempotent.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,20 @@ class Runner:
 
     async def stop(self) -> None:
         raise NotImplementedError
+
+    def _open_log(self, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND) -> int:
+        """Create the log folder and open this service's log file, or fail with the fix."""
+        from ..errors import ServiceStartupError
+
+        try:
+            self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.ctx.log_dir / f"{self.svc.name}.log", flags, 0o644)
+        except OSError as exc:
+            raise ServiceStartupError(
+                self.svc.name,
+                f"cannot write its log under {self.ctx.log_dir} ({exc.strerror}); "
+                "set [launcher] state_dir to a writable folder",
+            ) from None
 
     def logs(self, tail: int = 50) -> str:
         from .._process import tail as read_tail

@@ -72,8 +72,7 @@ class InProcessRunner(Runner):
         assert svc.app is not None and svc.port is not None
         _current.set(self)
         _install_handler()
-        self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.write_text("")
+        os.close(self._open_log())
         svc.tmp.mkdir(parents=True, exist_ok=True)
         os.environ.update(svc.env)
         self.spawned_at = _timing.monotonic()

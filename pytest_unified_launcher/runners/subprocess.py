@@ -113,9 +113,11 @@ class SubprocessRunner(Runner):
             ids = user_ids(svc.user)
         except LookupError as exc:
             raise self._fail(f"{exc}; create it or remove user = ...") from None
-        self._prepare_tmp(ids)
-        self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
-        self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._log_fd = self._open_log()
+        try:
+            self._prepare_tmp(ids)
+        except OSError as exc:
+            raise self._fail(f"cannot prepare its temp dir {svc.tmp} ({exc.strerror})") from None
         env = self._env()
         for step in svc.setup:
             await self._run_setup(step, env, ids, deadline)
