@@ -63,8 +63,9 @@ def bench_config(n: int = 15) -> str:
 
 
 def _inprocess_config(n_apps: int) -> object:
+    import graph7
+
     from pytest_unified_launcher import parse
-    import graph7  # noqa: F401  (the apps module is imported below, warm)
 
     services: dict[str, dict[str, object]] = {"dep": {"command": [PY, TCP, "${port}"]}}
     names = list(graph7.GRAPH)[:n_apps]
@@ -83,7 +84,8 @@ def _inprocess_config(n_apps: int) -> object:
 
 def bench_inprocess(n: int = 9) -> tuple[str, str]:
     import graph7
-    import graph7.svc  # noqa: F401 - warm imports, as in a session's second start
+    import graph7.svc
+
     from pytest_unified_launcher import UnifiedLauncher
 
     # Zero-delay apps: what is measured is the launcher, not the apps' own start-up work.
@@ -93,7 +95,7 @@ def bench_inprocess(n: int = 9) -> tuple[str, str]:
     for _ in range(n):
         launcher = UnifiedLauncher(_inprocess_config(5))  # type: ignore[arg-type]
 
-        async def run() -> None:
+        async def run(launcher: UnifiedLauncher = launcher) -> None:
             await launcher.start()
             services = launcher.report()["runs"][0]["services"]
             dep_ready = services["dep"]["ready_at"]
@@ -127,7 +129,7 @@ def bench_subprocess_stop(n: int = 9) -> str:
                        source=HERE / "launcher.toml", allocate_port=lambda a, b: 0 or _free())
         launcher = UnifiedLauncher(config)
 
-        async def run() -> None:
+        async def run(launcher: UnifiedLauncher = launcher) -> None:
             await launcher.start()
             t = time.perf_counter()
             await launcher.stop()

@@ -36,7 +36,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from graph7 import GRAPH, LEVELS  # noqa: E402
+from graph7 import GRAPH, LEVELS
 
 PY = sys.executable
 MARK = "UL_BENCH_PEERS"

@@ -126,7 +126,8 @@ class AppServer:
             connection.shutdown()
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while (state.connections or state.tasks) and loop.time() < end:
+        # uvicorn offers no event for "last connection closed": poll briefly (ms, not its 0.1 s).
+        while (state.connections or state.tasks) and loop.time() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
         for task in list(state.tasks):
             task.cancel()

@@ -217,7 +217,7 @@ class Environment:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(handle.host, handle.port), 1)
             writer.close()
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return
         self._metrics.probe.labels(name).observe(_timing.monotonic() - t0)
 

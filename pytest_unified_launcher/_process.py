@@ -132,7 +132,7 @@ async def stop_process(
         _signal_group(pgid, stop_signal)
         try:
             await asyncio.wait_for(proc.wait(), timeout=stop_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("pid %d ignored signal %d for %.1f s: killing it", proc.pid, stop_signal, stop_timeout)
             _signal_group(pgid, signal.SIGKILL)
             kill_pids(strays)

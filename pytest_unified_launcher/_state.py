@@ -98,11 +98,14 @@ def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, in
         for pid_text, info in processes.items():
             pid = int(pid_text)
             if _alive_as(pid, str(info.get("token"))):
-                for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-                    try:
-                        target()
-                    except OSError:
-                        pass
+                try:
+                    os.killpg(pid, signal.SIGKILL)  # its whole group: grandchildren too
+                except OSError:
+                    pass
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
                 reaped.append((str(info.get("service")), pid))
                 log.warning("reaped service %s (pid %d) left by a killed session", info.get("service"), pid)
         tmp_root = data.get("tmp_root")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 HEADER = """\
@@ -25,7 +26,7 @@ def _postgres_bin(program: str) -> str:
     return candidates[-1] if candidates else program
 
 
-TEMPLATES = {
+TEMPLATES: dict[str, Callable[[], str]] = {
     "postgres": lambda: f"""
 [services.database]      # a private PostgreSQL per session (trust auth, nothing persisted)
 setup = [["{_postgres_bin('initdb')}", "-D", "${{tmp}}/data", "-U", "postgres", "--auth=trust", "-N"]]

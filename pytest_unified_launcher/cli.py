@@ -218,7 +218,7 @@ def _owner_alive(record: dict[str, Any]) -> bool:
     from ._process import process_token
 
     pid = record.get("owner_pid")
-    return bool(pid) and process_token(pid) == record.get("owner_token")
+    return isinstance(pid, int) and process_token(pid) == record.get("owner_token")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import graph as graph_mod
-from ._discovery import CONFIG_FILENAME, find_config
 from .errors import ConfigError
 
 Mode = Literal["single_process", "multi_process", "auto"]
@@ -123,6 +122,7 @@ class LauncherModel(_Strict):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     auto_restart: bool = True
     dev_mode: bool = False
+    spawner: Literal["preimport", "plain"] = "preimport"
     test_env: dict[str, EnvValue] = Field(default_factory=dict)
 
 
@@ -218,6 +218,7 @@ class LauncherConfig:
     test_env: Mapping[str, str]
     tmp_root: Path
     profiles: tuple[str, ...] = ()
+    spawner: Literal["preimport", "plain"] = "preimport"
 
     @property
     def graph(self) -> dict[str, tuple[str, ...]]:
@@ -827,6 +828,7 @@ def _resolve(
         test_env=test_env,
         tmp_root=tmp_root,
         profiles=profile_names,
+        spawner=model.launcher.spawner,
     )
 
 

@@ -83,7 +83,7 @@ class TcpProbe:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), self.timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             return _reason(exc)
         writer.close()
         try:
@@ -107,7 +107,7 @@ class CommandProbe:
             )
         except FileNotFoundError:
             return f"probe command {self.argv[0]!r} not found"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return f"probe command timed out after {self.timeout} s"
         return None if code == 0 else f"probe command exited with code {code}"
 
@@ -268,7 +268,7 @@ async def wait_healthy(
             raise HealthTimeout(timeout, last)
         try:
             result = await asyncio.wait_for(_first(probe.check(), exited), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HealthTimeout(timeout, last if last != "not probed yet" else "probe timed out") from None
         if result is _EXITED:
             raise ProcessExited(exit_code())

@@ -24,7 +24,7 @@ class Stamp:
     at: float
 
 
-class ServiceLifecycle(StateMachine):  # type: ignore[misc]
+class ServiceLifecycle(StateMachine):
     """stopped -> starting -> running | completed (tasks) | failed -> stopping -> stopped."""
 
     stopped = State(initial=True)

@@ -33,7 +33,7 @@ from .report import RunTiming, ServiceTiming, build_report
 log = logging.getLogger(__name__)
 
 
-class LauncherStatus(str, enum.Enum):
+class LauncherStatus(enum.StrEnum):
     IDLE = "idle"
     STARTING = "starting"
     RUNNING = "running"
@@ -330,6 +330,10 @@ class UnifiedLauncher:
             from .health import HttpClient
             from .runners import RunContext
 
+            try:  # logs and state files are private: 0700 (state files themselves are 0600)
+                self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                pass  # reported by the runner that needs to write there, with the fix
             if not self._reaped:
                 self._reaped = True
                 try:
@@ -348,6 +352,11 @@ class UnifiedLauncher:
                 on_spawn=self._state_file.add,
                 on_exit=self._state_file.remove,
             )
+            if (not self.in_process_apps and self.config.spawner == "preimport"
+                    and any(s.kind == "app" and not s.user for s in self.config.services.values())):
+                from ._forkserver import ForkServer
+
+                self._ctx.forkserver = ForkServer(self.config.state_dir / "logs" / "_forkserver.log")
         return self._ctx
 
     # ------------------------------------------------------------------ internals: start
@@ -360,8 +369,14 @@ class UnifiedLauncher:
                 if svc.error is not None:
                     svc.error = None
                     svc.start_task = None
-        self._context()
+        ctx = self._context()
         self._warm_imports(wanted)
+        if ctx.forkserver is not None and any(self._services[n].config.kind == "app" for n in wanted):
+            try:
+                await ctx.forkserver.start(self._base_env)
+            except OSError as exc:
+                log.warning("the pre-imported spawner could not start (%s): spawning apps directly", exc)
+                ctx.forkserver = None
         if self._run is None:
             self._run = RunTiming()
             self._runs.append(self._run)
@@ -412,7 +427,7 @@ class UnifiedLauncher:
         deps = self._graph[name]
         if deps:
             results = await asyncio.gather(*(self._ensure(d) for d in deps), return_exceptions=True)
-            for dep, result in zip(deps, results):
+            for dep, result in zip(deps, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 if isinstance(result, BaseException):
@@ -495,7 +510,7 @@ class UnifiedLauncher:
             for name in sorted(targets):
                 tasks[name] = asyncio.ensure_future(stop_one(name))
             results = await asyncio.gather(*tasks.values(), return_exceptions=True)
-            for name, result in zip(tasks, results):
+            for name, result in zip(tasks, results, strict=True):
                 if isinstance(result, BaseException):
                     log.error("stopping service %s failed: %r", name, result)
         finally:
@@ -534,6 +549,11 @@ class UnifiedLauncher:
     async def _release(self) -> None:
         if self._ctx is not None:
             await self._ctx.http.close()
+            if self._ctx.forkserver is not None:
+                await self._ctx.forkserver.close()
+                from ._forkserver import ForkServer
+
+                self._ctx.forkserver = ForkServer(self._ctx.forkserver.log_path)
         if self._state_file is not None:
             self._state_file.close()
         shutil.rmtree(self.config.tmp_root, ignore_errors=True)

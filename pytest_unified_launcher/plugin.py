@@ -69,6 +69,8 @@ class _Session:
         self.attach = False
         self.worker_reports: list[dict[str, Any]] = []
         self.failed_services: set[str] = set()
+        self.keep_message: str | None = None
+        self.teardown_report: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -216,10 +218,9 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
     if session.launcher is None:
         from .orchestrator import UnifiedLauncher
 
-        shared = session.shared is not None
         session.launcher = UnifiedLauncher(
             session.lconfig,
-            shared_workers=shared,
+            shared_workers=session.shared is not None,
             keep=session.keep,
             owner_pid=session.shared_payload["controller_pid"] if session.shared_payload else None,
         )
@@ -344,9 +345,9 @@ class LauncherFacade:
         if isinstance(names, str):
             names = [names]
         names = list(names) if names is not None else sorted(self._launcher._graph)
-        self._launcher._thread.run(self._launcher._stop(names))
-        state = _session(self._config)
-        self._launcher.on_change(names)
+        with self._launcher.guard():
+            self._launcher._thread.run(self._launcher._stop(names))
+            self._launcher.on_change(names)
 
     def service(self, name: str) -> ServiceHandle:
         return self._launcher.service(name)
@@ -375,7 +376,7 @@ def launcher(pytestconfig: pytest.Config) -> LauncherFacade:
     """The session's launcher (start, stop, service, status, report), synchronously."""
     facade = LauncherFacade(pytestconfig)
     try:
-        facade._launcher
+        _ = facade._launcher
     except LauncherError as exc:
         pytest.fail(str(exc), pytrace=False)
     return facade
@@ -559,7 +560,7 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
                         startup_seconds=s["startup_seconds"], teardown_seconds=s["teardown_seconds"],
                         attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())), failed=s.get("failed", False),
                     )
-    teardown = getattr(state, "teardown_report", None)
+    teardown = state.teardown_report
     if teardown and teardown["runs"]:
         run = teardown["runs"][-1]
         merged.total_teardown_seconds = run["total_teardown_seconds"]
@@ -589,6 +590,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for line in session_summary(report):
         red = "EXCEEDS" in line or "FAILED" in line
         terminalreporter.line(line, red=red)
-    message = getattr(state, "keep_message", None)
+    message = state.keep_message
     if message:
         terminalreporter.line(message, yellow=True)

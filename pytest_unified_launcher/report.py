@@ -212,13 +212,13 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
     end = max([s["ready_at"] or 0 for s in services.values()] + [run.get("total_startup_seconds") or 0, 0.001])
     show_budget = budget_seconds <= end * 1.5
     span = max(end, budget_seconds) if show_budget else end
-    left, right, row_h, top = 170, 40, 26, 50
+    left, right, row_h, top = 170, 80, 26, 56
     width = 900
     plot_w = width - left - right
     height = top + row_h * len(order) + 60
 
     def x(t: float) -> float:
-        return left + plot_w * (t / span)
+        return float(left + plot_w * (t / span))
 
     crit = critical_path(services)
     out = [
@@ -228,8 +228,14 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{left}" y="20" font-size="14" font-weight="bold">{escape(title)}: '
         f'{run.get("total_startup_seconds", 0):.3f} s</text>',
-        f'<text x="{left}" y="38" fill="#555">light: spawn/setup  dark: waiting for health  '
-        f'red outline: critical path</text>',
+        f'<rect x="{left}" y="30" width="14" height="10" fill="#2b7bb9" opacity="0.35"/>'
+        f'<text x="{left + 18}" y="39" fill="#555">setup and spawn</text>'
+        f'<rect x="{left + 130}" y="30" width="14" height="10" fill="#2b7bb9"/>'
+        f'<text x="{left + 148}" y="39" fill="#555">waiting for health</text>'
+        f'<rect x="{left + 275}" y="30" width="14" height="10" fill="white" stroke="#c00" stroke-width="2"/>'
+        f'<text x="{left + 293}" y="39" fill="#555">critical path</text>'
+        f'<rect x="{left + 385}" y="30" width="14" height="10" fill="#d9534f"/>'
+        f'<text x="{left + 403}" y="39" fill="#555">failed</text>',
     ]
     ticks = _ticks(span)
     for t in ticks:

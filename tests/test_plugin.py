@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -377,3 +376,67 @@ def test_waterfall_option_writes_svg(project: pytest.Pytester, no_orphans: None)
     root = ET.fromstring((project.path / "w.svg").read_text())
     bars = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "bar"]
     assert sorted(g.get("data-service") for g in bars) == ["api", "plain"]
+
+
+def test_launcher_services_option_and_keep(project: pytest.Pytester, no_orphans: None) -> None:
+    """--launcher-services starts a set at session start; --launcher-keep leaves it up for `down`."""
+    project.makepyfile("""
+        def test_x(launcher):
+            assert launcher.service("plain").state == "running"
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-services=plain", "--launcher-keep")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*services left running (--launcher-keep); stop them with: unified-launcher down*"])
+    record = json.loads((project.path / "state" / "up.json").read_text())
+    pid = record["services"]["plain"]["pid"]
+    assert psutil.pid_exists(pid)
+    down = subprocess.run([PY, "-m", "pytest_unified_launcher", "down"], cwd=project.path, capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_state_dir_is_private(project: pytest.Pytester, no_orphans: None) -> None:
+    """The state folder is 0700 and its state files 0600."""
+    project.makepyfile("""
+        import os, stat
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_x():
+            assert stat.S_IMODE(os.stat("state").st_mode) == 0o700
+            run = [f for f in os.listdir("state/run") if f.endswith(".json")]
+            assert run and stat.S_IMODE(os.stat(f"state/run/{run[0]}").st_mode) == 0o600
+    """)
+    project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_xdist_dist_each_per_worker(project: pytest.Pytester, no_orphans: None) -> None:
+    """--dist=each with per_worker: every worker runs every test against its own environment."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_x(services): assert services["plain"].pid
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist=each",
+                                          "--launcher-xdist=per_worker")
+    result.assert_outcomes(passed=2)
+
+
+def test_xdist_worker_sigkill_is_reaped_by_controller(project: pytest.Pytester, no_orphans: None) -> None:
+    """A worker SIGKILLed after starting shared services: the controller still stops everything."""
+    project.makepyfile("""
+        import os, signal
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_dies(services):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_other(i): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*crashed*"])

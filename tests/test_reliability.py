@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from conftest import launcher_processes
-from pytest_unified_launcher import ConfigError, ServiceStartupError, UnifiedLauncher, load_config
+from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
 
 APPS = Path(__file__).parent / "apps"
 PY = sys.executable

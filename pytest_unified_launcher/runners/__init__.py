@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import ServiceConfig
 
@@ -31,6 +31,8 @@ class RunContext:
     log_level: str = "info"
     on_spawn: Callable[[str, int], None] = lambda name, pid: None
     on_exit: Callable[[str, int], None] = lambda name, pid: None
+    #: The pre-imported spawner for app subprocesses, when there is one (see _forkserver).
+    forkserver: Any = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

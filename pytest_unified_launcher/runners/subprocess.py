@@ -46,8 +46,8 @@ class SubprocessRunner(Runner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.proc: asyncio.subprocess.Process | None = None
-        self._spawning: asyncio.Future[asyncio.subprocess.Process] | None = None
+        self.proc: Any = None  # asyncio.subprocess.Process, or a forked RemoteProcess
+        self._spawning: asyncio.Future[Any] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._log_fd: int | None = None
         self._ready = asyncio.Event()
@@ -102,7 +102,7 @@ class SubprocessRunner(Runner):
         os.chmod(root, 0o711)
         self.svc.tmp.mkdir(mode=0o700, exist_ok=True)
         if ids is not None:
-            for dirpath, dirnames, filenames in os.walk(self.svc.tmp):
+            for dirpath, _dirnames, filenames in os.walk(self.svc.tmp):
                 os.chown(dirpath, *ids)
                 for f in filenames:
                     os.chown(os.path.join(dirpath, f), *ids)
@@ -140,9 +140,16 @@ class SubprocessRunner(Runner):
             self._notify = NotifySocket(svc.tmp / "notify.sock")
             env["NOTIFY_SOCKET"] = str(self._notify.path)
         self.spawned_at = _timing.monotonic()
-        self._spawning = asyncio.ensure_future(
-            spawn(self._argv(write_fd), env=env, cwd=svc.cwd, log_file=self._log_fd, ids=ids, pass_fds=pass_fds)
-        )
+        forkserver = self.ctx.forkserver
+        if svc.kind == "app" and forkserver is not None and ids is None and write_fd is not None \
+                and await forkserver.wait_ready(max(0.0, deadline - _timing.monotonic())):
+            self.spawned_at = _timing.monotonic()
+            self._spawning = asyncio.ensure_future(forkserver.spawn(
+                self._argv(None)[3:], env=env, cwd=svc.cwd, log_fd=self._log_fd, ready_fd=write_fd))
+        else:
+            self._spawning = asyncio.ensure_future(
+                spawn(self._argv(write_fd), env=env, cwd=svc.cwd, log_file=self._log_fd, ids=ids, pass_fds=pass_fds)
+            )
         try:
             # Shielded: if we are cancelled (Ctrl-C), the spawn still completes and stop() reaps it.
             self.proc = await asyncio.shield(self._spawning)
@@ -152,6 +159,8 @@ class SubprocessRunner(Runner):
             raise self._fail(f"cannot run {self._argv(None)[0]!r}: {exc.strerror}") from None
         except NotADirectoryError:
             raise self._fail(f"cwd {svc.cwd} is not a folder") from None
+        except ConnectionError as exc:
+            raise self._fail(f"{exc}; set [launcher] spawner = \"plain\" to spawn apps directly") from None
         finally:
             if write_fd is not None:
                 os.close(write_fd)
@@ -170,7 +179,7 @@ class SubprocessRunner(Runner):
             )
         except FileNotFoundError:
             raise self._fail(f"setup command {step[0]!r} not found; is it installed and on PATH?") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise self._fail(
                 f"setup command `{shlex.join(step)}` did not finish within {self.svc.startup_timeout:.1f} s",
                 timeout=self.svc.startup_timeout,
@@ -205,7 +214,7 @@ class SubprocessRunner(Runner):
         if self.svc.task:
             try:
                 code = await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
             if code != 0:
                 raise self._fail(describe_exit(code), exit_code=code)
@@ -238,10 +247,11 @@ class SubprocessRunner(Runner):
     async def _wait_signal(self, event: asyncio.Event, deadline: float) -> None:
         """Wait for the ready pipe / READY=1 (no polling), the process's exit, or the deadline."""
         assert self._exited is not None
-        waiter = asyncio.ensure_future(event.wait())
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+        exited: asyncio.Future[Any] = self._exited
         try:
             await asyncio.wait(
-                {waiter, self._exited}, timeout=max(0.0, deadline - _timing.monotonic()),
+                {waiter, exited}, timeout=max(0.0, deadline - _timing.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:

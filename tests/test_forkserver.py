@@ -1,0 +1,90 @@
+"""The pre-imported spawner: forked app services are as isolated as plainly spawned ones."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
+
+APPS = Path(__file__).parent / "apps"
+
+
+def project(tmp_path: Path, extra: str = "", spawner: str = "preimport") -> Path:
+    (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "launcher.toml"
+    path.write_text(textwrap.dedent(f"""
+        [launcher]
+        mode = "multi_process"
+        spawner = "{spawner}"
+        state_dir = "state"
+        [services.a]
+        app = "web:app"
+        env = {{ WHO = "a" }}
+        [services.b]
+        app = "web:app"
+        env = {{ WHO = "b" }}
+        cwd = "sub"
+        depends_on = ["a"]
+    """) + extra)
+    return path
+
+
+def get(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+@pytest.mark.parametrize("spawner", ["preimport", "plain"])
+async def test_forked_apps_are_isolated(tmp_path: Path, spawner: str, no_orphans: None) -> None:
+    """Each forked app has its own session, environment, cwd and log; the helper goes with the launcher."""
+    launcher = UnifiedLauncher(load_config(project(tmp_path, spawner=spawner), environ={}))
+    try:
+        handles = await launcher.start()
+        a, b = handles["a"], handles["b"]
+        assert get(f"{a.url}/env/WHO")["value"] == "a" and get(f"{b.url}/env/WHO")["value"] == "b"
+        for h in (a, b):
+            assert h.pid is not None and os.getsid(h.pid) == h.pid  # its own session and group
+            assert h.log_path is not None and "serving web:app" in h.log_path.read_text()
+        assert psutil.Process(b.pid).cwd() == str(tmp_path / "sub")
+        parent = psutil.Process(a.pid).parent()
+        helper = launcher._ctx.forkserver
+        if spawner == "preimport":
+            assert helper is not None and parent is not None and parent.pid == helper._proc.pid
+            assert "_forkserver" in " ".join(parent.cmdline())
+        else:
+            assert helper is None and parent is not None and parent.pid == os.getpid()
+    finally:
+        await launcher.stop()
+    if spawner == "preimport":
+        assert not psutil.pid_exists(parent.pid) or parent.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_forked_app_failure_is_reported_at_once(tmp_path: Path, no_orphans: None) -> None:
+    """An app that cannot be imported exits at once with its message, as with a plain spawn."""
+    path = project(tmp_path, '[services.bad]\napp = "nosuch:app"\nstartup_timeout = 120\n')
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError, match="exited with code 3") as info:
+            await launcher.start(["bad"])
+    assert "cannot import module 'nosuch'" in info.value.log_tail
+
+
+async def test_restart_after_stop_reuses_a_new_helper(tmp_path: Path, no_orphans: None) -> None:
+    """A full stop closes the helper; the next start gets a fresh one."""
+    launcher = UnifiedLauncher(load_config(project(tmp_path), environ={}))
+    try:
+        for _ in range(2):
+            handles = await launcher.start(["a"])
+            assert get(f"{handles['a'].url}/health") == {"ok": True}
+            await launcher._thread.call(launcher._stop(None))
+    finally:
+        await launcher.stop()
+
