@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/peers.py --rounds 10
 
 Contestants (interleaved round by round, so machine noise hits all alike):
-  launcher-multi      this launcher, multi_process (each app its own uvicorn process)
+  launcher-multi      this launcher, multi_process (each app its own process), apps forked from
+                      the pre-imported spawner (the default)
+  launcher-multi-plain  the same with spawner = "plain": a fresh interpreter per app
   launcher-single     this launcher, single_process (apps in-process)
   asyncio-by-hand     a hand-written asyncio script: spawn each service once its own
                       dependencies answer, poll /health every 10 ms, SIGTERM everything at once
@@ -139,7 +141,7 @@ def by_hand() -> tuple[float, float, float]:
     return asyncio.run(main())
 
 
-def launcher(mode: str) -> tuple[float, float, float]:
+def launcher(mode: str, spawner: str = "preimport") -> tuple[float, float, float]:
     from pytest_unified_launcher import UnifiedLauncher, parse
 
     services = {
@@ -148,7 +150,7 @@ def launcher(mode: str) -> tuple[float, float, float]:
         for name, (delay, deps) in GRAPH.items()
     }
     state = tempfile.mkdtemp(prefix="ul-bench-")
-    config = parse({"launcher": {"mode": mode, "state_dir": state}, "services": services},
+    config = parse({"launcher": {"mode": mode, "state_dir": state, "spawner": spawner}, "services": services},
                    source=HERE / "launcher.toml", allocate_port=lambda n, h: free_port())
     ul = UnifiedLauncher(config)
 
@@ -219,6 +221,7 @@ def xprocess_run() -> tuple[float, float, float]:
 
 CONTESTANTS = {
     "launcher-multi": lambda: launcher("multi_process"),
+    "launcher-multi-plain": lambda: launcher("multi_process", "plain"),
     "launcher-single": lambda: launcher("single_process"),
     "asyncio-by-hand": by_hand,
     "mirakuru-serial": lambda: mirakuru_run(False),

@@ -169,7 +169,7 @@ class Environment:
         affected = sorted(graph_mod.dependents_closure(self.launcher.config.graph, names))
         running = [n for n in affected if self.launcher.services[n].state != "stopped" or n in names]
         self.say(f"restarting {', '.join(running)} ({why})")
-        await self.launcher._thread.call(self.launcher._stop(running))
+        await self.launcher.stop(running)
         try:
             await self.launcher.start(running, retry_failed=True)
         except LauncherError as exc:
@@ -182,7 +182,7 @@ class Environment:
 
     async def stop_one(self, name: str, *, why: str) -> None:
         self.say(f"stopping {name} ({why})")
-        await self.launcher._thread.call(self.launcher._stop([name]))
+        await self.launcher.stop([name])
         self.record()
 
     async def _supervise(self) -> None:
@@ -190,19 +190,18 @@ class Environment:
         while True:
             await asyncio.sleep(0.25)
             for name, handle in self.launcher.services.items():
-                svc = self.launcher._services[name]
-                if handle.state != "running" or svc.runner is None:
+                if handle.state != "running":
                     continue
-                if self._metrics is not None and handle.port and svc.config.health.kind in ("tcp", "http"):
+                if self._metrics is not None and handle.port and handle.config.health.kind in ("tcp", "http"):
                     await self._probe_latency(name, handle)
-                if svc.runner.alive():
+                if handle.alive:
                     failures.pop(name, None)
                     continue
                 from .runners.subprocess import describe_exit
 
-                self.say(f"{self._prefix(name)} service {name} {describe_exit(svc.runner.exit_code)}")
+                self.say(f"{self._prefix(name)} service {name} {describe_exit(handle.exit_code)}")
                 if not self.config.auto_restart:
-                    await self.launcher._thread.call(self.launcher._stop([name]))
+                    await self.launcher.stop([name])
                     self.record()
                     continue
                 count = failures.get(name, 0)

@@ -257,7 +257,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             return 0
         os.kill(pid, signal.SIGKILL)
     # No supervisor (``--launcher-keep``, or it was killed): stop the recorded services directly.
-    from .orchestrator import UnifiedLauncher, stop_sync
+    from .orchestrator import UnifiedLauncher
 
     full = _load(args, pinned_ports=record.get("ports", {}), tmp_root=record.get("tmp_root"))
     launcher = UnifiedLauncher(full, keep=True)
@@ -267,7 +267,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
             if process_token(entry["pid"]) == entry.get("token"):
                 launcher.adopt(name, pid=entry["pid"], token=entry["token"])
-    stop_sync(launcher)
+    launcher.stop_blocking()
     remove_up_record(config.state_dir)
     print(f"stopped {len(record['services'])} services")
     return 0
@@ -301,14 +301,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         for i in range(1, args.runs + 1):
             try:
-                launcher._thread.run(launcher._start(names))
+                launcher.start_blocking(names)
             except LauncherError as exc:
                 failed = exc
             finally:
-                launcher._thread.run(launcher._stop(None))
-            run = launcher._runs[-1]
-            print(f"  run {i}/{args.runs}: up {run.total_startup_seconds:.3f} s, "
-                  f"down {run.total_teardown_seconds or 0:.3f} s", flush=True)
+                launcher.stop_blocking(close=False)
+            run = launcher.report()["runs"][-1]
+            print(f"  run {i}/{args.runs}: up {run['total_startup_seconds']:.3f} s, "
+                  f"down {run['total_teardown_seconds'] or 0:.3f} s", flush=True)
             if failed:
                 print(str(failed), file=sys.stderr)
                 return 1

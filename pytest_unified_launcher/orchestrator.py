@@ -114,6 +114,22 @@ class ServiceHandle:
         runner = self._svc.runner
         return runner.log_path if runner is not None else None
 
+    @property
+    def alive(self) -> bool:
+        """Whether its process (if any) still runs; False before it was started."""
+        runner = self._svc.runner
+        return runner is not None and bool(runner.alive())
+
+    @property
+    def exit_code(self) -> int | None:
+        runner = self._svc.runner
+        return runner.exit_code if runner is not None else None
+
+    @property
+    def error(self) -> ServiceStartupError | None:
+        """Why it failed to start (remembered until an explicit start()/restart())."""
+        return self._svc.error
+
     def logs(self, tail: int = 50) -> str:
         runner = self._svc.runner
         return runner.logs(tail) if runner is not None else ""
@@ -214,11 +230,56 @@ class UnifiedLauncher:
         """Start ``names`` (default: every service) and their dependencies; wait until ready."""
         return await self._thread.call(self._start(names, retry_failed=retry_failed))
 
-    async def stop(self, names: Iterable[str] | None = None) -> None:
-        """Stop ``names``, or everything this launcher started (reverse dependency order)."""
+    async def stop(self, names: Iterable[str] | None = None, *, close: bool = True) -> None:
+        """Stop ``names``, or everything this launcher started (reverse dependency order).
+
+        A full stop also ends the background loop unless ``close=False`` (to start again).
+        """
         await self._thread.call(self._stop(names))
-        if names is None:
+        if names is None and close:
             self.close()
+
+    # Synchronous twins, for callers without an event loop (the plugin, the CLI).
+
+    def start_blocking(self, names: Iterable[str] | None = None, *, retry_failed: bool = False) -> dict[str, ServiceHandle]:
+        return self._thread.run(self._start(names, retry_failed=retry_failed))
+
+    def stop_blocking(self, names: Iterable[str] | None = None, *, close: bool = True) -> None:
+        """Stop from synchronous code. Ctrl-C does not abort a teardown (that would orphan
+        services): the first one is reported and the graceful stop goes on, a second kills every
+        process group at once (as docker compose does)."""
+        future = self._thread.submit(self._stop(names))
+        interrupted = False
+        while True:
+            try:
+                future.result()
+                break
+            except KeyboardInterrupt:
+                if interrupted:
+                    self.kill_all()
+                    try:
+                        future.result(timeout=10)
+                    except BaseException:
+                        pass
+                    break
+                interrupted = True
+                print("unified-launcher: stopping services gracefully; press Ctrl-C again to kill them now",
+                      file=sys.stderr, flush=True)
+        if names is None and close:
+            self.close()
+
+    @property
+    def graph(self) -> Mapping[str, tuple[str, ...]]:
+        """``name -> dependencies`` to start."""
+        return MappingProxyType(self._graph)
+
+    def closure(self, names: Iterable[str]) -> list[str]:
+        """``names`` and their transitive dependencies, sorted (UnknownServiceError if unknown)."""
+        return sorted(graph_mod.closure(self._graph, names))
+
+    def all_up(self, names: Iterable[str]) -> bool:
+        """Whether every one of ``names`` is running (and alive) or completed: no start needed."""
+        return all(self._handles[n].state in ("running", "completed") and self._handles[n].alive for n in names)
 
     def adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool = False) -> None:
         """Take over a service another process started (xdist ``shared``, ``--launcher-attach``)."""
@@ -569,33 +630,3 @@ def _root_cause(errors: list[BaseException], services: Mapping[str, _Service]) -
         return svc.level if svc else 0
 
     return sorted(pool, key=level)[0]
-
-
-def run_sync(launcher: UnifiedLauncher, names: Iterable[str] | None = None) -> dict[str, ServiceHandle]:
-    """Start from synchronous code (the plugin, the CLI)."""
-    return launcher._thread.run(launcher._start(names))
-
-
-def stop_sync(launcher: UnifiedLauncher, names: Iterable[str] | None = None) -> None:
-    """Stop from synchronous code. Ctrl-C does not abort a teardown (that would orphan
-    services): the first one is reported and the graceful stop goes on, a second kills every
-    process group at once (as docker compose does)."""
-    future = launcher._thread.submit(launcher._stop(names))
-    interrupted = False
-    while True:
-        try:
-            future.result()
-            break
-        except KeyboardInterrupt:
-            if interrupted:
-                launcher.kill_all()
-                try:
-                    future.result(timeout=10)
-                except BaseException:
-                    pass
-                break
-            interrupted = True
-            print("unified-launcher: stopping services gracefully; press Ctrl-C again to kill them now",
-                  file=sys.stderr, flush=True)
-    if names is None:
-        launcher.close()

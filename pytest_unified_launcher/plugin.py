@@ -251,23 +251,18 @@ def _marked_services(item: pytest.Item) -> list[str]:
 
 
 def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHandle]:
-    from . import graph as graph_mod
-
     session = _session(config)
     launcher = _launcher(config)
-    wanted = sorted(graph_mod.closure(launcher._graph, names))
-    # Fast path: everything already up (a few attribute reads, no thread hop).
-    services = launcher._services
-    if session.shared is None and all(services[n].state in ("running", "completed") and services[n].runner is not None
-           and services[n].runner.alive() for n in wanted):
-        return {n: launcher._handles[n] for n in wanted}
+    wanted = launcher.closure(names)
+    # Fast path: everything already up (a few attribute reads, no thread hop). A shared
+    # environment always asks the record: another worker may have stopped or restarted one.
+    if session.shared is None and launcher.all_up(wanted):
+        return {n: launcher.services[n] for n in wanted}
     if session.shared is not None and session.role == "worker":
         session.shared.ensure(launcher, wanted)
     else:
-        from .orchestrator import run_sync
-
-        run_sync(launcher, wanted)
-    return {n: launcher._handles[n] for n in wanted}
+        launcher.start_blocking(wanted)
+    return {n: launcher.services[n] for n in wanted}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -299,7 +294,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"@pytest.mark.services: {exc}", pytrace=False)
     except LauncherError as exc:
         if state.launcher is not None:
-            state.failed_services.update(n for n, s in state.launcher._services.items() if s.error)
+            state.failed_services.update(n for n, h in state.launcher.services.items() if h.error)
         pytest.fail(str(exc), pytrace=False)
 
 
@@ -310,14 +305,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         state = item.config.stash.get(_KEY, None)
         names = _marked_services(item)
         if state is not None and state.launcher is not None and names:
-            from . import graph as graph_mod
-
             try:
-                wanted = sorted(graph_mod.closure(state.launcher._graph, names))
+                wanted = state.launcher.closure(names)
             except LauncherError:
                 wanted = []
             for name in wanted:
-                text = state.launcher._handles[name].logs(20)
+                text = state.launcher.services[name].logs(20)
                 if text:
                     report.sections.append((f"unified-launcher log: {name} (last 20 lines)", text))
     return report
@@ -339,14 +332,14 @@ class LauncherFacade:
     def start(self, names: Iterable[str] | str | None = None) -> dict[str, ServiceHandle]:
         if isinstance(names, str):
             names = [names]
-        return _ensure(self._config, names if names is not None else self._launcher._graph)
+        return _ensure(self._config, names if names is not None else self._launcher.graph)
 
     def stop(self, names: Iterable[str] | str | None = None) -> None:
         if isinstance(names, str):
             names = [names]
-        names = list(names) if names is not None else sorted(self._launcher._graph)
+        names = list(names) if names is not None else sorted(self._launcher.graph)
         with self._launcher.guard():
-            self._launcher._thread.run(self._launcher._stop(names))
+            self._launcher.stop_blocking(names)
             self._launcher.on_change(names)
 
     def service(self, name: str) -> ServiceHandle:
@@ -416,14 +409,12 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
         bench_launcher = UnifiedLauncher(config)
         try:
             benchmark.pedantic(
-                lambda: bench_launcher._thread.run(bench_launcher._start(wanted)),
-                teardown=lambda: bench_launcher._thread.run(bench_launcher._stop(None)),
+                lambda: bench_launcher.start_blocking(wanted),
+                teardown=lambda: bench_launcher.stop_blocking(close=False),
                 rounds=rounds, iterations=1, warmup_rounds=0,
             )
         finally:
-            if bench_launcher.get_status().value not in ("stopped", "idle"):
-                bench_launcher._thread.run(bench_launcher._stop(None))
-            bench_launcher.close()
+            bench_launcher.stop_blocking()
         report = bench_launcher.report()
         totals = [r["total_startup_seconds"] for r in report["runs"]]
         p95 = percentile(totals, 95)
@@ -488,9 +479,7 @@ def _finish_single(config: pytest.Config, state: _Session) -> None:
             )
         launcher.forget()
         return
-    from .orchestrator import stop_sync
-
-    stop_sync(launcher)
+    launcher.stop_blocking()
 
 
 def _finish_worker(config: pytest.Config, state: _Session) -> None:
@@ -500,9 +489,7 @@ def _finish_worker(config: pytest.Config, state: _Session) -> None:
         if state.shared is not None:
             launcher.forget()  # the controller stops the shared environment
         else:
-            from .orchestrator import stop_sync
-
-            stop_sync(launcher)
+            launcher.stop_blocking()
             report = launcher.report()
         workeroutput = getattr(config, "workeroutput", None)
         if workeroutput is not None:
@@ -513,16 +500,15 @@ def _finish_controller(state: _Session) -> None:
     if state.shared is None or state.lconfig is None:
         return
     from ._state import reap
-    from .orchestrator import UnifiedLauncher, stop_sync
+    from .orchestrator import UnifiedLauncher
 
     record = state.shared.read()
     launcher = UnifiedLauncher(state.lconfig, shared_workers=True)
     for name, entry in record.items():
-        if name in launcher._services and entry.get("state") in ("running", "completed"):
+        if name in launcher.services and entry.get("state") in ("running", "completed"):
             launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
                            completed=entry["state"] == "completed")
-    t_stop = launcher
-    stop_sync(t_stop)
+    launcher.stop_blocking()
     state.teardown_report = launcher.report()
     reap(state.lconfig.state_dir, owner_pid=os.getpid())
     import shutil

@@ -16,10 +16,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import graph as graph_mod
 from ._process import process_token
 from ._state import write_private
-from .errors import LauncherError, ServiceDiedError, ServiceStartupError
+from .errors import ServiceDiedError, ServiceStartupError
 
 ENV_VAR = "UNIFIED_LAUNCHER_SHARED"
 
@@ -53,15 +52,15 @@ class SharedEnvironment:
 
     def ensure(self, launcher: Any, names: Iterable[str]) -> None:
         """Start ``names`` once for all workers: adopt what runs, repeat what failed."""
-        wanted = graph_mod.closure(launcher._graph, names)
+        wanted = launcher.closure(names)
         with self.lock():
             record = self.read()
             for name in sorted(wanted):
                 entry = record.get(name)
                 if not entry:
-                    if launcher._services[name].state != "stopped":
+                    if launcher.services[name].state != "stopped":
                         # Another worker stopped it (a test's stop()): stopped for every worker.
-                        launcher._thread.run(launcher._stop([name]))
+                        launcher.stop_blocking([name])
                     continue
                 if entry["state"] == "failed":
                     raise ServiceStartupError(name, entry["cause"], log_tail=entry.get("log_tail", ""))
@@ -81,24 +80,20 @@ class SharedEnvironment:
                 self.write(record)
                 raise ServiceDiedError(name, "exited during the session", log_tail=log_tail)
             try:
-                from .orchestrator import run_sync
-
-                run_sync(launcher, sorted(wanted))
-            except LauncherError:
-                raise
+                launcher.start_blocking(wanted)
             finally:
                 self._record(launcher, wanted, record)
 
     def _record(self, launcher: Any, names: Iterable[str], record: dict[str, Any]) -> None:
         for name in names:
-            svc = launcher._services[name]
-            if svc.error is not None:
-                err = svc.error
+            handle = launcher.services[name]
+            if handle.error is not None:
+                err = handle.error
                 record[name] = {"state": "failed", "cause": err.cause, "log_tail": err.log_tail}
-            elif svc.state in ("running", "completed"):
-                pid = svc.runner.pid if svc.runner is not None else None
+            elif handle.state in ("running", "completed"):
+                pid = handle.pid
                 record[name] = {
-                    "state": svc.state, "pid": pid, "token": process_token(pid) if pid else None,
+                    "state": handle.state, "pid": pid, "token": process_token(pid) if pid else None,
                 }
         self.write(record)
 
