@@ -21,12 +21,17 @@ SERVICE_VAR = "UNIFIED_LAUNCHER_SERVICE"
 
 
 def process_token(pid: int) -> str:
-    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    """The process's start time in clock ticks since boot: with the pid, it names one process.
+
+    "?" when there is no such running process (gone, or a zombie nobody has reaped yet).
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return "?"
+    if fields[0] in ("Z", "X"):
+        return "?"
+    return fields[19]
 
 
 def tail(path: Path | None, lines: int = 20, max_bytes: int = 64 * 1024) -> str:

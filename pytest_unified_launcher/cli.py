@@ -83,6 +83,12 @@ def _config_path(args: argparse.Namespace) -> Path:
     return path
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    from .config import state_dir_of
+
+    return state_dir_of(_config_path(args), profile=getattr(args, "profile", None))
+
+
 def _load(args: argparse.Namespace, **kwargs: Any) -> Any:
     from .config import load_config
 
@@ -225,8 +231,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ._process import process_token
     from ._up import read_up_record
 
-    config = _load(args, pinned_ports=_NoPorts())
-    record = read_up_record(config.state_dir)
+    record = read_up_record(_state_dir(args))
     services = record["services"]
     healthy = True
     for entry in services.values():
@@ -244,8 +249,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from ._up import read_up_record, remove_up_record
 
-    config = _load(args, pinned_ports=_NoPorts())
-    record = read_up_record(config.state_dir)
+    state_dir = _state_dir(args)
+    record = read_up_record(state_dir)
     if _owner_alive(record):
         pid = record["owner_pid"]
         os.kill(pid, signal.SIGTERM)
@@ -268,19 +273,9 @@ def cmd_down(args: argparse.Namespace) -> int:
             if process_token(entry["pid"]) == entry.get("token"):
                 launcher.adopt(name, pid=entry["pid"], token=entry["token"])
     launcher.stop_blocking()
-    remove_up_record(config.state_dir)
+    remove_up_record(state_dir)
     print(f"stopped {len(record['services'])} services")
     return 0
-
-
-class _NoPorts(dict):  # type: ignore[type-arg]
-    """Resolve a config to find its state_dir without reserving ports."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> int:
-        return 0
 
 
 # --------------------------------------------------------------------------- bench

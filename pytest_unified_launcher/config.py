@@ -965,6 +965,21 @@ def read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
+class _AnyPort(dict[str, int]):
+    """Pinned ports answering 0 for every service: resolve a config without reserving any."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> int:
+        return 0
+
+
+def state_dir_of(path: str | os.PathLike[str], *, profile: str | None = None) -> Path:
+    """The config's state folder, found without reserving ports (status, down, attach)."""
+    return load_config(path, profile=profile, pinned_ports=_AnyPort(), tmp_root="/nonexistent").state_dir
+
+
 def load_config(
     path: str | os.PathLike[str],
     *,

@@ -114,7 +114,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     session.keep = bool(_opt(early_config, "keep", ns))
     session.attach = bool(_opt(early_config, "attach", ns))
     if session.attach and payload is None:
-        payload = _attach_payload(path, early_config, ns)
+        payload = _attach_payload(path, ns)
     budget = _opt(early_config, "budget", ns)
     try:
         lconfig = load_config(
@@ -169,28 +169,16 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     os.environ.update(lconfig.test_env)
 
 
-def _attach_payload(path: Path, early_config: pytest.Config, ns: Any) -> dict[str, Any]:
+def _attach_payload(path: Path, ns: Any) -> dict[str, Any]:
     """The running environment's ports and temp dir, so placeholders name its addresses."""
     from ._up import read_up_record
-    from .config import load_config
+    from .config import state_dir_of
 
     try:
-        probe = load_config(path, profile=ns.launcher_profile, environ={**os.environ, "LAUNCHER_CONFIG": ""},
-                            pinned_ports=_AllPorts(), tmp_root="/nonexistent")
-        record = read_up_record(probe.state_dir)
+        record = read_up_record(state_dir_of(path, profile=ns.launcher_profile))
     except LauncherError as exc:
         raise pytest.UsageError(f"--launcher-attach: {exc}") from None
     return {"config": str(path), "ports": record.get("ports", {}), "tmp_root": record.get("tmp_root")}
-
-
-class _AllPorts(dict):  # type: ignore[type-arg]
-    """Pinned ports that answer 0 for every service: resolve a config without reserving."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> int:
-        return 0
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -228,3 +228,36 @@ def test_help_has_examples() -> None:
     for command in ("check", "up", "status", "down", "bench", "init"):
         result = cli(Path.cwd(), command, "--help")
         assert result.returncode == 0 and "example" in result.stdout
+
+
+def test_ctrl_c_stops_foreground_up(project: Path, no_orphans: None) -> None:
+    """Ctrl-C to a foreground `up` stops every service and removes the state file."""
+    proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up", "--mode", "multi_process"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait(lambda: (project / "state" / "up.json").exists())
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "plain |" in out and "stopped" in out  # prefixed service logs, then the stop
+    assert not (project / "state" / "up.json").exists()
+
+
+def test_down_after_supervisor_was_killed(project: Path, no_orphans: None) -> None:
+    """If the `up` supervisor is SIGKILLed, `down` still stops the services it left."""
+    assert cli(project, "up", "--detach", "--mode", "multi_process").returncode == 0
+    record = json.loads((project / "state" / "up.json").read_text())
+    os.kill(record["owner_pid"], signal.SIGKILL)
+    _wait(lambda: not psutil_exists(record["owner_pid"]))
+    status = cli(project, "status")
+    assert "gone" in status.stdout
+    down = cli(project, "down")
+    assert down.returncode == 0 and "stopped 2 services" in down.stdout
+
+
+def psutil_exists(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

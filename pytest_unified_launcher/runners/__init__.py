@@ -84,6 +84,16 @@ class Runner:
                 "set [launcher] state_dir to a writable folder",
             ) from None
 
+    def _health_timeout(self, timeout: float, last: str) -> Exception:
+        """The startup error for a probe that never passed, with the service's log tail."""
+        from ..errors import ServiceStartupError
+
+        return ServiceStartupError(
+            self.svc.name,
+            f"health check ({self.svc.health.describe()}) timed out after {timeout:.1f} s (last probe: {last})",
+            log_tail=self.logs(20), timeout=timeout,
+        )
+
     def logs(self, tail: int = 50) -> str:
         from .._process import tail as read_tail
 

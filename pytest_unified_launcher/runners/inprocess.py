@@ -115,11 +115,7 @@ class InProcessRunner(Runner):
             await wait_healthy(probe, deadline=deadline, timeout=self.svc.startup_timeout,
                                log_path=self.log_path)
         except HealthTimeout as exc:
-            raise self._fail(
-                f"health check ({self.svc.health.describe()}) timed out after {exc.timeout:.1f} s "
-                f"(last probe: {exc.last})",
-                timeout=exc.timeout,
-            ) from None
+            raise self._health_timeout(exc.timeout, exc.last) from None
 
     async def stop(self) -> None:
         if self.server is not None and not self._stopped:

@@ -238,11 +238,7 @@ class SubprocessRunner(Runner):
         except ProcessExited as exc:
             raise self._fail(describe_exit(exc.code), exit_code=exc.code) from None
         except HealthTimeout as exc:
-            raise self._fail(
-                f"health check ({self.svc.health.describe()}) timed out after {exc.timeout:.1f} s "
-                f"(last probe: {exc.last})",
-                timeout=exc.timeout,
-            ) from None
+            raise self._health_timeout(exc.timeout, exc.last) from None
 
     async def _wait_signal(self, event: asyncio.Event, deadline: float) -> None:
         """Wait for the ready pipe / READY=1 (no polling), the process's exit, or the deadline."""
@@ -280,10 +276,4 @@ class SubprocessRunner(Runner):
                 await stop_process(self.proc, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout)
                 self.ctx.on_exit(self.svc.name, self.proc.pid)
         finally:
-            self._close_ready_pipe()
-            if self._notify is not None:
-                self._notify.close()
-                self._notify = None
-            if self._log_fd is not None:
-                os.close(self._log_fd)
-                self._log_fd = None
+            self.detach()
