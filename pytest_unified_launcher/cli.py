@@ -152,10 +152,23 @@ def _print_table(services: dict[str, Any]) -> None:
         print(line)
 
 
+def _require_cli_extra(dev: bool) -> None:
+    import importlib.util
+
+    needed = ["jwt", "prometheus_client"] + (["watchdog"] if dev else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"`unified-launcher up` needs {', '.join(missing)}, which is not installed",
+            fix="pip install 'pytest-unified-launcher[cli]'",
+        )
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ._up import read_up_record
 
     config = _load(args)
+    _require_cli_extra(args.dev or config.dev_mode)
     try:
         existing = read_up_record(config.state_dir)
     except AttachError:
