@@ -9,6 +9,7 @@ Every mistake becomes one :class:`ConfigError` naming the file, service, key and
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import shlex
@@ -193,6 +194,9 @@ class ServiceConfig:
     depends_on: tuple[str, ...] = ()
     tmp: Path = Path("/tmp")
     port_auto: bool = False
+    #: Set when the port is automatic and no other service or test_env names this service's
+    #: address: ``rebind(port)`` is the same service on another port (retried after a clash).
+    rebind: Callable[[int], ServiceConfig] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_external(self) -> bool:
@@ -513,6 +517,17 @@ class _Scope:
         return PLACEHOLDER_RE.sub(sub, text)
 
 
+def _referenced_services(model: FileModel) -> set[str]:
+    """Services whose address some other service or test_env names in a placeholder."""
+    texts = [str(v) for v in model.launcher.test_env.values()]
+    for svc in model.services.values():
+        texts.append(repr(svc.model_dump()))
+    found: set[str] = set()
+    for text in texts:
+        found.update(re.findall(r"\$\{\s*services\.([A-Za-z0-9_-]+)\.", text))
+    return found
+
+
 def _uses_port(raw: ServiceModel) -> bool:
     texts: list[str] = []
     if isinstance(raw.command, str):
@@ -721,19 +736,23 @@ def _resolve(
         addresses[name] = {"host": raw.host, "port": str(port), "url": f"http://{raw.host}:{port}"}
 
     closures = {name: graph_mod.closure(deps, [name]) - {name} for name in deps}
-    services: dict[str, ServiceConfig] = {}
-    for name in sorted(model.services):
-        raw = model.services[name]
+    raw_services = model.services
+    def build(name: str, port: int | None) -> ServiceConfig:
+        """One service, every placeholder expanded, with ``port`` as its own port."""
+        own_address = dict(addresses[name])
+        if port is not None and raw_services[name].url is None:
+            own_address.update(port=str(port), url=f"http://{own_address['host']}:{port}")
+        raw = raw_services[name]
         current_key = ["?"]
 
         def where(name: str = name, current_key: list[str] = current_key) -> ConfigError:
             return ConfigError("", source=src, service=name, key=current_key[0])
 
         tmp = tmp_root / name
-        own = {"name": name, "host": addresses[name]["host"], "tmp": str(tmp), "python": sys.executable}
+        own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable}
         for attr in ("port", "url"):
-            if attr in addresses[name]:
-                own[attr] = addresses[name][attr]
+            if attr in own_address:
+                own[attr] = own_address[attr]
         scope = _Scope(own, environ, where, sorted(closures[name]), addresses)
 
         def ex(key: str, text: str, scope: _Scope = scope, current_key: list[str] = current_key) -> str:
@@ -754,7 +773,7 @@ def _resolve(
                     fix='write it like "http://127.0.0.1:9000"',
                 )
         else:
-            url = addresses[name].get("url")
+            url = own_address.get("url")
         command = tuple(ex("command", a) for a in _argv(raw.command, where)) if raw.command is not None else ()
         if raw.command is not None and not command:
             current_key[0] = "command"
@@ -775,15 +794,15 @@ def _resolve(
         }
         cwd_text = ex("cwd", raw.cwd) if raw.cwd else None
         cwd = (root / cwd_text).resolve() if cwd_text else root
-        health = _resolve_health(raw, name, ports[name], addresses[name]["host"], url, ex, where)
+        health = _resolve_health(raw, name, port, own_address["host"], url, ex, where)
         current_key[0] = "stop_signal"
         stop_signal = _signal_number(raw.stop_signal, where)
         watch = tuple((root / w).resolve() for w in raw.watch)
-        services[name] = ServiceConfig(
+        return ServiceConfig(
             name=name,
             kind="app" if raw.app else "url" if raw.url is not None else "command",
-            host=addresses[name]["host"],
-            port=ports[name],
+            host=own_address["host"],
+            port=port,
             url=url,
             app=raw.app,
             command=command,
@@ -802,6 +821,14 @@ def _resolve(
             tmp=tmp,
             port_auto=auto.get(name, False),
         )
+
+    referenced = _referenced_services(model)
+    services: dict[str, ServiceConfig] = {}
+    for name in sorted(model.services):
+        services[name] = build(name, ports[name])
+        if auto.get(name) and name not in referenced:
+            # Nothing else names its address: a clash at start may move it to another port.
+            services[name] = replace(services[name], rebind=functools.partial(build, name))
 
     def test_env_where() -> ConfigError:
         return ConfigError("", source=src, key="launcher.test_env")

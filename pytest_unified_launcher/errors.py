@@ -93,6 +93,8 @@ class ServiceStartupError(LauncherError):
         self.log_tail = log_tail
         self.process_exit_code = exit_code
         self.timeout = timeout
+        #: The port that was already taken, when that is why it failed.
+        self.port_in_use: int | None = None
 
     def __str__(self) -> str:
         text = f"service '{self.service}' failed to start: {self.cause}"

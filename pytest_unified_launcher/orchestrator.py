@@ -506,7 +506,10 @@ class UnifiedLauncher:
         ctx = self._context()
         from .runners import make_runner
 
-        for attempt in range(1, svc.config.retries + 1):
+        rebinds = 0
+        attempt = 0
+        while attempt < svc.config.retries:
+            attempt += 1
             svc.attempts = timing.attempts = attempt
             runner = make_runner(svc.config, ctx, in_process_apps=self.in_process_apps)
             svc.runner = runner
@@ -518,6 +521,17 @@ class UnifiedLauncher:
             except ServiceStartupError as exc:
                 await self._quiet_stop(runner)
                 svc.machine.fail()
+                if exc.port_in_use is not None and svc.config.rebind is not None and rebinds < 3:
+                    # Its port was taken since it was reserved, and nothing else names its
+                    # address: move it to a fresh port and try again (not counted as an attempt).
+                    from ._ports import reserve
+
+                    rebinds += 1
+                    new_port = reserve(svc.config.host)
+                    log.warning("%s: port %d was taken; moving to port %d", name, exc.port_in_use, new_port)
+                    svc.config = svc.config.rebind(new_port)
+                    attempt -= 1
+                    continue
                 if attempt < svc.config.retries:
                     backoff = min(2.0 ** (attempt - 1), 30.0)
                     log.warning("%s (attempt %d of %d); retrying in %.0f s", exc, attempt, svc.config.retries, backoff)

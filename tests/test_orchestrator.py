@@ -311,3 +311,39 @@ def test_explicit_single_process_conflict_raises_config_error(tmp_path: Path) ->
     """)
     with pytest.raises(ConfigError, match="set X to different values"):
         UnifiedLauncher(load_config(path, environ={}))
+
+
+async def test_taken_auto_port_moves_when_nothing_refers_to_it(tmp_path: Path, no_orphans: None) -> None:
+    """An auto port taken after it was reserved: a service nobody refers to moves to a new port;
+    one whose address another service uses fails clearly instead."""
+    import socket
+
+    path = write_config(tmp_path, """
+        [services.loner]
+        command = ["{PY}", "{TCP}", "${port}"]
+        [services.base]
+        command = ["{PY}", "{TCP}", "${port}"]
+        [services.user]
+        command = ["{PY}", "-c", "print('${services.base.port}')"]
+        task = true
+        depends_on = ["base"]
+    """)
+    config = load_config(path, environ={})
+    squatters = []
+    for name in ("loner", "base"):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", config.services[name].port))
+        sock.listen(1)
+        squatters.append(sock)
+    try:
+        async with UnifiedLauncher(config) as launcher:
+            loner = (await launcher.start(["loner"]))["loner"]
+            assert loner.port != config.services["loner"].port and loner.state == "running"
+            assert loner.url == f"http://127.0.0.1:{loner.port}"
+            assert launcher.report()["runs"][0]["services"]["loner"]["attempts"] == 1
+            with pytest.raises(ServiceStartupError, match=f"port {config.services['base'].port} already in use"):
+                await launcher.start(["user"])
+    finally:
+        for sock in squatters:
+            sock.close()

@@ -92,10 +92,12 @@ class InProcessRunner(Runner):
             from .subprocess import port_holder
 
             holder = port_holder(svc.port)
-            raise self._fail(
+            err = self._fail(
                 f"port {svc.port} already in use" + (f" by {holder}" if holder else "")
                 + f" ({exc.strerror}); stop that process or choose another port"
-            ) from None
+            )
+            err.port_in_use = svc.port
+            raise err from None
         self.server = AppServer(app, svc.host, svc.port, log_level=self.ctx.log_level)
         try:
             await self.server.start(sock)

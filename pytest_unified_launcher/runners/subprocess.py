@@ -126,10 +126,12 @@ class SubprocessRunner(Runner):
 
             if not is_free(svc.host, svc.port):
                 holder = port_holder(svc.port)
-                raise self._fail(
+                err = self._fail(
                     f"port {svc.port} already in use" + (f" by {holder}" if holder else "")
                     + "; stop that process or choose another port"
                 )
+                err.port_in_use = svc.port
+                raise err
         pass_fds: list[int] = []
         write_fd = None
         if svc.kind == "app":
