@@ -68,7 +68,6 @@ class _Session:
         self.keep = False
         self.attach = False
         self.worker_reports: list[dict[str, Any]] = []
-        self.failed_services: set[str] = set()
         self.keep_message: str | None = None
         self.teardown_report: dict[str, Any] | None = None
 
@@ -110,63 +109,67 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         return
     from .config import load_config
 
-    workers = 0 if in_worker else _xdist_workers(ns)
     session.keep = bool(_opt(early_config, "keep", ns))
     session.attach = bool(_opt(early_config, "attach", ns))
     if session.attach and payload is None:
         payload = _attach_payload(path, ns)
-    budget = _opt(early_config, "budget", ns)
+    try:
+        budget = float(ns.launcher_budget) if ns.launcher_budget else None
+    except ValueError:
+        raise pytest.UsageError(
+            f"--launcher-budget {ns.launcher_budget!r} is not a number of seconds; e.g. --launcher-budget 25"
+        ) from None
     try:
         lconfig = load_config(
             path,
             profile=ns.launcher_profile,
             mode=ns.launcher_mode,
             xdist=ns.launcher_xdist,
-            budget=float(ns.launcher_budget) if ns.launcher_budget else None,
-            ini={
-                "profile": early_config.getini("launcher_profile") or None,
-                "mode": early_config.getini("launcher_mode") or None,
-                "xdist": early_config.getini("launcher_xdist") or None,
-                "budget": early_config.getini("launcher_budget") or None,
-            },
+            budget=budget,
+            ini={key: early_config.getini(f"launcher_{key}") or None for key in ("profile", "mode", "xdist", "budget")},
             pinned_ports=payload["ports"] if payload else None,
             tmp_root=payload["tmp_root"] if payload else None,
         )
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    except ValueError as exc:
-        raise pytest.UsageError(f"--launcher-budget {budget!r} is not a number of seconds ({exc})") from None
     session.lconfig = lconfig
-    if in_worker and payload is not None and lconfig.xdist == "shared":
-        from .xdist import SharedEnvironment
-
-        session.role = "worker"
-        session.shared = SharedEnvironment(Path(payload["folder"]))
-        session.shared_payload = payload
-    elif in_worker:
-        session.role = "worker"
-    elif workers >= 1:
-        session.role = "controller"
-        if lconfig.xdist == "per_worker" and workers > 1:
-            fixed = sorted(n for n, s in lconfig.services.items() if s.port is not None and not s.port_auto and s.kind != "url")
-            if fixed:
-                raise pytest.UsageError(str(ConfigError(
-                    f"fixed port {lconfig.services[fixed[0]].port} cannot be used with xdist = per_worker "
-                    f"and {workers if not isinstance(ns.numprocesses, str) else 'several'} workers: every worker would bind it",
-                    source=str(lconfig.source), service=fixed[0], key="port",
-                    fix='use port = "auto" (or remove port), or --launcher-xdist=shared',
-                )))
-        if lconfig.xdist == "shared":
-            from .xdist import controller_payload
-
-            folder = lconfig.tmp_root.parent / f"{lconfig.tmp_root.name}-xdist"
-            os.environ["UNIFIED_LAUNCHER_SHARED"] = controller_payload(
-                config_path=path, ports=lconfig.ports, tmp_root=lconfig.tmp_root, folder=folder
-            )
-            from .xdist import SharedEnvironment
-
-            session.shared = SharedEnvironment(folder)
+    _assign_role(session, lconfig, in_worker=in_worker, payload=payload, namespace=ns)
     os.environ.update(lconfig.test_env)
+
+
+def _assign_role(
+    session: _Session, lconfig: LauncherConfig, *, in_worker: bool, payload: dict[str, Any] | None, namespace: Any
+) -> None:
+    """single, xdist controller or xdist worker; a shared controller tells its workers (by
+    environment, which they inherit) the ports and folders of the one environment."""
+    from .xdist import SharedEnvironment, controller_payload
+
+    if in_worker:
+        session.role = "worker"
+        if payload is not None and lconfig.xdist == "shared":
+            session.shared = SharedEnvironment(Path(payload["folder"]))
+            session.shared_payload = payload
+        return
+    workers = _xdist_workers(namespace)
+    if workers < 1:
+        return
+    session.role = "controller"
+    if lconfig.xdist == "per_worker" and workers > 1:
+        fixed = sorted(n for n, s in lconfig.services.items() if s.port is not None and not s.port_auto and s.kind != "url")
+        if fixed:
+            count = "several" if isinstance(namespace.numprocesses, str) else str(workers)
+            raise pytest.UsageError(str(ConfigError(
+                f"fixed port {lconfig.services[fixed[0]].port} cannot be used with xdist = per_worker "
+                f"and {count} workers: every worker would bind it",
+                source=str(lconfig.source), service=fixed[0], key="port",
+                fix='use port = "auto" (or remove port), or --launcher-xdist=shared',
+            )))
+    if lconfig.xdist == "shared":
+        folder = lconfig.tmp_root.parent / f"{lconfig.tmp_root.name}-xdist"
+        os.environ["UNIFIED_LAUNCHER_SHARED"] = controller_payload(
+            config_path=lconfig.source, ports=lconfig.ports, tmp_root=lconfig.tmp_root, folder=folder
+        )
+        session.shared = SharedEnvironment(folder)
 
 
 def _attach_payload(path: Path, ns: Any) -> dict[str, Any]:
@@ -281,8 +284,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     except UnknownServiceError as exc:
         pytest.fail(f"@pytest.mark.services: {exc}", pytrace=False)
     except LauncherError as exc:
-        if state.launcher is not None:
-            state.failed_services.update(n for n, h in state.launcher.services.items() if h.error)
         pytest.fail(str(exc), pytrace=False)
 
 

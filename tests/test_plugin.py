@@ -440,3 +440,21 @@ def test_xdist_worker_sigkill_is_reaped_by_controller(project: pytest.Pytester, 
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*crashed*"])
+
+
+def test_fixed_port_with_per_worker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """A fixed port cannot serve several per_worker environments: exit 4 with the fix."""
+    pytester.makefile(".toml", launcher=f'[services.a]\ncommand = ["{PY}", "{TCP}", "${{port}}"]\nport = 7001\n')
+    pytester.makepyfile("def test_x(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--launcher-xdist=per_worker")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*service 'a', key 'port': fixed port 7001 cannot be used with xdist = per_worker*",
+                                 "*fix: use port = \"auto\"*"])
+
+
+def test_bad_budget_is_a_usage_error(project: pytest.Pytester) -> None:
+    """--launcher-budget must be a number of seconds."""
+    project.makepyfile("def test_x(): pass\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-budget=fast")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--launcher-budget 'fast' is not a number of seconds*"])
