@@ -1,0 +1,120 @@
+"""Probes and the wait loop, against real sockets and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_unified_launcher import _timing
+from pytest_unified_launcher.health import (
+    HealthTimeout,
+    HttpClient,
+    HttpProbe,
+    LogProbe,
+    ProcessExited,
+    TcpProbe,
+    wait_healthy,
+)
+
+
+async def serve_http(status: int) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("status", "expected"), [(200, None), (204, None), (503, "answered HTTP 503"), (405, "answered HTTP 405")])
+async def test_http_probe_statuses(status: int, expected: str | None) -> None:
+    """http is healthy on 2xx only (GET, so FastAPI's 405 for HEAD cannot fool it)."""
+    server, port = await serve_http(status)
+    client = HttpClient()
+    try:
+        result = await HttpProbe(f"http://127.0.0.1:{port}/health", 1.0, client).check()
+    finally:
+        await client.close()
+        server.close()
+    assert result is None if expected is None else expected in str(result)
+
+
+async def test_tcp_and_http_probes_name_a_refused_connection() -> None:
+    """A closed port is reported as 'connection refused' by both probes."""
+    port = closed_port()
+    client = HttpClient()
+    try:
+        assert await TcpProbe("127.0.0.1", port, 1.0).check() == "connection refused"
+        assert await HttpProbe(f"http://127.0.0.1:{port}/", 1.0, client).check() == "connection refused"
+    finally:
+        await client.close()
+
+
+async def test_log_probe_reads_only_new_output(tmp_path: Path) -> None:
+    """The log probe matches output written since the start, across reads."""
+    log = tmp_path / "svc.log"
+    log.write_text("booting\n")
+    probe = LogProbe(log, r"ready to accept")
+    assert await probe.check() is not None
+    with open(log, "a") as fh:
+        fh.write("server is ready to ")
+    assert await probe.check() is not None
+    with open(log, "a") as fh:
+        fh.write("accept connections\n")
+    assert await probe.check() is None
+
+
+async def test_wait_fails_at_once_when_the_process_exits(tmp_path: Path) -> None:
+    """A process that exits ends the wait with its code, long before the deadline."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(9)")
+    exited = asyncio.ensure_future(proc.wait())
+    with pytest.raises(ProcessExited) as info:
+        await wait_healthy(TcpProbe("127.0.0.1", closed_port(), 1.0), deadline=_timing.monotonic() + 600,
+                           timeout=600, exited=exited, exit_code=lambda: proc.returncode)
+    assert info.value.code == 9
+
+
+async def test_wait_times_out_with_the_last_answer() -> None:
+    """Past the deadline the wait raises with the timeout and the last probe's answer."""
+    with pytest.raises(HealthTimeout) as info:
+        await wait_healthy(TcpProbe("127.0.0.1", closed_port(), 1.0), deadline=_timing.monotonic() + 0.2, timeout=0.2)
+    assert info.value.timeout == 0.2 and info.value.last == "connection refused"
+
+
+async def test_wait_probes_when_the_log_grows(tmp_path: Path) -> None:
+    """The wait ends on new output, and until then the backoff keeps probes few (no blind polling)."""
+    log = tmp_path / "svc.log"
+    log.write_text("")
+    probe = LogProbe(log, "READY")
+    checks = 0
+    original = probe.check
+
+    async def counting() -> str | None:
+        nonlocal checks
+        checks += 1
+        return await original()
+
+    probe.check = counting  # type: ignore[method-assign]
+
+    async def write_later() -> None:
+        await asyncio.sleep(0.3)
+        log.write_text("READY\n")
+
+    writer = asyncio.ensure_future(write_later())
+    await wait_healthy(probe, deadline=_timing.monotonic() + 10, timeout=10, log_path=log)
+    await writer
+    # The backoff grows to 50 ms: ~10 probes in 0.3 s, not hundreds (no blind 1 ms polling).
+    assert checks < 30
