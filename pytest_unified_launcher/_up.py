@@ -77,6 +77,14 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
                 "restart it with `unified-launcher down` then `unified-launcher up --detach`"
             )
         launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed")
+    running = [n for n, e in record["services"].items() if n in launcher.services and e["state"] == "running"]
+    for name, reason in sorted(launcher.probe(running).items()):
+        if reason is not None:
+            raise AttachError(
+                f"service '{name}' of the running environment is unhealthy ({reason}); "
+                "see `unified-launcher status` and its log, or restart it with `unified-launcher down` "
+                "then `unified-launcher up --detach`"
+            )
     return record
 
 

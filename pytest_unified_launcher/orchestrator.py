@@ -325,6 +325,29 @@ class UnifiedLauncher:
         if self._ctx is not None:
             await self._ctx.http.close()
 
+    def probe(self, names: Iterable[str]) -> dict[str, str | None]:
+        """Run each service's health probe once: ``name -> None`` (healthy) or the reason."""
+        return self._thread.run(self._probe(list(names)))
+
+    async def _probe(self, names: list[str]) -> dict[str, str | None]:
+        from .health import make_probe
+
+        ctx = self._context()
+
+        async def one(name: str) -> str | None:
+            svc = self._services[name].config
+            if svc.health.kind in ("exit", "alive", "notify", "log"):
+                return None  # nothing to ask a running service: its process is what is checked
+            probe = make_probe(svc, svc.health, client=ctx.http, log_path=None, env=self._base_env,
+                               spawned_at=0.0)
+            try:
+                return await asyncio.wait_for(probe.check(), svc.health.timeout + 1)
+            except asyncio.TimeoutError:
+                return "timed out"
+
+        results = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, results, strict=True))
+
     def kill_all(self) -> None:
         """SIGKILL every process group this launcher started, now (a second Ctrl-C)."""
         import signal

@@ -261,3 +261,16 @@ def psutil_exists(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_attach_to_unhealthy_environment_is_clear(project: Path, running: dict[str, Any]) -> None:
+    """--launcher-attach refuses an environment whose service no longer answers its probe."""
+    os.kill(running["services"]["api"]["pid"], signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        (project / "test_x.py").write_text("import pytest\n@pytest.mark.services('api')\ndef test_x(): pass\n")
+        result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach"], cwd=project,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        assert "service 'api' of the running environment is unhealthy (timed out)" in result.stdout + result.stderr
+    finally:
+        os.kill(running["services"]["api"]["pid"], signal.SIGCONT)
