@@ -342,7 +342,7 @@ class UnifiedLauncher:
                                spawned_at=0.0)
             try:
                 return await asyncio.wait_for(probe.check(), svc.health.timeout + 1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return "timed out"
 
         results = await asyncio.gather(*(one(n) for n in names))
