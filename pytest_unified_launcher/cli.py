@@ -129,7 +129,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for name in names:
             svc = config.services[name]
             kind = "task" if svc.task else {"app": "app", "command": "command", "url": "external"}[svc.kind]
-            port = "-" if svc.port is None else (f"auto -> {svc.port}" if svc.port_auto else str(svc.port))
+            port = "-" if svc.port is None else ("auto" if svc.port_auto else str(svc.port))
             rows.append([str(level), name, kind, port, svc.health.describe(), ", ".join(svc.depends_on) or "-"])
     print("\nstart order (each service starts as soon as its own dependencies are ready):")
     for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):
