@@ -130,7 +130,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             svc = config.services[name]
             kind = "task" if svc.task else {"app": "app", "command": "command", "url": "external"}[svc.kind]
             port = "-" if svc.port is None else ("auto" if svc.port_auto else str(svc.port))
-            rows.append([str(level), name, kind, port, svc.health.describe(), ", ".join(svc.depends_on) or "-"])
+            probe = svc.health.describe()
+            if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
+                probe = probe.replace(f":{svc.port}", ":${port}")
+            rows.append([str(level), name, kind, port, probe, ", ".join(svc.depends_on) or "-"])
     print("\nstart order (each service starts as soon as its own dependencies are ready):")
     for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):
         print(redact(line))
