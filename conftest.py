@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
 OWNER_VAR = "UNIFIED_LAUNCHER_OWNER"
+#: The tests' small real services: FastAPI apps, and a plain TCP server used as a command.
+APPS = Path(__file__).parent / "tests" / "apps"
+PY = sys.executable
+TCP = str(APPS / "tcp_server.py")
 
 
 def launcher_processes() -> list[psutil.Process]:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import APPS, PY, TCP
 
-APPS = Path(__file__).parent / "apps"
-PY = sys.executable
-TCP = str(APPS / "tcp_server.py")
 
 CONFIG = f"""
 [launcher]

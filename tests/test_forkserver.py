@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
+from conftest import APPS
 
-APPS = Path(__file__).parent / "apps"
 
 
 def project(tmp_path: Path, extra: str = "", spawner: str = "preimport") -> Path:

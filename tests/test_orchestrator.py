@@ -20,10 +20,8 @@ from pytest_unified_launcher import (
     load_config,
 )
 from pytest_unified_launcher._ports import is_free
+from conftest import APPS, PY, TCP
 
-APPS = Path(__file__).parent / "apps"
-PY = sys.executable
-TCP = str(APPS / "tcp_server.py")
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

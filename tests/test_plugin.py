@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import launcher_processes
+from conftest import APPS, PY, TCP, launcher_processes
 
-APPS = Path(__file__).parent / "apps"
-PY = sys.executable
-TCP = str(APPS / "tcp_server.py")
 
 CONFIG = f"""
 [launcher]

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -21,12 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import launcher_processes
+from conftest import PY, TCP, launcher_processes
 from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
 
-APPS = Path(__file__).parent / "apps"
-PY = sys.executable
-TCP = str(APPS / "tcp_server.py")
 FULL = 20
 FAST = 2
 TALLY: dict[str, list[int]] = {}
