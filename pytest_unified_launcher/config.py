@@ -28,6 +28,8 @@ from .errors import ConfigError
 Mode = Literal["single_process", "multi_process", "auto"]
 Kind = Literal["app", "command", "url"]
 PortAllocator = Callable[[str, str], int]
+#: Builds the ConfigError for one place in the config: ``where(problem, fix=..., key=...)``.
+Where = Callable[..., ConfigError]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
@@ -449,7 +451,7 @@ class _Scope:
         self,
         values: Mapping[str, str],
         environ: Mapping[str, str],
-        where: Callable[[], ConfigError],
+        where: Where,
         allowed_services: Sequence[str] | None,
         all_services: Mapping[str, Mapping[str, str]],
     ) -> None:
@@ -502,11 +504,7 @@ class _Scope:
         )
 
     def _error(self, problem: str, fix: str) -> ConfigError:
-        err = self.where()
-        err.problem = problem
-        err.fix = fix
-        err.args = (problem,)
-        return err
+        return self.where(problem, fix)
 
     def expand(self, text: str) -> str:
         def sub(match: re.Match[str]) -> str:
@@ -544,24 +542,22 @@ def _uses_port(raw: ServiceModel) -> bool:
     return any(re.search(r"\$\{\s*(port|url)\s*\}", t) for t in texts)
 
 
-def _argv(value: list[str] | str, where: Callable[[], ConfigError] | None = None, key: str = "command") -> list[str]:
+def _argv(value: list[str] | str, where: Where | None = None, key: str = "command") -> list[str]:
     if not isinstance(value, str):
         return list(value)
     try:
         argv = shlex.split(value)
     except ValueError as exc:
-        err = where() if where else ConfigError("")
-        err.key, err.problem = key, f"cannot split {value!r} into arguments: {exc}"
-        err.fix = "balance the quotes, or write the command as a list of strings"
-        raise err from None
+        raise (where or ConfigError)(
+            f"cannot split {value!r} into arguments: {exc}",
+            fix="balance the quotes, or write the command as a list of strings", key=key,
+        ) from None
     if not argv:
-        err = where() if where else ConfigError("")
-        err.key, err.problem, err.fix = key, "the command is empty", "give the program to run"
-        raise err
+        raise (where or ConfigError)("the command is empty", fix="give the program to run", key=key)
     return argv
 
 
-def _signal_number(value: str | int, where: Callable[[], ConfigError]) -> int:
+def _signal_number(value: str | int, where: Where) -> int:
     if isinstance(value, int):
         return value
     name = value.upper()
@@ -570,10 +566,7 @@ def _signal_number(value: str | int, where: Callable[[], ConfigError]) -> int:
     try:
         return int(signal.Signals[name])
     except KeyError:
-        err = where()
-        err.problem = f"unknown signal {value!r}"
-        err.fix = "use a signal name such as SIGTERM, SIGINT or SIGQUIT"
-        raise err from None
+        raise where(f"unknown signal {value!r}", fix="use a signal name such as SIGTERM, SIGINT or SIGQUIT") from None
 
 
 # --------------------------------------------------------------------------- parse
@@ -745,8 +738,9 @@ def _resolve(
         raw = raw_services[name]
         current_key = ["?"]
 
-        def where(name: str = name, current_key: list[str] = current_key) -> ConfigError:
-            return ConfigError("", source=src, service=name, key=current_key[0])
+        def where(problem: str, fix: str | None = None, key: str | None = None,
+                  name: str = name, current_key: list[str] = current_key) -> ConfigError:
+            return ConfigError(problem, source=src, service=name, key=key or current_key[0], fix=fix)
 
         tmp = tmp_root / name
         own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable}
@@ -776,18 +770,12 @@ def _resolve(
             url = own_address.get("url")
         command = tuple(ex("command", a) for a in _argv(raw.command, where)) if raw.command is not None else ()
         if raw.command is not None and not command:
-            current_key[0] = "command"
-            err = where()
-            err.problem, err.fix = "the command is empty", "give the program to run"
-            raise err
+            raise where("the command is empty", fix="give the program to run", key="command")
         setup = tuple(
             tuple(ex(f"setup[{i}]", a) for a in _argv(step, where, f"setup[{i}]")) for i, step in enumerate(raw.setup)
         )
         if any(not step for step in setup):
-            current_key[0] = "setup"
-            err = where()
-            err.problem, err.fix = "a setup step is empty", "remove it or give the program to run"
-            raise err
+            raise where("a setup step is empty", fix="remove it or give the program to run", key="setup")
         env_values = {
             k: ex(f"env.{k}", str(v).lower() if isinstance(v, bool) else str(v))
             for k, v in raw.env.items()
@@ -830,8 +818,8 @@ def _resolve(
             # Nothing else names its address: a clash at start may move it to another port.
             services[name] = replace(services[name], rebind=functools.partial(build, name))
 
-    def test_env_where() -> ConfigError:
-        return ConfigError("", source=src, key="launcher.test_env")
+    def test_env_where(problem: str, fix: str | None = None, key: str | None = None) -> ConfigError:
+        return ConfigError(problem, source=src, key=key or "launcher.test_env", fix=fix)
 
     test_scope = _Scope({}, environ, test_env_where, None, addresses)
     test_env = {
@@ -866,14 +854,12 @@ def _resolve_health(
     host: str,
     url: str | None,
     ex: Callable[[str, str], str],
-    where: Callable[[], ConfigError],
+    where: Where,
 ) -> HealthCheck:
     if raw.task:
         if raw.health is not None:
-            err = where()
-            err.key, err.problem = "health", "a task has no health probe: it is ready when it exits 0"
-            err.fix = "remove health, or drop task = true for a long-running service"
-            raise err
+            raise where("a task has no health probe: it is ready when it exits 0",
+                        fix="remove health, or drop task = true for a long-running service", key="health")
         return HealthCheck("exit")
     h = raw.health
     if h is None:
@@ -882,25 +868,19 @@ def _resolve_health(
         target = ex("health.http", h.http)
         if target.startswith("/"):
             if url is None:
-                err = where()
-                err.key, err.problem = "health.http", f"http path {target!r} needs a port"
-                err.fix = 'give the service a port, or write a full URL'
-                raise err
+                raise where(f"http path {target!r} needs a port",
+                            fix="give the service a port, or write a full URL", key="health.http")
             target = url.rstrip("/") + target
         return HealthCheck("http", timeout=h.timeout, url=target)
     if h.tcp:
         if port is None:
-            err = where()
-            err.key, err.problem = "health.tcp", "a tcp probe needs a port"
-            err.fix = 'set port = "auto" or use ${port} in the command'
-            raise err
+            raise where("a tcp probe needs a port", fix='set port = "auto" or use ${port} in the command',
+                        key="health.tcp")
         return HealthCheck("tcp", timeout=h.timeout)
     if h.command is not None:
         argv = tuple(ex("health.command", a) for a in _argv(h.command, where, "health.command"))
         if not argv:
-            err = where()
-            err.key, err.problem, err.fix = "health.command", "the probe command is empty", "give the program to run"
-            raise err
+            raise where("the probe command is empty", fix="give the program to run", key="health.command")
         return HealthCheck("command", timeout=h.timeout, argv=argv)
     if h.log is not None:
         return HealthCheck("log", timeout=h.timeout, pattern=ex("health.log", h.log))
