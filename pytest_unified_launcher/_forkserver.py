@@ -54,6 +54,7 @@ def _child(request: dict[str, Any], fds: list[int], control: socket.socket) -> N
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        _name_process(request["env"].get("UNIFIED_LAUNCHER_SERVICE", "app"))
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         sys.argv = ["pytest_unified_launcher._serve", *request["args"], "--ready-fd", str(ready_fd)]
@@ -68,6 +69,15 @@ def _child(request: dict[str, Any], fds: list[int], control: socket.socket) -> N
         traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def _name_process(service: str) -> None:
+    """Show the service in ``ps -o comm``/``top`` (the argv stays the helper's: it was forked)."""
+    try:
+        with open("/proc/self/comm", "w") as fh:
+            fh.write(f"ul-{service}"[:15])
+    except OSError:
+        pass
 
 
 def serve_forever(control: socket.socket) -> None:
