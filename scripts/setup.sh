@@ -20,4 +20,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,example,cli]"
+# pip's output is kept quiet unless it fails; this machine's pip config adds harmless
+# "Location ... is ignored" warnings, which are dropped.
+log=$(mktemp)
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,example,cli]" >"$log" 2>&1; then
+  cat "$log" >&2
+  rm -f "$log"
+  echo "setup: pip install failed (above)" >&2
+  exit 1
+fi
+grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+rm -f "$log"
