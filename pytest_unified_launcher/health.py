@@ -275,19 +275,20 @@ async def wait_healthy(
         if result is None:
             return
         last = str(result)
-        # Sleep until the next probe is due, waking early on exit, a signal or new output.
+        # Sleep until the next probe is due, waking early on exit, new output, or a signal that
+        # arrives meanwhile (one already received must not turn the backoff into a hot loop).
         wake_at = min(_timing.monotonic() + delay, deadline)
         delay = min(delay * 2, max_delay)
+        pending = tuple(ev for ev in signals if not ev.is_set())
         while True:
             left = wake_at - _timing.monotonic()
             if left <= 0:
                 break
-            if any(ev.is_set() for ev in signals):
+            if any(ev.is_set() for ev in pending):
                 break
             if exited is not None and exited.done():
                 break
-            waiters: list[Awaitable[Any]] = [asyncio.sleep(min(left, 0.005))]
-            await _wait_any(waiters, exited, signals)
+            await _wait_any(min(left, 0.005), exited, pending)
             size = _size(log_path)
             if size != log_size:
                 log_size = size
@@ -314,10 +315,12 @@ async def _first(check: Awaitable[str | None], exited: asyncio.Future[Any] | Non
     return _EXITED
 
 
-async def _wait_any(
-    sleeps: list[Awaitable[Any]], exited: asyncio.Future[Any] | None, signals: tuple[asyncio.Event, ...]
-) -> None:
-    tasks = [asyncio.ensure_future(s) for s in sleeps]
+async def _wait_any(seconds: float, exited: asyncio.Future[Any] | None, signals: tuple[asyncio.Event, ...]) -> None:
+    """Sleep ``seconds``, or less if the process exits or one of ``signals`` is set."""
+    if exited is None and not signals:
+        await asyncio.sleep(seconds)
+        return
+    tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.sleep(seconds))]
     tasks += [asyncio.ensure_future(ev.wait()) for ev in signals]
     others: set[asyncio.Future[Any]] = set(tasks)
     if exited is not None:

@@ -118,3 +118,23 @@ async def test_wait_probes_when_the_log_grows(tmp_path: Path) -> None:
     await writer
     # The backoff grows to 50 ms: ~10 probes in 0.3 s, not hundreds (no blind 1 ms polling).
     assert checks < 30
+
+
+async def test_a_signal_already_received_does_not_cancel_the_backoff() -> None:
+    """After READY=1 / the ready pipe, a probe that still fails is retried on the backoff, not in
+    a hot loop (only a signal arriving during the wait cuts it short)."""
+    ready = asyncio.Event()
+    ready.set()
+    probe = TcpProbe("127.0.0.1", closed_port(), 1.0)
+    checks = 0
+    original = probe.check
+
+    async def counting() -> str | None:
+        nonlocal checks
+        checks += 1
+        return await original()
+
+    probe.check = counting  # type: ignore[method-assign]
+    with pytest.raises(HealthTimeout):
+        await wait_healthy(probe, deadline=_timing.monotonic() + 0.3, timeout=0.3, signals=(ready,))
+    assert checks < 30
