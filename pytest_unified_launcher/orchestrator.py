@@ -147,19 +147,19 @@ class ServiceHandle:
 
     def start(self) -> ServiceHandle:
         with self._launcher.guard():
-            self._launcher._thread.run(self._launcher._start([self.name], retry_failed=True))
+            self._launcher.start_blocking([self.name], retry_failed=True)
             self._launcher.on_change([self.name])
         return self
 
     def stop(self) -> None:
         with self._launcher.guard():
-            self._launcher._thread.run(self._launcher._stop([self.name]))
+            self._launcher.stop_blocking([self.name])
             self._launcher.on_change([self.name])
 
     def restart(self) -> ServiceHandle:
         with self._launcher.guard():
-            self._launcher._thread.run(self._launcher._stop([self.name]))
-            self._launcher._thread.run(self._launcher._start([self.name], retry_failed=True))
+            self._launcher.stop_blocking([self.name])
+            self._launcher.start_blocking([self.name], retry_failed=True)
             self._launcher.on_change([self.name])
         return self
 
