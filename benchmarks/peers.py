@@ -15,7 +15,9 @@ Contestants (interleaved round by round, so machine noise hits all alike):
 
 Level 0 apps take 0.3 s to become ready, level 1 0.2 s, level 2 0.1 s (their lifespan sleeps).
 "critical path" is, per level, the slowest service's own spawn-to-ready time (measured by the
-hand-written script), summed: the floor for plain spawning. Prints one markdown table.
+hand-written script), summed: the floor for plain spawning. "own CPU while up" is the CPU the
+contestant's own process burnt meanwhile (its polling and bookkeeping, competing with the
+services for the cores). Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -80,6 +83,12 @@ def kill_leftovers() -> None:
             continue
 
 
+def cpu_seconds() -> float:
+    """CPU time this process (the contestant's own launcher code, not its services) has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def healthy(port: int) -> bool:
     import urllib.request
 
@@ -93,10 +102,13 @@ def healthy(port: int) -> bool:
 # --------------------------------------------------------------------------- contestants
 
 
-def by_hand() -> tuple[float, float, float]:
-    """The hand-written asyncio script. Returns (up, down, critical path)."""
+Result = tuple[float, float, float, float]  # up, down, critical path (by-hand only), CPU while up
 
-    async def main() -> tuple[float, float, float]:
+
+def by_hand() -> Result:
+    """The hand-written asyncio script."""
+
+    async def main() -> Result:
         ports = {n: free_port() for n in GRAPH}
         procs: dict[str, asyncio.subprocess.Process] = {}
         ready: dict[str, asyncio.Event] = {n: asyncio.Event() for n in GRAPH}
@@ -127,21 +139,21 @@ def by_hand() -> tuple[float, float, float]:
             own[name] = time.perf_counter() - t
             ready[name].set()
 
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(one(n) for n in GRAPH))
-        up = time.perf_counter() - t0
+        up, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         t1 = time.perf_counter()
         for p in procs.values():
             os.killpg(p.pid, signal.SIGTERM)
         await asyncio.gather(*(p.wait() for p in procs.values()))
         down = time.perf_counter() - t1
         critical = sum(max(own[n] for n in level) for level in LEVELS)
-        return up, down, critical
+        return up, down, critical, cpu
 
     return asyncio.run(main())
 
 
-def launcher(mode: str, spawner: str = "preimport") -> tuple[float, float, float]:
+def launcher(mode: str, spawner: str = "preimport") -> Result:
     from pytest_unified_launcher import UnifiedLauncher, parse
 
     services = {
@@ -154,26 +166,27 @@ def launcher(mode: str, spawner: str = "preimport") -> tuple[float, float, float
                    source=HERE / "launcher.toml", allocate_port=lambda n, h: free_port())
     ul = UnifiedLauncher(config)
 
-    async def run() -> tuple[float, float]:
-        t0 = time.perf_counter()
+    async def run() -> tuple[float, float, float]:
+        c0, t0 = cpu_seconds(), time.perf_counter()
         await ul.start()
-        up = time.perf_counter() - t0
+        up, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         t1 = time.perf_counter()
         await ul.stop()
-        return up, time.perf_counter() - t1
+        return up, time.perf_counter() - t1, cpu
 
-    up, down = asyncio.run(run())
-    return up, down, float("nan")
+    up, down, cpu = asyncio.run(run())
+    # In single_process mode the apps run in this process: its CPU is theirs, not overhead.
+    return up, down, float("nan"), cpu if mode == "multi_process" else float("nan")
 
 
-def mirakuru_run(threaded: bool) -> tuple[float, float, float]:
+def mirakuru_run(threaded: bool) -> Result:
     from mirakuru import HTTPExecutor
 
     ports = {n: free_port() for n in GRAPH}
     execs = {n: HTTPExecutor(uvicorn_argv(n, ports[n]), url=f"http://127.0.0.1:{ports[n]}/health",
                              timeout=60, envvars={MARK: "1"}, shell=False, method="GET")
              for n in GRAPH}
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     if threaded:
         for level in LEVELS:
             threads = [threading.Thread(target=execs[n].start) for n in level]
@@ -185,22 +198,22 @@ def mirakuru_run(threaded: bool) -> tuple[float, float, float]:
         for level in LEVELS:
             for n in level:
                 execs[n].start()
-    up = time.perf_counter() - t0
+    up, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     t1 = time.perf_counter()
     for level in reversed(LEVELS):
         for n in level:
             execs[n].stop()
-    return up, time.perf_counter() - t1, float("nan")
+    return up, time.perf_counter() - t1, float("nan"), cpu
 
 
-def xprocess_run() -> tuple[float, float, float]:
+def xprocess_run() -> Result:
     from _pytest._py.path import LocalPath
     from xprocess import ProcessStarter, XProcess
 
     root = LocalPath(tempfile.mkdtemp(prefix="ul-xproc-"))
     xp = XProcess(types.SimpleNamespace(), root)
     ports = {n: free_port() for n in GRAPH}
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     for level in LEVELS:
         for n in level:
             class Starter(ProcessStarter):
@@ -211,12 +224,12 @@ def xprocess_run() -> tuple[float, float, float]:
                 terminate_on_interrupt = True
 
             xp.ensure(n, Starter)
-    up = time.perf_counter() - t0
+    up, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     t1 = time.perf_counter()
     for level in reversed(LEVELS):
         for n in level:
             xp.getinfo(n).terminate()
-    return up, time.perf_counter() - t1, float("nan")
+    return up, time.perf_counter() - t1, float("nan"), cpu
 
 
 CONTESTANTS = {
@@ -230,15 +243,15 @@ CONTESTANTS = {
 }
 
 
-def run_isolated(name: str) -> tuple[float, float, float]:
+def run_isolated(name: str) -> Result:
     """One contestant's round in a fresh interpreter (so single_process imports are cold too)."""
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import peers; "
             f"print(*peers.CONTESTANTS[{name!r}]())")
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300, cwd=HERE)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{out.stderr[-2000:]}")
-    up, down, crit = (float(x) for x in out.stdout.split()[-3:])
-    return up, down, crit
+    up, down, crit, cpu = (float(x) for x in out.stdout.split()[-4:])
+    return up, down, crit, cpu
 
 
 def main() -> None:
@@ -249,16 +262,18 @@ def main() -> None:
     names = args.only.split(",")
     ups: dict[str, list[float]] = {n: [] for n in names}
     downs: dict[str, list[float]] = {n: [] for n in names}
+    cpus: dict[str, list[float]] = {n: [] for n in names}
     left: dict[str, int] = dict.fromkeys(names, 0)
     critical: list[float] = []
     for r in range(args.rounds):
         for name in names:
-            up, down, crit = run_isolated(name)
+            up, down, crit, cpu = run_isolated(name)
             time.sleep(0.3)
             left[name] += leftovers()
             kill_leftovers()
             ups[name].append(up)
             downs[name].append(down)
+            cpus[name].append(cpu)
             if name == "asyncio-by-hand":
                 critical.append(crit)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {ups[n][-1]:.2f}s" for n in names),
@@ -269,12 +284,15 @@ def main() -> None:
 
     crit_median = statistics.median(critical) if critical else float("nan")
     print(f"\ncritical path of plain spawning (median of {len(critical)}): {crit_median:.2f} s\n")
-    print("| contestant | up median | up P95 | over critical path | teardown median | processes left |")
-    print("|---|---|---|---|---|---|")
+    print("| contestant | up median | up P95 | over critical path | own CPU while up | teardown median "
+          "| processes left |")
+    print("|---|---|---|---|---|---|---|")
     for name in names:
         med = statistics.median(ups[name])
+        cpu = statistics.median(cpus[name])
+        shown_cpu = "n/a (apps in-process)" if cpu != cpu else f"{cpu:.3f} s"
         print(f"| {name} | {med:.2f} s | {p95(ups[name]):.2f} s | {med - crit_median:+.2f} s "
-              f"({med / crit_median:.2f}x) | {statistics.median(downs[name]):.3f} s | {left[name]} |")
+              f"({med / crit_median:.2f}x) | {shown_cpu} | {statistics.median(downs[name]):.3f} s | {left[name]} |")
 
 
 if __name__ == "__main__":

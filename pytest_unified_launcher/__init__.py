@@ -1,7 +1,7 @@
 """pytest-unified-launcher: start a graph of services for tests, fast, and always tear it down.
 
 The names below are imported lazily, so ``import pytest_unified_launcher`` stays cheap and a
-pytest run that uses no services imports none of pydantic, uvicorn, fastapi or aiohttp.
+pytest run that uses no services imports none of pydantic, uvicorn or fastapi.
 """
 
 from __future__ import annotations

@@ -204,7 +204,6 @@ class UnifiedLauncher:
         self._state_file: Any = None
         self._ctx: Any = None
         self._reaped = False
-        self._warming: asyncio.Future[Any] | None = None
         self._stopping = False
         #: Called (from the caller's thread) after a handle's start/stop changed services, so a
         #: shared environment's record can follow (the xdist plugin sets it).
@@ -322,8 +321,6 @@ class UnifiedLauncher:
             runner = svc.runner
             if runner is not None and hasattr(runner, "detach"):
                 runner.detach()
-        if self._ctx is not None:
-            await self._ctx.http.close()
 
     def probe(self, names: Iterable[str]) -> dict[str, str | None]:
         """Run each service's health probe once: ``name -> None`` (healthy) or the reason."""
@@ -332,14 +329,11 @@ class UnifiedLauncher:
     async def _probe(self, names: list[str]) -> dict[str, str | None]:
         from .health import make_probe
 
-        ctx = self._context()
-
         async def one(name: str) -> str | None:
             svc = self._services[name].config
             if svc.health.kind in ("exit", "alive", "notify", "log"):
                 return None  # nothing to ask a running service: its process is what is checked
-            probe = make_probe(svc, svc.health, client=ctx.http, log_path=None, env=self._base_env,
-                               spawned_at=0.0)
+            probe = make_probe(svc, svc.health, log_path=None, env=self._base_env, spawned_at=0.0)
             try:
                 return await asyncio.wait_for(probe.check(), svc.health.timeout + 1)
             except TimeoutError:
@@ -411,7 +405,6 @@ class UnifiedLauncher:
     def _context(self) -> Any:
         if self._ctx is None:
             from ._state import StateFile, reap
-            from .health import HttpClient
             from .runners import RunContext
 
             try:  # logs and state files are private: 0700 (state files themselves are 0600)
@@ -431,7 +424,6 @@ class UnifiedLauncher:
                 root=self.config.root,
                 log_dir=self.config.state_dir / "logs",
                 base_env=self._base_env,
-                http=HttpClient(),
                 log_level=self.config.log_level if self.config.log_level != "info" else "warning",
                 on_spawn=self._state_file.add,
                 on_exit=self._state_file.remove,
@@ -454,7 +446,6 @@ class UnifiedLauncher:
                     svc.error = None
                     svc.start_task = None
         ctx = self._context()
-        self._warm_imports(wanted)
         if ctx.forkserver is not None and any(self._services[n].config.kind == "app" for n in wanted):
             try:
                 await ctx.forkserver.start(self._base_env)
@@ -481,16 +472,6 @@ class UnifiedLauncher:
         if errors:
             raise _root_cause(errors, self._services)
         return {name: self._handles[name] for name in wanted}
-
-    def _warm_imports(self, names: Iterable[str]) -> None:
-        """Import aiohttp in a thread while services boot, not on the loop when the first
-        http probe is due (~0.15 s that would otherwise delay every level's readiness)."""
-        if "aiohttp" in sys.modules or self._warming is not None:
-            return
-        if any(self._services[n].config.health.kind == "http" for n in names):
-            import importlib
-
-            self._warming = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "aiohttp")
 
     async def _ensure(self, name: str) -> None:
         svc = self._services[name]
@@ -646,7 +627,6 @@ class UnifiedLauncher:
 
     async def _release(self) -> None:
         if self._ctx is not None:
-            await self._ctx.http.close()
             if self._ctx.forkserver is not None:
                 await self._ctx.forkserver.close()
                 from ._forkserver import ForkServer

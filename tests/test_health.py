@@ -11,7 +11,6 @@ import pytest
 from pytest_unified_launcher import _timing
 from pytest_unified_launcher.health import (
     HealthTimeout,
-    HttpClient,
     HttpProbe,
     LogProbe,
     ProcessExited,
@@ -43,24 +42,86 @@ def closed_port() -> int:
 async def test_http_probe_statuses(status: int, expected: str | None) -> None:
     """http is healthy on 2xx only (GET, so FastAPI's 405 for HEAD cannot fool it)."""
     server, port = await serve_http(status)
-    client = HttpClient()
     try:
-        result = await HttpProbe(f"http://127.0.0.1:{port}/health", 1.0, client).check()
+        result = await HttpProbe(f"http://127.0.0.1:{port}/health", 1.0).check()
     finally:
-        await client.close()
         server.close()
     assert result is None if expected is None else expected in str(result)
+
+
+async def serve_raw(answer: bytes, requests: list[bytes]) -> tuple[asyncio.Server, int]:
+    """A server that records each request's head and answers ``answer`` verbatim, then closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.0 200 OK\r\n\r\n", None),
+        (b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\n\r\n", "answered HTTP 302"),
+        (b"", "answered 'nothing', not an HTTP status line"),
+        (b"-ERR unknown command 'GET'\r\n", "answered \"-ERR unknown command 'GET'\", not an HTTP status line"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP status line"),
+    ],
+)
+async def test_http_probe_reads_only_the_status_line(answer: bytes, expected: str | None) -> None:
+    """HTTP/1.0 counts, redirects are not followed, and a non-HTTP server is named as such."""
+    requests: list[bytes] = []
+    server, port = await serve_raw(answer, requests)
+    try:
+        result = await HttpProbe(f"http://127.0.0.1:{port}/ready", 1.0).check()
+    finally:
+        server.close()
+    assert result == expected or (expected is not None and expected in str(result))
+
+
+async def test_http_probe_sends_path_query_and_host() -> None:
+    """The request line carries the URL's path and query; Host names the address probed."""
+    requests: list[bytes] = []
+    server, port = await serve_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", requests)
+    try:
+        assert await HttpProbe(f"http://127.0.0.1:{port}/health/live?deep=1", 1.0).check() is None
+        assert await HttpProbe(f"http://127.0.0.1:{port}", 1.0).check() is None
+    finally:
+        server.close()
+    first, second = (r.decode().split("\r\n") for r in requests)
+    assert first[0] == "GET /health/live?deep=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}" in first
+    assert "Connection: close" in first
+    assert second[0] == "GET / HTTP/1.1"
+
+
+async def test_http_probe_times_out_on_a_silent_server() -> None:
+    """A server that accepts but never answers is reported as timed out, not waited on forever."""
+    gate = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await gate.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await HttpProbe(f"http://127.0.0.1:{port}/", 0.1).check() == "timed out"
+    finally:
+        gate.set()
+        server.close()
 
 
 async def test_tcp_and_http_probes_name_a_refused_connection() -> None:
     """A closed port is reported as 'connection refused' by both probes."""
     port = closed_port()
-    client = HttpClient()
-    try:
-        assert await TcpProbe("127.0.0.1", port, 1.0).check() == "connection refused"
-        assert await HttpProbe(f"http://127.0.0.1:{port}/", 1.0, client).check() == "connection refused"
-    finally:
-        await client.close()
+    assert await TcpProbe("127.0.0.1", port, 1.0).check() == "connection refused"
+    assert await HttpProbe(f"http://127.0.0.1:{port}/", 1.0).check() == "connection refused"
+    assert await HttpProbe(f"http://localhost:{port}/", 1.0).check() == "connection refused"
 
 
 async def test_log_probe_reads_only_new_output(tmp_path: Path) -> None:

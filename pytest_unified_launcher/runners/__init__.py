@@ -11,12 +11,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import ServiceConfig
-
-if TYPE_CHECKING:
-    from ..health import HttpClient
 
 
 @dataclass
@@ -27,7 +24,6 @@ class RunContext:
     root: Path
     log_dir: Path
     base_env: Mapping[str, str]
-    http: HttpClient
     log_level: str = "info"
     on_spawn: Callable[[str, int], None] = lambda name, pid: None
     on_exit: Callable[[str, int], None] = lambda name, pid: None

@@ -16,7 +16,7 @@ class ExternalRunner(Runner):
 
     async def wait_ready(self, deadline: float) -> None:
         probe = make_probe(
-            self.svc, self.svc.health, client=self.ctx.http, log_path=None,
+            self.svc, self.svc.health, log_path=None,
             env=self.ctx.base_env, spawned_at=self.spawned_at or _timing.monotonic(),
         )
         try:

@@ -110,7 +110,7 @@ class InProcessRunner(Runner):
         if self.svc.health.kind in ("tcp", "alive"):
             return
         probe = make_probe(
-            self.svc, self.svc.health, client=self.ctx.http, log_path=self.log_path,
+            self.svc, self.svc.health, log_path=self.log_path,
             env=dict(os.environ), spawned_at=self.spawned_at or _timing.monotonic(),
         )
         try:

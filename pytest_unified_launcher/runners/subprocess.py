@@ -227,7 +227,7 @@ class SubprocessRunner(Runner):
         if self._notify is not None:
             signals = (self._notify.ready,)
         probe = make_probe(
-            self.svc, self.svc.health, client=self.ctx.http, log_path=self.log_path,
+            self.svc, self.svc.health, log_path=self.log_path,
             env=self._env(), spawned_at=self.spawned_at or _timing.monotonic(), notify=self._notify,
         )
         try:
