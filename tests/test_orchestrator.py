@@ -30,8 +30,9 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(base: str | None, path: str) -> Any:
+    assert base is not None, "the service has no URL"
+    with urllib.request.urlopen(base + path, timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -76,10 +77,10 @@ async def test_graph_starts_and_stops_cleanly(graph_config: Path, mode: str, red
     try:
         handles = await launcher.start()
         assert launcher.get_status() is LauncherStatus.RUNNING
-        assert get_json(handles["api"].url + "/health") == {"ok": True}
-        assert get_json(handles["api"].url + "/env/GREETING")["value"] == "hi"
-        assert get_json(handles["router"].url + "/health") == {"kind": "router"}
-        assert get_json(handles["factory"].url + "/health") == {"kind": "factory"}
+        assert get_json(handles["api"].url, "/health") == {"ok": True}
+        assert get_json(handles["api"].url, "/env/GREETING")["value"] == "hi"
+        assert get_json(handles["router"].url, "/health") == {"kind": "router"}
+        assert get_json(handles["factory"].url, "/health") == {"kind": "factory"}
         assert handles["seed"].state == "completed" and handles["cache"].state == "running"
         expected_runner = "in_process" if mode == "single_process" else "subprocess"
         assert handles["api"].runner == expected_runner
@@ -259,7 +260,7 @@ async def test_handle_restart_and_died_service(tmp_path: Path, no_orphans: None)
         handle = (await launcher.start())["svc"]
         first = handle.pid
         await handle.arestart()
-        assert handle.pid != first and handle.state == "running"
+        assert handle.pid is not None and handle.pid != first and handle.state == "running"
         os.kill(handle.pid, signal.SIGKILL)
         await asyncio.sleep(0.2)
         with pytest.raises(ServiceStartupError, match="is no longer running: was killed by SIGKILL"):
@@ -273,10 +274,10 @@ async def test_in_process_app_sees_env_and_lifespan(graph_config: Path, no_orpha
     launcher = UnifiedLauncher(config)
     try:
         handles = await launcher.start(["api"])
-        import web  # the test's copy, imported by the launcher from the config folder
+        import web  # type: ignore[import-not-found]  # the test's copy, imported by the launcher from the config folder
 
         assert web.LIFESPAN_EVENTS == ["startup"]
-        assert get_json(handles["api"].url + "/env/REDIS_URL")["value"].startswith("redis://127.0.0.1:")
+        assert get_json(handles["api"].url, "/env/REDIS_URL")["value"].startswith("redis://127.0.0.1:")
     finally:
         await launcher.stop()
     assert web.LIFESPAN_EVENTS == ["startup", "shutdown"]

@@ -371,7 +371,7 @@ def test_waterfall_option_writes_svg(project: pytest.Pytester, no_orphans: None)
 
     root = ET.fromstring((project.path / "w.svg").read_text())
     bars = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "bar"]
-    assert sorted(g.get("data-service") for g in bars) == ["api", "plain"]
+    assert sorted(str(g.get("data-service")) for g in bars) == ["api", "plain"]
 
 
 def test_launcher_services_option_and_keep(project: pytest.Pytester, no_orphans: None) -> None:

@@ -95,6 +95,7 @@ def crashes_mid_session(tmp: Path, i: int) -> None:
     async def go() -> None:
         async with UnifiedLauncher(load_config(path, environ={})) as launcher:
             handle = (await launcher.start())["svc"]
+            assert handle.pid is not None
             os.kill(handle.pid, signal.SIGSEGV)
             await asyncio.sleep(0.1)
             with pytest.raises(ServiceStartupError, match="is no longer running: was killed by SIGSEGV"):

@@ -83,7 +83,8 @@ def test_svg_waterfall() -> None:
     root = ET.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
     bars = [g for g in root.iter(f"{ns}g") if g.get("class") == "bar"]
-    assert sorted(g.get("data-service") for g in bars) == ["cache", "db", "gw"]
-    xs = {g.get("data-service"): float(g.find(f"{ns}rect").get("x")) for g in bars}
+    assert sorted(str(g.get("data-service")) for g in bars) == ["cache", "db", "gw"]
+    rects = {g.get("data-service"): g.find(f"{ns}rect") for g in bars}
+    xs = {name: float(rect.get("x", "nan")) for name, rect in rects.items() if rect is not None}
     assert xs["db"] == xs["cache"] < xs["gw"]
     assert "budget 0.6 s" in svg
