@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ OWNER_VAR = "UNIFIED_LAUNCHER_OWNER"
 APPS = Path(__file__).parent / "tests" / "apps"
 PY = sys.executable
 TCP = str(APPS / "tcp_server.py")
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: a shell starts background jobs with SIGINT
+    ignored and children inherit that, so restore the default or the signal never arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def launcher_processes() -> list[psutil.Process]:

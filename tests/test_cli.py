@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import APPS, PY, TCP
+from conftest import APPS, PY, TCP, default_sigint
 
 
 CONFIG = f"""
@@ -230,7 +230,7 @@ def test_help_has_examples() -> None:
 def test_ctrl_c_stops_foreground_up(project: Path, no_orphans: None) -> None:
     """Ctrl-C to a foreground `up` stops every service and removes the state file."""
     proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up", "--mode", "multi_process"], cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
     _wait(lambda: (project / "state" / "up.json").exists())
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

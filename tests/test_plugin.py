@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import APPS, PY, TCP, launcher_processes
+from conftest import APPS, PY, TCP, default_sigint, launcher_processes
 
 
 CONFIG = f"""
@@ -227,7 +227,8 @@ def test_async_test_and_fault_injection(project: pytest.Pytester, no_orphans: No
 
 def _run_pytest(path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([PY, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
 
 
 def _wait_for(path: Path, timeout: float = 30) -> None:
@@ -355,6 +356,41 @@ def test_startup_benchmark_fixture_and_budget(project: pytest.Pytester, no_orpha
     over = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-budget=0.000001")
     over.assert_outcomes(failed=1)
     over.stdout.fnmatch_lines(["*startup P95 * over 3 cold starts exceeds the budget of 1e-06 s*"])
+
+
+def test_startup_benchmark_compare_fail_gates_a_regression(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_orphans: None
+) -> None:
+    """A saved baseline and --benchmark-compare-fail fail a run whose startup got 10x slower."""
+    pytester.makefile(".toml", launcher=f"""
+        [launcher]
+        state_dir = "state"
+        [services.svc]
+        setup = [["{PY}", "-c", "import time; time.sleep(${{env.SETUP_DELAY:-0}})"]]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+    """)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile("""
+        def test_bench(startup_benchmark):
+            startup_benchmark("svc", rounds=3)
+    """)
+    args = ("-p", "no:cacheprovider")
+    monkeypatch.setenv("SETUP_DELAY", "0")
+    pytester.runpytest_subprocess(*args, "--benchmark-save=fast").assert_outcomes(passed=1)
+    monkeypatch.setenv("SETUP_DELAY", "1")
+    pytester.runpytest_subprocess(*args, "--benchmark-save=slow").assert_outcomes(passed=1)
+    saved = sorted(p.name for p in pytester.path.glob(".benchmarks/*/*.json"))
+    assert [name.split("_", 1)[1] for name in saved] == ["fast.json", "slow.json"]
+
+    # Each start now sleeps 1 s more than the fast baseline's: over 3x its mean is a regression.
+    regressed = pytester.runpytest_subprocess(*args, "--benchmark-compare=0001", "--benchmark-compare-fail=mean:200%")
+    assert regressed.ret != 0
+    regressed.stderr.fnmatch_lines(["Performance has regressed:",
+                                    "*test_bench (0001_fast) - Field 'mean' has failed PercentageRegressionCheck*"])
+    # The fast set-up measured against the slow baseline is an improvement: the gate lets it pass.
+    monkeypatch.setenv("SETUP_DELAY", "0")
+    improved = pytester.runpytest_subprocess(*args, "--benchmark-compare=0002", "--benchmark-compare-fail=mean:200%")
+    assert improved.ret == 0, improved.stdout.str()
 
 
 def test_waterfall_option_writes_svg(project: pytest.Pytester, no_orphans: None) -> None:

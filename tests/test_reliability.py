@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import PY, TCP, launcher_processes
+from conftest import PY, TCP, default_sigint, launcher_processes
 from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
 
 FULL = 20
@@ -283,8 +283,10 @@ def ctrl_c(phase: str, tmp: Path, i: int) -> None:
     """))
     if when == "teardown":
         (tmp / "short").touch()
+    (tmp / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     proc = subprocess.Popen([PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"], cwd=tmp,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
     end = time.monotonic() + 60
     while time.monotonic() < end:
         procs = launcher_processes()
