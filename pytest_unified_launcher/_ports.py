@@ -3,8 +3,8 @@
 Ports are chosen when the config is loaded and used later, so the kernel must not hand them
 out in between: we pick them outside the ephemeral range (``ip_local_port_range``) and claim
 them machine-wide, so two launchers (or two xdist workers) never pick the same one. Each
-process keeps its claims in one file under the temp dir, written under a global ``flock``; a
-file whose owner process is gone is stale and ignored (then removed).
+process keeps its claims in one file in /tmp/unified-launcher-ports, written under a global
+``flock``; a file whose owner process is gone is stale and ignored (then removed).
 """
 
 from __future__ import annotations
@@ -23,7 +23,18 @@ from pathlib import Path
 
 from ._process import process_token
 
-_CLAIMS = Path(tempfile.gettempdir()) / "unified-launcher-ports"
+
+
+def _claims_dir() -> Path:
+    """The one folder every launcher on the machine uses. Ports are a machine-wide resource, so
+    it must not follow ``TMPDIR``: tox and CI runners set one per environment."""
+    base = Path("/tmp")
+    if not (base.is_dir() and os.access(base, os.W_OK | os.X_OK)):
+        base = Path(tempfile.gettempdir())
+    return base / "unified-launcher-ports"
+
+
+_CLAIMS = _claims_dir()
 _mine: set[int] = set()
 
 
@@ -62,8 +73,13 @@ def _own_file() -> Path:
 @contextlib.contextmanager
 def _locked() -> Iterator[set[int]]:
     """Hold the global lock; yield every port claimed by a living process (ours included)."""
-    _CLAIMS.mkdir(mode=0o1777, exist_ok=True)
-    with open(_CLAIMS / ".lock", "a") as lock:
+    try:
+        _CLAIMS.mkdir()
+        os.chmod(_CLAIMS, 0o1777)  # every user's launchers share it; sticky, like /tmp itself
+    except FileExistsError:
+        pass
+    lock_fd = os.open(_CLAIMS / ".lock", os.O_RDONLY | os.O_CREAT, 0o444)  # flock needs no write access
+    with open(lock_fd) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             claimed: set[int] = set()
