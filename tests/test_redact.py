@@ -18,6 +18,10 @@ from pytest_unified_launcher.errors import ConfigError, ServiceStartupError
         ("SECRET_KEY=xyz", "SECRET_KEY=***"),
         ("PORT=8000 HOST=localhost", "PORT=8000 HOST=localhost"),
         ("http://127.0.0.1:8000/health", "http://127.0.0.1:8000/health"),
+        ("STRIPE_API_KEY=sk_live_1 apikey=2 KEY=3", "STRIPE_API_KEY=*** apikey=*** KEY=***"),
+        ("KEY_ID=AKIA1 private_key: 'pem'", "KEY_ID=*** private_key: '***'"),
+        ("fix: valid keys: command, http, log", "fix: valid keys: command, http, log"),
+        ("MONKEY=banana KEYBOARD=us", "MONKEY=banana KEYBOARD=us"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
