@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -108,8 +107,9 @@ def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, in
                     pass
                 reaped.append((str(info.get("service")), pid))
                 log.warning("reaped service %s (pid %d) left by a killed session", info.get("service"), pid)
-        tmp_root = data.get("tmp_root")
-        if tmp_root and Path(tmp_root).name.startswith("ul-"):
-            shutil.rmtree(tmp_root, ignore_errors=True)
+        if data.get("tmp_root"):
+            from .config import remove_scratch
+
+            remove_scratch(Path(data["tmp_root"]))
         path.unlink(missing_ok=True)
     return reaped

@@ -32,6 +32,7 @@ TEMPLATES: dict[str, Callable[[], str]] = {
 setup = [["{_postgres_bin('initdb')}", "-D", "${{tmp}}/data", "-U", "postgres", "--auth=trust", "-N"]]
 command = ["{_postgres_bin('postgres')}", "-D", "${{tmp}}/data", "-p", "${{port}}", "-k", "${{tmp}}", "-h", "127.0.0.1"]
 user = "postgres"        # used only when running as root (PostgreSQL refuses root)
+tmpfs = true             # ${{tmp}} in memory (/dev/shm): initdb writes ~1000 files
 health = {{ command = ["{_postgres_bin('pg_isready')}", "-h", "127.0.0.1", "-p", "${{port}}"] }}
 stop_signal = "SIGINT"
 """,

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             port = "-" if svc.port is None else ("auto" if svc.port_auto else str(svc.port))
             probe = svc.health.describe()
             if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
-                probe = probe.replace(f":{svc.port}", ":${port}")
+                probe = re.sub(rf"(?<![0-9]){svc.port}(?![0-9])", "${port}", probe)
             rows.append([str(level), name, kind, port, probe, ", ".join(svc.depends_on) or "-"])
     print("\nstart order (each service starts as soon as its own dependencies are ready):")
     for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):

@@ -87,6 +87,7 @@ class ServiceModel(_Strict):
     setup: list[list[str] | str] = Field(default_factory=list)
     user: str | None = None
     task: bool = False
+    tmpfs: bool = False
     health: HealthModel | None = None
     startup_timeout: float | None = Field(default=None, gt=0)
     stop_signal: str | int = "SIGTERM"
@@ -572,6 +573,32 @@ def _signal_number(value: str | int, where: Where) -> int:
 # --------------------------------------------------------------------------- parse
 
 
+#: Where ``tmpfs = true`` puts a service's ``${tmp}``: memory, not disk (Linux).
+MEMORY_TMP = Path("/dev/shm")
+#: ...when it has this much room: containers often get a 64 MB /dev/shm, too small for a database.
+MEMORY_MIN_FREE = 1 << 30
+
+
+def memory_root(tmp_root: Path) -> Path | None:
+    """The in-memory twin of the session's scratch root, when the machine has a roomy one."""
+    try:
+        stats = os.statvfs(MEMORY_TMP)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize < MEMORY_MIN_FREE or not os.access(MEMORY_TMP, os.W_OK | os.X_OK):
+        return None
+    return MEMORY_TMP / tmp_root.name
+
+
+def remove_scratch(tmp_root: Path) -> None:
+    """Delete the session's scratch dirs (every ``${tmp}``), on disk and in memory."""
+    import shutil
+
+    for root in (tmp_root, MEMORY_TMP / tmp_root.name):
+        if root.name.startswith("ul-"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def parse(
     data: Mapping[str, Any],
     *,
@@ -742,7 +769,7 @@ def _resolve(
                   name: str = name, current_key: list[str] = current_key) -> ConfigError:
             return ConfigError(problem, source=src, service=name, key=key or current_key[0], fix=fix)
 
-        tmp = tmp_root / name
+        tmp = ((raw.tmpfs and memory_root(tmp_root)) or tmp_root) / name
         own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable}
         for attr in ("port", "url"):
             if attr in own_address:

@@ -15,7 +15,6 @@ import enum
 import logging
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 from . import _timing
 from . import graph as graph_mod
 from ._loop import LoopThread
-from .config import LauncherConfig, ServiceConfig, resolve_mode
+from .config import LauncherConfig, ServiceConfig, remove_scratch, resolve_mode
 from .errors import DependencyFailedError, LauncherError, ServiceDiedError, ServiceStartupError
 from .lifecycle import ServiceLifecycle
 from .report import RunTiming, ServiceTiming, build_report
@@ -634,7 +633,7 @@ class UnifiedLauncher:
                 self._ctx.forkserver = ForkServer(self._ctx.forkserver.log_path)
         if self._state_file is not None:
             self._state_file.close()
-        shutil.rmtree(self.config.tmp_root, ignore_errors=True)
+        remove_scratch(self.config.tmp_root)
 
 
 def _root_cause(errors: list[BaseException], services: Mapping[str, _Service]) -> BaseException:

@@ -503,7 +503,9 @@ def _finish_controller(state: _Session) -> None:
     import shutil
 
     shutil.rmtree(state.shared.folder, ignore_errors=True)
-    shutil.rmtree(state.lconfig.tmp_root, ignore_errors=True)
+    from .config import remove_scratch
+
+    remove_scratch(state.lconfig.tmp_root)
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:

@@ -68,7 +68,7 @@ def test_check_prints_levels(project: Path) -> None:
     """check validates and prints the start order with kind, port and probe."""
     result = cli(project, "check")
     assert result.returncode == 0, result.stderr
-    assert "plain" in result.stdout and "http GET http://127.0.0.1:" in result.stdout
+    assert "plain" in result.stdout and "http GET http://127.0.0.1:${port}/health" in result.stdout
     lines = [line.split() for line in result.stdout.splitlines()]
     assert any(parts[:2] == ["0", "plain"] for parts in lines) and any(parts[:2] == ["1", "api"] for parts in lines)
 

@@ -176,6 +176,31 @@ def test_placeholder_values(text: str, expected: str) -> None:
     assert cfg.services["svc"].command == (expected,)
 
 
+def test_tmpfs_puts_tmp_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmpfs = true moves that service's ${tmp} to /dev/shm (same session name); others stay."""
+    from pytest_unified_launcher import config
+
+    monkeypatch.setattr(config, "MEMORY_MIN_FREE", 0)  # whatever room this machine's /dev/shm has
+    cfg = build("""
+        [services.db]
+        command = ['postgres', '-D', '${tmp}/data']
+        tmpfs = true
+        [services.cache]
+        command = ['redis-server', '--dir', '${tmp}']
+    """)
+    assert cfg.services["db"].command == ("postgres", "-D", "/dev/shm/ul-test/db/data")
+    assert cfg.services["cache"].command == ("redis-server", "--dir", "/tmp/ul-test/cache")
+
+
+def test_tmpfs_falls_back_to_disk_when_memory_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where /dev/shm has less room than MEMORY_MIN_FREE (a container's 64 MB), ${tmp} stays on disk."""
+    from pytest_unified_launcher import config
+
+    monkeypatch.setattr(config, "MEMORY_MIN_FREE", 1 << 62)
+    cfg = build("[services.db]\ncommand = ['postgres', '-D', '${tmp}/data']\ntmpfs = true\n")
+    assert cfg.services["db"].command == ("postgres", "-D", "/tmp/ul-test/db/data")
+
+
 def test_ports_only_where_needed() -> None:
     """A command service gets a port only if it sets one or uses ${port}; a task gets none."""
     cfg = build("""

@@ -106,6 +106,28 @@ async def test_start_subset_starts_only_its_closure(graph_config: Path, no_orpha
         assert launcher.services["cache"].state == "stopped"
 
 
+async def test_tmpfs_scratch_lives_in_memory_and_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_orphans: None
+) -> None:
+    """A tmpfs service writes its ${tmp} in /dev/shm; stopping the launcher removes it."""
+    from pytest_unified_launcher import config as config_mod
+
+    monkeypatch.setattr(config_mod, "MEMORY_MIN_FREE", 0)  # it writes 1 kB, whatever the room
+    path = write_config(tmp_path, """
+        [services.writer]
+        setup = [["{PY}", "-c", "open('${tmp}/data', 'w').write('x' * 1000)"]]
+        command = ["{PY}", "{TCP}", "${port}"]
+        tmpfs = true
+    """)
+    config = load_config(path, environ={})
+    scratch = config.services["writer"].tmp
+    assert scratch.parent == Path("/dev/shm") / config.tmp_root.name
+    async with UnifiedLauncher(config) as launcher:
+        await launcher.start()
+        assert (scratch / "data").stat().st_size == 1000
+    assert not scratch.parent.exists() and not config.tmp_root.exists()
+
+
 async def test_exit_during_startup_fails_at_once_with_code_and_tail(tmp_path: Path, no_orphans: None) -> None:
     """A process that dies during startup is reported with its exit code and output, not a timeout."""
     path = write_config(tmp_path, """

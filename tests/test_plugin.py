@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -280,7 +281,13 @@ def test_ctrl_c_during_startup_stops_everything(project: pytest.Pytester, no_orp
 
 
 def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, no_orphans: None) -> None:
-    """A SIGKILLed session leaves services behind; the next run reaps exactly those."""
+    """A SIGKILLed session leaves services behind; the next run reaps exactly those (and their
+    ${tmp}, in memory too)."""
+    from pytest_unified_launcher.config import memory_root
+
+    (project.path / "launcher.toml").write_text(CONFIG.replace("[services.plain]\n", "[services.plain]\ntmpfs = true\n"))
+    scratch = (memory_root(Path("ul-x")) or Path(tempfile.gettempdir()) / "ul-x").parent  # where ${tmp} goes here
+    before = set(scratch.glob("ul-*"))
     bystander = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
     project.makepyfile("""
         import pathlib, time
@@ -298,6 +305,8 @@ def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, n
     proc.kill()  # SIGKILL: no teardown runs
     proc.communicate()
     assert psutil.pid_exists(orphan), "the killed session's service should still run before the reap"
+    left = [d for d in set(scratch.glob("ul-*")) - before if (d / "plain").is_dir()]
+    assert len(left) == 1, "the killed session's ${tmp} should still be there before the reap"
     project.makepyfile("""
         import pytest
 
@@ -307,6 +316,7 @@ def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, n
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+    assert not left[0].exists()
     assert bystander.poll() is None, "an unrelated process must not be touched"
     bystander.kill()
     bystander.wait()
