@@ -254,13 +254,16 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
         spawned = s.get("spawned_at") or start
         ready = s["ready_at"] if s["ready_at"] is not None else end
         colour = "#d9534f" if s.get("failed") else "#2b7bb9"
-        stroke = ' stroke="#c00" stroke-width="2"' if name in crit else ""
+        outline = (  # the whole bar, setup included: it is all on the path
+            f'<rect class="critical" x="{x(start):.1f}" y="{y + 5}" width="{max(x(ready) - x(start), 1):.1f}" '
+            f'height="{row_h - 10}" fill="none" stroke="#c00" stroke-width="2"/>' if name in crit else ""
+        )
         out.append(
             f'<g class="bar" data-service="{escape(name)}">'
             f'<rect class="phase-spawn" x="{x(start):.1f}" y="{y + 5}" width="{max(x(spawned) - x(start), 0.5):.1f}" '
             f'height="{row_h - 10}" fill="{colour}" opacity="0.35"/>'
             f'<rect class="phase-health" x="{x(spawned):.1f}" y="{y + 5}" width="{max(x(ready) - x(spawned), 1):.1f}" '
-            f'height="{row_h - 10}" fill="{colour}"{stroke}/>'
+            f'height="{row_h - 10}" fill="{colour}"/>{outline}'
             f'<text x="{x(ready) + 4:.1f}" y="{y + 17}" fill="#333">{(s["startup_seconds"] or 0):.3f} s</text>'
             f'</g>'
         )

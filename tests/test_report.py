@@ -87,4 +87,6 @@ def test_svg_waterfall() -> None:
     rects = {g.get("data-service"): g.find(f"{ns}rect") for g in bars}
     xs = {name: float(rect.get("x", "nan")) for name, rect in rects.items() if rect is not None}
     assert xs["db"] == xs["cache"] < xs["gw"]
+    outlined = {str(g.get("data-service")) for g in bars if g.find(f"{ns}rect[@class='critical']") is not None}
+    assert outlined == {"db", "gw"}  # the critical path, each outline spanning the whole bar
     assert "budget 0.6 s" in svg
