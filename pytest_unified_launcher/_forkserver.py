@@ -9,14 +9,20 @@ spawn. The helper reports each child's exit status at once, and exits when the l
 the control socket (or dies). The apps' own modules are imported in the child, after its
 environment is in place, exactly as in a plain spawn.
 
-Helper side: ``python -m pytest_unified_launcher._forkserver FD`` (no threads, no event loop
-at fork time). Launcher side: :class:`ForkServer`.
+``[launcher] preload`` names third-party modules (database drivers, SDKs) for the helper to
+import as well, one at a time while no spawn request waits, so a spawn never waits for them;
+they are imported with the launcher's environment, so they must not read the apps' settings at
+import time.
+
+Helper side: ``python -m pytest_unified_launcher._forkserver FD [MODULE ...]`` (no threads, no
+event loop at fork time). Launcher side: :class:`ForkServer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -33,6 +39,7 @@ PRELOAD = (
     "uvicorn.middleware.message_logger", "asyncio", "logging.config", "argparse",
 )
 MAX_FDS = 4
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- helper side
@@ -80,7 +87,7 @@ def _name_process(service: str) -> None:
         pass
 
 
-def serve_forever(control: socket.socket) -> None:
+def serve_forever(control: socket.socket, preload: list[str]) -> None:
     import gc
     import importlib
 
@@ -96,10 +103,24 @@ def serve_forever(control: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     control.sendall(b'{"op": "ready"}\n')
     buffer = b""
+    fds_waiting: list[int] = []  # they arrive with a request's first byte, which may come early
+    to_preload, failed = list(preload), {}
     import select
 
     while True:
-        readable, _, _ = select.select([control.fileno(), rfd], [], [])
+        # The user's preload modules are imported one at a time, only while no request waits:
+        # a spawn never waits for them (early children import what they need themselves).
+        readable, _, _ = select.select([control.fileno(), rfd], [], [], 0 if to_preload else None)
+        if not readable and to_preload:
+            module = to_preload.pop(0)
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # whatever a module raises at import, the apps can import it
+                failed[module] = f"{type(exc).__name__}: {exc}"
+            gc.freeze()
+            if not to_preload:
+                control.sendall(json.dumps({"op": "preloaded", "failed": failed}).encode() + b"\n")
+            continue
         if rfd in readable:
             os.read(rfd, 4096)
             _report_exits(control)
@@ -111,11 +132,11 @@ def serve_forever(control: socket.socket) -> None:
             if not data:
                 return  # the launcher is gone: so are we
             buffer += data
-            pending_fds = list(fds)
+            fds_waiting += fds
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 request = json.loads(line)
-                mine, pending_fds = pending_fds[:2], pending_fds[2:]
+                mine, fds_waiting = fds_waiting[:2], fds_waiting[2:]
                 pid = os.fork()
                 if pid == 0:
                     _child(request, mine, control)
@@ -159,8 +180,11 @@ class RemoteProcess:
 class ForkServer:
     """The launcher's handle on one helper process (started lazily, shared by all apps)."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, preload: tuple[str, ...] = ()) -> None:
         self.log_path = log_path
+        self.preload = preload
+        #: Set once the helper has imported every ``preload`` module it could.
+        self.preloaded = asyncio.Event()
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -183,7 +207,7 @@ class ForkServer:
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pytest_unified_launcher._forkserver", str(theirs.fileno()),
+                sys.executable, "-m", "pytest_unified_launcher._forkserver", str(theirs.fileno()), *self.preload,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[theirs.fileno()],
                 env=env, start_new_session=True,
             )
@@ -228,6 +252,11 @@ class ForkServer:
         op = message["op"]
         if op == "ready" and self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
+        elif op == "preloaded":
+            for module, error in message["failed"].items():
+                log.warning("[launcher] preload: the pre-imported spawner could not import %s (%s); "
+                            "each app imports it itself", module, error)
+            self.preloaded.set()
         elif op == "spawned":
             fut = self._spawns.pop(message["id"], None)
             if fut is not None and not fut.done():
@@ -278,4 +307,4 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    serve_forever(socket.socket(fileno=int(sys.argv[1])))
+    serve_forever(socket.socket(fileno=int(sys.argv[1])), sys.argv[2:])

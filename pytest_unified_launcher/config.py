@@ -127,7 +127,16 @@ class LauncherModel(_Strict):
     auto_restart: bool = True
     dev_mode: bool = False
     spawner: Literal["preimport", "plain"] = "preimport"
+    preload: list[str] = Field(default_factory=list)
     test_env: dict[str, EnvValue] = Field(default_factory=dict)
+
+    @field_validator("preload")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"{name!r} is not a module name (write it as in an import: 'psycopg', 'redis.asyncio')")
+        return value
 
 
 class FileModel(_Strict):
@@ -226,6 +235,8 @@ class LauncherConfig:
     tmp_root: Path
     profiles: tuple[str, ...] = ()
     spawner: Literal["preimport", "plain"] = "preimport"
+    #: Third-party modules the pre-imported spawner imports too (``[launcher] preload``).
+    preload: tuple[str, ...] = ()
 
     @property
     def graph(self) -> dict[str, tuple[str, ...]]:
@@ -871,6 +882,7 @@ def _resolve(
         tmp_root=tmp_root,
         profiles=profile_names,
         spawner=model.launcher.spawner,
+        preload=tuple(model.launcher.preload),
     )
 
 

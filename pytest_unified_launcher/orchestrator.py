@@ -431,7 +431,8 @@ class UnifiedLauncher:
                     and any(s.kind == "app" and not s.user for s in self.config.services.values())):
                 from ._forkserver import ForkServer
 
-                self._ctx.forkserver = ForkServer(self.config.state_dir / "logs" / "_forkserver.log")
+                self._ctx.forkserver = ForkServer(self.config.state_dir / "logs" / "_forkserver.log",
+                                                  preload=self.config.preload)
         return self._ctx
 
     # ------------------------------------------------------------------ internals: start
@@ -630,7 +631,7 @@ class UnifiedLauncher:
                 await self._ctx.forkserver.close()
                 from ._forkserver import ForkServer
 
-                self._ctx.forkserver = ForkServer(self._ctx.forkserver.log_path)
+                self._ctx.forkserver = ForkServer(self._ctx.forkserver.log_path, preload=self.config.preload)
         if self._state_file is not None:
             self._state_file.close()
         remove_scratch(self.config.tmp_root)

@@ -115,6 +115,8 @@ ERRORS = [
     ("[services.'a b']\ncommand = ['x']\n", {}, ["'a b'", "letters, digits"]),
     ("[launcher]\nmode = 'fast'\n", {}, ["key 'launcher.mode'", "'fast'"]),
     ("[launcher]\nmodee = 'auto'\n", {}, ["unknown key 'modee'", "did you mean 'mode'"]),
+    ("[launcher]\npreload = ['psycopg', 'redis asyncio']\n", {},
+     ["key 'launcher.preload'", "'redis asyncio' is not a module name", "'redis.asyncio'"]),
     ("[servics.a]\ncommand = ['x']\n", {}, ["unknown top-level table 'servics'", "did you mean 'services'"]),
     ("[services.a]\ncommand = ['x', '${env.UL_UNSET_VAR}']\n", {}, ["UL_UNSET_VAR is not set", ":-value"]),
     ("[services.a]\ncommand = ['x']\nstop_signal = 'SIGFOO'\n", {}, ["unknown signal 'SIGFOO'"]),

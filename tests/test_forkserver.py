@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -88,3 +89,42 @@ async def test_restart_after_stop_reuses_a_new_helper(tmp_path: Path, no_orphans
     finally:
         await launcher.stop()
 
+
+
+PROBE_APP = """
+import sys
+
+PRELOADED = "wsgiref.simple_server" in sys.modules  # at the app's import, in its own process
+
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/preloaded")
+def preloaded() -> dict[str, bool]:
+    return {"preloaded": PRELOADED}
+"""
+
+
+@pytest.mark.parametrize("spawner", ["preimport", "plain"])
+async def test_preload_imports_third_party_modules_in_the_helper(
+    tmp_path: Path, spawner: str, caplog: pytest.LogCaptureFixture, no_orphans: None
+) -> None:
+    """[launcher] preload: the helper imports those modules while idle, so apps forked later have
+    them (a missing one is a warning, not a failure); a plain spawn imports nothing early."""
+    (tmp_path / "probe_app.py").write_text(PROBE_APP)
+    path = project(tmp_path, '[services.probe]\napp = "probe_app:app"\n', spawner=spawner)
+    path.write_text(path.read_text().replace(
+        "[launcher]\n", '[launcher]\npreload = ["wsgiref.simple_server", "no_such_module_xyz"]\n', 1))
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        await launcher.start(["a"])  # starts the helper, which preloads while nothing waits
+        if spawner == "preimport":
+            await asyncio.wait_for(launcher._ctx.forkserver.preloaded.wait(), 30)
+        handle = (await launcher.start(["probe"]))["probe"]
+        assert get(f"{handle.url}/preloaded") == {"preloaded": spawner == "preimport"}
+    warned = [r.getMessage() for r in caplog.records if "preload" in r.getMessage()]
+    if spawner == "preimport":
+        assert len(warned) == 1 and "could not import no_such_module_xyz (ModuleNotFoundError" in warned[0]
+    else:
+        assert warned == []
