@@ -128,3 +128,14 @@ async def test_preload_imports_third_party_modules_in_the_helper(
         assert len(warned) == 1 and "could not import no_such_module_xyz (ModuleNotFoundError" in warned[0]
     else:
         assert warned == []
+
+
+async def test_a_request_larger_than_one_read_keeps_its_file_descriptors(tmp_path: Path, no_orphans: None) -> None:
+    """An app whose environment makes its spawn request span several socket reads still starts
+    (its log and ready-pipe descriptors arrive with the first byte)."""
+    big = "x" * 40_000
+    path = project(tmp_path, f'[services.big]\napp = "web:app"\nenv = {{ BIG1 = "{big}", BIG2 = "{big}" }}\n')
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handle = (await launcher.start(["big"]))["big"]
+        assert launcher._ctx.forkserver is not None  # it went through the helper
+        assert get(f"{handle.url}/env/BIG2")["value"] == big
