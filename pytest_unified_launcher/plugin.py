@@ -70,6 +70,7 @@ class _Session:
         self.worker_reports: list[dict[str, Any]] = []
         self.keep_message: str | None = None
         self.teardown_report: dict[str, Any] | None = None
+        self.previous_handlers: dict[int, Any] = {}
 
     @property
     def active(self) -> bool:
@@ -224,6 +225,34 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
     return session.launcher
 
 
+def _interrupt_on_termination(session: _Session) -> None:
+    """Make SIGTERM and SIGHUP (a CI job cancelled, a terminal closed) end the session like
+    Ctrl-C, so its teardown stops the services: they run in sessions of their own, so nothing
+    else would. Only where nobody has installed a handler already, and only on the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received: stopping the services")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            session.previous_handlers[sig] = signal.signal(sig, interrupt)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_KEY, None)
+    if state is not None and state.previous_handlers:
+        import signal
+
+        for sig, handler in state.previous_handlers.items():
+            signal.signal(sig, handler)
+        state.previous_handlers.clear()
+
+
 def _attach(session: _Session) -> None:
     from ._up import attach_launcher
 
@@ -258,6 +287,8 @@ def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHan
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     state = _session(session.config)
+    if state.active:
+        _interrupt_on_termination(state)
     names = _opt(session.config, "services")
     if state.active and names and state.role != "controller":
         try:

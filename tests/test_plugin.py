@@ -240,8 +240,10 @@ def _wait_for(path: Path, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_ctrl_c_during_tests_stops_everything(project: pytest.Pytester, no_orphans: None) -> None:
-    """SIGINT while a test runs: the session ends and no service process survives."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_interrupt_during_tests_stops_everything(project: pytest.Pytester, sig: signal.Signals, no_orphans: None) -> None:
+    """SIGINT (Ctrl-C), SIGTERM (a cancelled CI job) or SIGHUP while a test runs: the session ends
+    and no service process survives."""
     project.makepyfile("""
         import pathlib, time
         import pytest
@@ -253,10 +255,34 @@ def test_ctrl_c_during_tests_stops_everything(project: pytest.Pytester, no_orpha
     """)
     proc = _run_pytest(project.path, "--launcher-mode=multi_process")
     _wait_for(project.path / "started")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "KeyboardInterrupt" in out
+    if sig != signal.SIGINT:
+        assert f"{sig.name} received: stopping the services" in out
+
+
+def test_sigterm_to_an_xdist_controller_stops_the_shared_services(project: pytest.Pytester, no_orphans: None) -> None:
+    """SIGTERM to the controller of a shared xdist run: workers and shared services all stop."""
+    project.makepyfile("""
+        import os, pathlib, time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(2))
+        @pytest.mark.services("api")
+        def test_wait(i):
+            pathlib.Path(f"started-{os.environ['PYTEST_XDIST_WORKER']}").touch()
+            time.sleep(60)
+    """)
+    proc = _run_pytest(project.path, "-n", "2", "--launcher-xdist=shared")
+    end = time.monotonic() + 60
+    while len(list(project.path.glob("started-*"))) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(list(project.path.glob("started-*"))) == 2
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
 
 
 def test_ctrl_c_during_startup_stops_everything(project: pytest.Pytester, no_orphans: None) -> None:
