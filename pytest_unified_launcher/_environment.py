@@ -2,7 +2,7 @@
 
 It restarts a service that dies (``auto_restart``, backoff 1 s, 2 s, 4 s ... capped at 30 s),
 reloads services whose ``watch`` paths change (``--dev``), and always stops everything on
-Ctrl-C, SIGTERM (``down``) or a failure.
+Ctrl-C, SIGTERM (``down``), SIGHUP (its terminal closed) or a failure.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class Environment:
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
             loop.add_signal_handler(sig, self.stop_event.set)
 
     # ------------------------------------------------------------------ supervision

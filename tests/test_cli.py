@@ -227,12 +227,13 @@ def test_help_has_examples() -> None:
         assert result.returncode == 0 and "example" in result.stdout
 
 
-def test_ctrl_c_stops_foreground_up(project: Path, no_orphans: None) -> None:
-    """Ctrl-C to a foreground `up` stops every service and removes the state file."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_ctrl_c_stops_foreground_up(project: Path, sig: signal.Signals, no_orphans: None) -> None:
+    """Ctrl-C (or closing its terminal) to a foreground `up` stops every service and removes the state file."""
     proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up", "--mode", "multi_process"], cwd=project,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
     _wait(lambda: (project / "state" / "up.json").exists())
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "plain |" in out and "stopped" in out  # prefixed service logs, then the stop
