@@ -54,7 +54,10 @@ async def http_status(url: str, timeout: float) -> int:
         try:
             writer.write(request)
             await writer.drain()
-            line = await reader.readline()
+            try:
+                line = await reader.readline()
+            except ValueError:  # no line end within the stream's 64 KiB limit
+                raise ConnectionError("answered more than 64 KiB without a line end, not an HTTP status line") from None
         finally:
             writer.close()
         fields = line.split(None, 2)

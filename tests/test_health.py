@@ -70,6 +70,7 @@ async def serve_raw(answer: bytes, requests: list[bytes]) -> tuple[asyncio.Serve
         (b"", "answered 'nothing', not an HTTP status line"),
         (b"-ERR unknown command 'GET'\r\n", "answered \"-ERR unknown command 'GET'\", not an HTTP status line"),
         (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP status line"),
+        (b"x" * 100_000, "answered more than 64 KiB without a line end, not an HTTP status line"),
     ],
 )
 async def test_http_probe_reads_only_the_status_line(answer: bytes, expected: str | None) -> None:
