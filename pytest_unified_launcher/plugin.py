@@ -312,10 +312,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
     try:
         _ensure(item.config, names)
+        return
     except UnknownServiceError as exc:
-        pytest.fail(f"@pytest.mark.services: {exc}", pytrace=False)
+        message = f"@pytest.mark.services: {exc}"
     except LauncherError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no "during handling" echo of it
 
 
 @pytest.hookimpl(wrapper=True)
@@ -329,10 +331,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 wanted = state.launcher.closure(names)
             except LauncherError:
                 wanted = []
+            from ._redact import redact
+
             for name in wanted:
-                text = state.launcher.services[name].logs(20)
+                handle = state.launcher.services[name]
+                if report.when == "setup" and handle.error is not None:
+                    continue  # its own failure message already ends with this tail
+                text = handle.logs(20)
                 if text:
-                    report.sections.append((f"unified-launcher log: {name} (last 20 lines)", text))
+                    report.sections.append((f"unified-launcher log: {name} (last 20 lines)", redact(text)))
     return report
 
 

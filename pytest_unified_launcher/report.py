@@ -156,10 +156,10 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
     run = runs[-1]
     rows = []
     for name, s in sorted(run["services"].items(), key=lambda kv: (kv[1]["level"], kv[0])):
-        state = "FAILED" if s["failed"] else ""
+        result = "FAILED" if s["failed"] else "ok"
         rows.append([name, str(s["level"]), s["runner"], _fmt(s["startup_seconds"]),
-                     _fmt(s["teardown_seconds"]), str(s["attempts"]), state])
-    lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", ""], rows)
+                     _fmt(s["teardown_seconds"]), str(s["attempts"]), result])
+    lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", "result"], rows)
     total = run["total_startup_seconds"]
     budget = report["budget_seconds"]
     verdict = "within" if total <= budget else "EXCEEDS"

@@ -28,7 +28,7 @@ depends_on = ["plain"]
 health = {{ http = "/health" }}
 env = {{ PLAIN_PORT = "${{services.plain.port}}" }}
 [services.broken]
-command = ["{PY}", "-c", "print('cannot connect to the database'); raise SystemExit(3)"]
+command = ["{PY}", "-c", "print('cannot connect to the database postgres://app:s3cret@db/x'); raise SystemExit(3)"]
 port = "auto"
 [services.needs_broken]
 command = ["{PY}", "{TCP}", "${{port}}"]
@@ -83,7 +83,8 @@ def test_marker_services_fixture_and_summary(project: pytest.Pytester, no_orphan
 
 
 def test_failed_service_errors_each_test_once(project: pytest.Pytester, no_orphans: None) -> None:
-    """A failing service errors every test needing it with its cause and output; others pass."""
+    """A failing service errors every test needing it with its cause and output; others pass,
+    and a test that fails while its services run gets their log tails."""
     project.makepyfile("""
         import pytest
 
@@ -95,15 +96,20 @@ def test_failed_service_errors_each_test_once(project: pytest.Pytester, no_orpha
 
         @pytest.mark.services("plain")
         def test_other(services): assert services["plain"].pid
+
+        @pytest.mark.services("plain")
+        def test_fails(services): assert False, "the test's own failure"
     """)
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, errors=2)
+    result.assert_outcomes(passed=1, failed=1, errors=2)
+    result.stdout.fnmatch_lines(["*unified-launcher log: plain (last 20 lines)*", "listening on *"])
     result.stdout.fnmatch_lines(["*service 'broken' failed to start: exited with code 3*",
-                                 "*cannot connect to the database*"])
-    assert result.stdout.str().count("$ ") == 0
-    assert "Traceback" not in result.stdout.str()
-    report_attempts = result.stdout.str()
-    assert "broken" in report_attempts
+                                 "*cannot connect to the database postgres://app:***@db/x*"])
+    out = result.stdout.str()
+    assert "s3cret" not in out  # masked in the message and everywhere else
+    assert "Traceback" not in out and "During handling" not in out
+    assert out.count("cannot connect to the database") == 2  # once per erroring test, not echoed again
+    result.stdout.fnmatch_lines(["*broken*0*subprocess*FAILED"])
 
 
 def test_unknown_service_lists_known(project: pytest.Pytester) -> None:
