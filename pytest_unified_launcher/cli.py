@@ -189,7 +189,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     def on_ready(env: Any, error: BaseException | None) -> None:
         if error is not None:
-            print(str(error), file=sys.stderr, flush=True)
+            print(f"error: {error}", file=sys.stderr, flush=True)
         else:
             _print_table(read_up_record(config.state_dir)["services"])
             print(f"control API: {env.control_url} (token in {config.state_dir / 'up.json'})", flush=True)
@@ -226,7 +226,7 @@ def _detach(args: argparse.Namespace, config: Any) -> int:
         verdict = {"ok": False, "error": f"unexpected answer from the background process; see {log_path}"}
     if not verdict["ok"]:
         proc.wait(timeout=120)
-        print(verdict["error"], file=sys.stderr)
+        print(f"error: {verdict['error']}", file=sys.stderr)
         return 1
     from ._up import read_up_record
 
@@ -319,11 +319,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             finally:
                 launcher.stop_blocking(close=False)
             run = launcher.report()["runs"][-1]
+            if failed:
+                print(f"  run {i}/{args.runs}: FAILED after {run['total_startup_seconds']:.3f} s", flush=True)
+                print(f"error: {failed}", file=sys.stderr)
+                return 1
             print(f"  run {i}/{args.runs}: up {run['total_startup_seconds']:.3f} s, "
                   f"down {run['total_teardown_seconds'] or 0:.3f} s", flush=True)
-            if failed:
-                print(str(failed), file=sys.stderr)
-                return 1
     finally:
         launcher.close()
     report = launcher.report()

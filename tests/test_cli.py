@@ -193,12 +193,13 @@ def test_up_detach_failure_leaves_nothing(project: Path, no_orphans: None) -> No
     (project / "launcher.toml").write_text(CONFIG + '[services.bad]\ncommand = ["false"]\ndepends_on = ["plain"]\n')
     result = cli(project, "up", "--detach")
     assert result.returncode == 1
-    assert "service 'bad' failed to start: exited with code 1" in result.stderr
+    assert result.stderr.startswith("error: service 'bad' failed to start: exited with code 1")
     assert not (project / "state" / "up.json").exists()
 
 
 def test_bench_exit_codes_json_and_svg(project: Path, no_orphans: None) -> None:
-    """bench prints percentiles, writes JSON and SVG, and exits 1 over budget."""
+    """bench prints percentiles, writes JSON and SVG, exits 1 over budget, and exits 1 with the
+    service's message (nothing left running) when a start fails."""
     ok = cli(project, "bench", "plain", "--runs", "3", "--json", "b.json", "--svg", "w.svg")
     assert ok.returncode == 0, ok.stderr
     assert "TOTAL startup" in ok.stdout and "run 3/3" in ok.stdout
@@ -208,6 +209,10 @@ def test_bench_exit_codes_json_and_svg(project: Path, no_orphans: None) -> None:
     (project / "launcher.toml").write_text(CONFIG.replace('state_dir = "state"', 'state_dir = "state"\nstartup_budget = 0.000001'))
     over = cli(project, "bench", "plain", "--runs", "2")
     assert over.returncode == 1 and "EXCEEDED" in over.stdout
+    (project / "launcher.toml").write_text(CONFIG + '[services.bad]\ncommand = ["false"]\ndepends_on = ["plain"]\n')
+    failed = cli(project, "bench", "bad", "--runs", "3")
+    assert failed.returncode == 1 and "run 1/3: FAILED after" in failed.stdout and "run 2/3" not in failed.stdout
+    assert failed.stderr.startswith("error: service 'bad' failed to start: exited with code 1")
 
 
 def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
