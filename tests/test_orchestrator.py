@@ -144,6 +144,22 @@ async def test_exit_during_startup_fails_at_once_with_code_and_tail(tmp_path: Pa
     assert launcher.get_status() is LauncherStatus.STOPPED
 
 
+async def test_health_path_answering_404_says_what_to_check(tmp_path: Path, no_orphans: None) -> None:
+    """A server that answers 404 on the probed path is named as such, with the key to fix."""
+    path = write_config(tmp_path, """
+        [services.web]
+        command = ["{PY}", "-m", "http.server", "${port}", "--bind", "127.0.0.1"]
+        health = { http = "/nothere" }
+        startup_timeout = 1
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    message = str(info.value)
+    assert "(last probe: GET http://127.0.0.1:" in message and "/nothere answered HTTP 404)" in message
+    assert "the server answers, but not on that path: check the service's health = { http = ... }" in message
+
+
 async def test_health_timeout_names_the_last_probe(tmp_path: Path, no_orphans: None) -> None:
     """A service that never becomes healthy is killed and reported with the last probe's answer."""
     path = write_config(tmp_path, """
