@@ -41,8 +41,20 @@ def load_app(target: str, app_dir: Path | None = None) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise AppImportError(f"module '{module_name}' has no attribute '{attr}'") from None
+            raise AppImportError(f"module '{module_name}' has no attribute '{attr}'" + _candidates(obj, part)) from None
     return as_asgi(obj, target)
+
+
+def _candidates(owner: Any, missing: str) -> str:
+    """'; did you mean ...' from the owner's public attributes that could serve as an app."""
+    import difflib
+
+    names = sorted(n for n in vars(owner) if not n.startswith("_") and callable(getattr(owner, n, None))
+                   and not inspect.ismodule(getattr(owner, n)) and not inspect.isclass(getattr(owner, n)))
+    close = difflib.get_close_matches(missing, names, n=1)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; it defines: {', '.join(names[:8])}" if names else ""
 
 
 def as_asgi(obj: Any, target: str = "app") -> Any:
