@@ -31,7 +31,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -41,6 +40,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _scratch import scratch_dir
 from graph7 import GRAPH, LEVELS
 
 PY = sys.executable
@@ -161,7 +161,7 @@ def launcher(mode: str, spawner: str = "preimport") -> Result:
                "health": {"http": "/health"}}
         for name, (delay, deps) in GRAPH.items()
     }
-    state = tempfile.mkdtemp(prefix="ul-bench-")
+    state = str(scratch_dir())
     config = parse({"launcher": {"mode": mode, "state_dir": state, "spawner": spawner}, "services": services},
                    source=HERE / "launcher.toml", allocate_port=lambda n, h: free_port())
     ul = UnifiedLauncher(config)
@@ -210,7 +210,7 @@ def xprocess_run() -> Result:
     from _pytest._py.path import LocalPath
     from xprocess import ProcessStarter, XProcess
 
-    root = LocalPath(tempfile.mkdtemp(prefix="ul-xproc-"))
+    root = LocalPath(str(scratch_dir()))
     xp = XProcess(types.SimpleNamespace(), root)
     ports = {n: free_port() for n in GRAPH}
     c0, t0 = cpu_seconds(), time.perf_counter()

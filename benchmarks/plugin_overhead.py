@@ -14,12 +14,13 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 PY = sys.executable
 TCP = str(Path(__file__).resolve().parent.parent / "tests" / "apps" / "tcp_server.py")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _scratch import scratch_dir
 
 
 def timed(args: list[str], cwd: Path) -> float:
@@ -30,7 +31,7 @@ def timed(args: list[str], cwd: Path) -> float:
 
 
 def collect_only() -> str:
-    root = Path(tempfile.mkdtemp())
+    root = scratch_dir()
     (root / "test_many.py").write_text("".join(f"def test_{i}():\n    pass\n" for i in range(50)))
     with_plugin, without = [], []
     for _ in range(9):
@@ -41,7 +42,7 @@ def collect_only() -> str:
 
 
 def per_test() -> str:
-    root = Path(tempfile.mkdtemp())
+    root = scratch_dir()
     (root / "launcher.toml").write_text(f'[services.plain]\ncommand = ["{PY}", "{TCP}", "${{port}}"]\n')
     body = "".join(f"@pytest.mark.services('plain')\ndef test_{i}(services):\n    pass\n" for i in range(300))
     (root / "test_marked.py").write_text("import pytest\n" + body)

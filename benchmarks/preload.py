@@ -16,11 +16,12 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TCP = ROOT / "tests" / "apps" / "tcp_server.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _scratch import scratch_dir
 
 APP = '''
 import psycopg  # noqa: F401  heavy third-party imports, as real apps have
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="ul-preload-bench-"))
+    base = scratch_dir()
     folders = {}
     for name, preload in (("with preload", True), ("without", False)):
         folder = base / name.replace(" ", "-")
