@@ -99,6 +99,9 @@ def _load(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no command: show them all, not just a usage line
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))

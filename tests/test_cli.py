@@ -225,6 +225,14 @@ def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_no_command_lists_the_commands() -> None:
+    """`unified-launcher` alone prints every command with what it does, and exits 2."""
+    result = cli(Path.cwd())
+    assert result.returncode == 2
+    for command in ("check", "up", "status", "down", "bench", "init"):
+        assert f"    {command} " in result.stderr
+
+
 def test_help_has_examples() -> None:
     """Every subcommand's --help explains itself with an example."""
     for command in ("check", "up", "status", "down", "bench", "init"):
