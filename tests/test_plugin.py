@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -269,8 +270,12 @@ def test_interrupt_during_tests_stops_everything(project: pytest.Pytester, sig: 
         assert f"{sig.name} received: stopping the services" in out
 
 
-def test_sigterm_to_an_xdist_controller_stops_the_shared_services(project: pytest.Pytester, no_orphans: None) -> None:
-    """SIGTERM to the controller of a shared xdist run: workers and shared services all stop."""
+@pytest.mark.parametrize(("xdist_mode", "target"), [("shared", "controller"), ("per_worker", "process group")])
+def test_sigterm_to_an_xdist_run_stops_every_service(
+    project: pytest.Pytester, xdist_mode: str, target: str, no_orphans: None
+) -> None:
+    """SIGTERM to the controller, or to the whole process group (as a CI runner cancelling a job
+    does), ends an xdist run with every worker's services stopped."""
     project.makepyfile("""
         import os, pathlib, time
         import pytest
@@ -281,12 +286,15 @@ def test_sigterm_to_an_xdist_controller_stops_the_shared_services(project: pytes
             pathlib.Path(f"started-{os.environ['PYTEST_XDIST_WORKER']}").touch()
             time.sleep(60)
     """)
-    proc = _run_pytest(project.path, "-n", "2", "--launcher-xdist=shared")
+    proc = _run_pytest(project.path, "-n", "2", f"--launcher-xdist={xdist_mode}")
     end = time.monotonic() + 60
     while len(list(project.path.glob("started-*"))) < 2 and time.monotonic() < end:
         time.sleep(0.05)
     assert len(list(project.path.glob("started-*"))) == 2
-    proc.send_signal(signal.SIGTERM)
+    if target == "controller":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)  # _run_pytest starts it in a session of its own
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
 
