@@ -84,7 +84,7 @@ class HttpProbe:
     async def check(self) -> str | None:
         try:
             status = await http_status(self.url, self.timeout)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # whatever goes wrong, a probe answers with a reason, never raises
             return _reason(exc)
         return None if 200 <= status < 300 else f"GET {self.url} answered HTTP {status}"
 
