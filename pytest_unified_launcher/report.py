@@ -163,7 +163,9 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
     total = run["total_startup_seconds"]
     budget = report["budget_seconds"]
     verdict = "within" if total <= budget else "EXCEEDS"
+    failed = sorted(name for name, s in run["services"].items() if s["failed"])
     lines.append(f"total startup {total:.3f} s {verdict} the budget of {budget:g} s"
+                 + (f", but FAILED to start: {', '.join(failed)}" if failed else "")
                  + (f"; teardown {run['total_teardown_seconds']:.3f} s" if run["total_teardown_seconds"] is not None else ""))
     lines.append(f"mode: {report['mode']} ({report['mode_reason']})")
     return lines

@@ -70,6 +70,18 @@ def test_summary_lines_mark_a_budget_overrun() -> None:
     assert "EXCEEDS the budget of 1 s" in text and "gw" in text and "single_process (auto)" in text
 
 
+def test_summary_lines_name_services_that_failed() -> None:
+    """A run in which a service failed says so on the total line, not just "within the budget"."""
+    run = _run(0.5, 0.2)
+    run.services["gw"].failed = True
+    report = build_report([run], profile=None, mode="multi_process", mode_reason="asked", budget_seconds=25)
+    lines = session_summary(report)
+    assert any(line.startswith("gw ") and line.endswith("FAILED") for line in lines)
+    assert "within the budget of 25 s, but FAILED to start: gw;" in "\n".join(lines)
+    ok = session_summary(build_report([_run(0.5, 0.2)], profile=None, mode="m", mode_reason="r", budget_seconds=25))
+    assert "FAILED" not in "\n".join(ok)
+
+
 def test_critical_path() -> None:
     """The critical path follows the latest-ready dependency back from the last service."""
     report = build_report([_run(0.5, 0.2)], profile=None, mode="m", mode_reason="r", budget_seconds=25)
