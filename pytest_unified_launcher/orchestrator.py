@@ -500,6 +500,11 @@ class UnifiedLauncher:
                     if isinstance(result, ServiceStartupError):
                         svc.error.cause = f"dependency '{dep}' failed: {result.cause}"
                         svc.error.log_tail = result.log_tail
+                    if self._run is not None:  # the summary lists it, as not started
+                        self._run.services[name] = ServiceTiming(
+                            level=svc.level, runner=self._runner_kind(svc.config), depends_on=deps,
+                            failed=True, blocked_by=_first_failure(dep, self._services),
+                        )
                     raise svc.error
         timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config),
                                depends_on=tuple(self._graph[name]))
@@ -635,6 +640,15 @@ class UnifiedLauncher:
         if self._state_file is not None:
             self._state_file.close()
         remove_scratch(self.config.tmp_root)
+
+
+def _first_failure(dep: str, services: Mapping[str, _Service]) -> str:
+    """The service whose own failure stopped ``dep`` (``dep`` itself, or what blocked it)."""
+    error = services[dep].error
+    while isinstance(error, DependencyFailedError) and error.dependency in services:
+        dep = error.dependency
+        error = services[dep].error
+    return dep
 
 
 def _root_cause(errors: list[BaseException], services: Mapping[str, _Service]) -> BaseException:

@@ -566,14 +566,15 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
         for run in rep["runs"]:
             merged.total_startup_seconds += run["total_startup_seconds"]
             for name, s in run["services"].items():
-                if s["startup_seconds"] is not None and (
-                    name not in merged.services or merged.services[name].startup_seconds is None
-                ):
+                # A worker that started it wins over one that saw it fail or never start it.
+                known = merged.services.get(name)
+                if known is None or (known.startup_seconds is None and s["startup_seconds"] is not None):
                     merged.services[name] = ServiceTiming(
                         level=s["level"], runner=s["runner"], started_at=s["started_at"],
                         spawned_at=s.get("spawned_at"), ready_at=s["ready_at"],
                         startup_seconds=s["startup_seconds"], teardown_seconds=s["teardown_seconds"],
-                        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())), failed=s.get("failed", False),
+                        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())),
+                        failed=s.get("failed", False), blocked_by=s.get("blocked_by"),
                     )
     teardown = state.teardown_report
     if teardown and teardown["runs"]:

@@ -26,6 +26,8 @@ class ServiceTiming:
     attempts: int = 0
     depends_on: tuple[str, ...] = ()
     failed: bool = False
+    #: The dependency whose failure kept this service from starting at all.
+    blocked_by: str | None = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ def run_to_json(run: RunTiming) -> dict[str, Any]:
                 "attempts": t.attempts,
                 "depends_on": list(t.depends_on),
                 "failed": t.failed,
+                "blocked_by": t.blocked_by,
             }
             for name, t in sorted(run.services.items())
         },
@@ -156,14 +159,14 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
     run = runs[-1]
     rows = []
     for name, s in sorted(run["services"].items(), key=lambda kv: (kv[1]["level"], kv[0])):
-        result = "FAILED" if s["failed"] else "ok"
+        result = f"not started: {s['blocked_by']} failed" if s.get("blocked_by") else "FAILED" if s["failed"] else "ok"
         rows.append([name, str(s["level"]), s["runner"], _fmt(s["startup_seconds"]),
                      _fmt(s["teardown_seconds"]), str(s["attempts"]), result])
     lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", "result"], rows)
     total = run["total_startup_seconds"]
     budget = report["budget_seconds"]
     verdict = "within" if total <= budget else "EXCEEDS"
-    failed = sorted(name for name, s in run["services"].items() if s["failed"])
+    failed = sorted(name for name, s in run["services"].items() if s["failed"] and not s.get("blocked_by"))
     lines.append(f"total startup {total:.3f} s {verdict} the budget of {budget:g} s"
                  + (f", but FAILED to start: {', '.join(failed)}" if failed else "")
                  + (f"; teardown {run['total_teardown_seconds']:.3f} s" if run["total_teardown_seconds"] is not None else ""))
@@ -209,7 +212,7 @@ def critical_path(services: Mapping[str, Mapping[str, Any]]) -> set[str]:
 
 def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "startup waterfall") -> str:
     """A startup waterfall: one bar per service from started_at to ready_at, by level."""
-    services = run["services"]
+    services = {n: s for n, s in run["services"].items() if not s.get("blocked_by")}  # never started
     order = sorted(services, key=lambda n: (services[n]["level"], services[n]["started_at"] or 0, n))
     end = max([s["ready_at"] or 0 for s in services.values()] + [run.get("total_startup_seconds") or 0, 0.001])
     show_budget = budget_seconds <= end * 1.5

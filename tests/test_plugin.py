@@ -110,7 +110,9 @@ def test_failed_service_errors_each_test_once(project: pytest.Pytester, no_orpha
     assert "s3cret" not in out  # masked in the message and everywhere else
     assert "Traceback" not in out and "During handling" not in out
     assert out.count("cannot connect to the database") == 2  # once per erroring test, not echoed again
-    result.stdout.fnmatch_lines(["*broken*0*subprocess*FAILED"])
+    result.stdout.fnmatch_lines(["broken * 0 *subprocess*FAILED",
+                                 "needs_broken * 1 *subprocess*not started: broken failed",
+                                 "total startup * s within the budget of 25 s, but FAILED to start: broken;*"])
 
 
 def test_unknown_service_lists_known(project: pytest.Pytester) -> None:

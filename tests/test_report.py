@@ -82,6 +82,22 @@ def test_summary_lines_name_services_that_failed() -> None:
     assert "FAILED" not in "\n".join(ok)
 
 
+def test_a_service_blocked_by_a_failed_dependency() -> None:
+    """A service that never started because a dependency failed is listed as such, and has no
+    bar in the waterfall; the total line names only the service that failed itself."""
+    run = _run(0.5, 0.2)
+    run.services["db"].failed = True
+    run.services["gw"] = ServiceTiming(level=1, runner="in_process", depends_on=("db", "cache"), failed=True,
+                                       blocked_by="db")
+    report = build_report([run], profile=None, mode="m", mode_reason="r", budget_seconds=25)
+    text = "\n".join(session_summary(report))
+    assert "not started: db failed" in text and "FAILED to start: db;" in text
+    assert report["runs"][0]["services"]["gw"]["blocked_by"] == "db"
+    root = ET.fromstring(render_svg(report["runs"][0], budget_seconds=25))
+    drawn = {g.get("data-service") for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "bar"}
+    assert drawn == {"db", "cache"}
+
+
 def test_critical_path() -> None:
     """The critical path follows the latest-ready dependency back from the last service."""
     report = build_report([_run(0.5, 0.2)], profile=None, mode="m", mode_reason="r", budget_seconds=25)
