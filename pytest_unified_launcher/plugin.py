@@ -114,12 +114,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     session.attach = bool(_opt(early_config, "attach", ns))
     if session.attach and payload is None:
         payload = _attach_payload(path, ns)
-    try:
-        budget = float(ns.launcher_budget) if ns.launcher_budget else None
-    except ValueError:
-        raise pytest.UsageError(
-            f"--launcher-budget {ns.launcher_budget!r} is not a number of seconds; e.g. --launcher-budget 25"
-        ) from None
+    ini = {key: early_config.getini(f"launcher_{key}") or None for key in ("profile", "mode", "xdist", "budget")}
+    _check_options(ns, ini, early_config.inipath)
+    budget = float(ns.launcher_budget) if ns.launcher_budget else None
     try:
         lconfig = load_config(
             path,
@@ -127,7 +124,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
             mode=ns.launcher_mode,
             xdist=ns.launcher_xdist,
             budget=budget,
-            ini={key: early_config.getini(f"launcher_{key}") or None for key in ("profile", "mode", "xdist", "budget")},
+            ini=ini,
             pinned_ports=payload["ports"] if payload else None,
             tmp_root=payload["tmp_root"] if payload else None,
         )
@@ -136,6 +133,27 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     session.lconfig = lconfig
     _assign_role(session, lconfig, in_worker=in_worker, payload=payload, namespace=ns)
     os.environ.update(lconfig.test_env)
+
+
+_CHOICES = {"mode": ("single_process", "multi_process", "auto"), "xdist": ("shared", "per_worker")}
+
+
+def _check_options(ns: Any, ini: Mapping[str, Any], inipath: Path | None) -> None:
+    """Name a wrong option or ini value as such (the config file is not where it came from)."""
+    for key in ("mode", "xdist", "budget"):
+        for value, where in ((getattr(ns, f"launcher_{key}", None), f"--launcher-{key}"),
+                             (ini.get(key), f"ini key launcher_{key} in {inipath}")):
+            if value is None:
+                continue
+            if key == "budget":
+                try:
+                    ok = float(value) > 0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise pytest.UsageError(f"{where}: {value!r} is not a number of seconds above 0; e.g. 25")
+            elif value not in _CHOICES[key]:
+                raise pytest.UsageError(f"{where}: {value!r} is not one of {', '.join(_CHOICES[key])}")
 
 
 def _assign_role(

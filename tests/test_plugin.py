@@ -536,9 +536,23 @@ def test_fixed_port_with_per_worker_is_a_usage_error(pytester: pytest.Pytester) 
                                  "*fix: use port = \"auto\"*"])
 
 
-def test_bad_budget_is_a_usage_error(project: pytest.Pytester) -> None:
-    """--launcher-budget must be a number of seconds."""
+@pytest.mark.parametrize(
+    ("args", "ini", "message"),
+    [
+        (["--launcher-budget=fast"], "", "--launcher-budget: 'fast' is not a number of seconds above 0; e.g. 25"),
+        (["--launcher-budget=-1"], "", "--launcher-budget: '-1' is not a number of seconds above 0; e.g. 25"),
+        (["--launcher-mode=fast"], "", "--launcher-mode: 'fast' is not one of single_process, multi_process, auto"),
+        (["--launcher-xdist=all"], "", "--launcher-xdist: 'all' is not one of shared, per_worker"),
+        ([], "launcher_mode = fast\n", "ini key launcher_mode in *tox.ini: 'fast' is not one of single_process*"),
+    ],
+)
+def test_bad_option_values_are_usage_errors_that_name_the_option(
+    project: pytest.Pytester, args: list[str], ini: str, message: str
+) -> None:
+    """A wrong option or ini value is a usage error naming the option (not the config file)."""
+    project.makefile(".ini", tox="[pytest]\nasyncio_default_fixture_loop_scope = function\n" + ini)
     project.makepyfile("def test_x(): pass\n")
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-budget=fast")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--launcher-budget 'fast' is not a number of seconds*"])
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "launcher.toml" not in result.stderr.str()
