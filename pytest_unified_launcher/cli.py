@@ -141,6 +141,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("\nstart order (each service starts as soon as its own dependencies are ready):")
     for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):
         print(redact(line))
+    from .config import MEMORY_MIN_FREE, MEMORY_TMP
+
+    for svc in config.services.values():
+        if svc.tmpfs and svc.tmp.is_relative_to(MEMORY_TMP):
+            print(f"tmpfs: {svc.name}'s ${{tmp}} is in memory (under {MEMORY_TMP})")
+        elif svc.tmpfs:
+            print(f"tmpfs: {svc.name}'s ${{tmp}} stays on disk (under {svc.tmp.parent.parent}): {MEMORY_TMP} is "
+                  f"missing or has less than {MEMORY_MIN_FREE >> 30} GiB free")
     return 0
 
 

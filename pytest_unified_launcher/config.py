@@ -205,6 +205,8 @@ class ServiceConfig:
     watch: tuple[Path, ...] = ()
     depends_on: tuple[str, ...] = ()
     tmp: Path = Path("/tmp")
+    #: ``tmpfs = true`` was asked for (``tmp`` is under MEMORY_TMP unless that had no room).
+    tmpfs: bool = False
     port_auto: bool = False
     #: Set when the port is automatic and no other service or test_env names this service's
     #: address: ``rebind(port)`` is the same service on another port (retried after a clash).
@@ -845,6 +847,7 @@ def _resolve(
             watch=watch,
             depends_on=tuple(raw.depends_on),
             tmp=tmp,
+            tmpfs=raw.tmpfs,
             port_auto=auto.get(name, False),
         )
 

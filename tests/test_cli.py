@@ -73,6 +73,19 @@ def test_check_prints_levels(project: Path) -> None:
     assert any(parts[:2] == ["0", "plain"] for parts in lines) and any(parts[:2] == ["1", "api"] for parts in lines)
 
 
+def test_check_says_where_a_tmpfs_service_keeps_its_tmp(project: Path) -> None:
+    """check tells whether a tmpfs service's ${tmp} is in memory or had to stay on disk."""
+    from pytest_unified_launcher.config import memory_root
+
+    (project / "launcher.toml").write_text(CONFIG.replace("[services.plain]\n", "[services.plain]\ntmpfs = true\n"))
+    result = cli(project, "check")
+    assert result.returncode == 0, result.stderr
+    if memory_root(Path("ul-x")) is not None:  # this machine's /dev/shm has room
+        assert "tmpfs: plain's ${tmp} is in memory (under /dev/shm)" in result.stdout
+    else:
+        assert "tmpfs: plain's ${tmp} stays on disk" in result.stdout
+
+
 def test_check_config_error_exit_2(project: Path) -> None:
     """A config mistake is exit code 2 and one message, no traceback."""
     (project / "launcher.toml").write_text(CONFIG.replace("depends_on", "depends_onn"))
