@@ -49,8 +49,8 @@ def _candidates(owner: Any, missing: str) -> str:
     """'; did you mean ...' from the owner's public attributes that could serve as an app."""
     import difflib
 
-    names = sorted(n for n in vars(owner) if not n.startswith("_") and callable(getattr(owner, n, None))
-                   and not inspect.ismodule(getattr(owner, n)) and not inspect.isclass(getattr(owner, n)))
+    names = sorted(name for name, value in vars(owner).items() if not name.startswith("_")
+                   and callable(value) and not inspect.isclass(value))
     close = difflib.get_close_matches(missing, names, n=1)
     if close:
         return f"; did you mean '{close[0]}'?"

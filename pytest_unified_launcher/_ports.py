@@ -24,7 +24,6 @@ from pathlib import Path
 from ._process import process_token
 
 
-
 def _claims_dir() -> Path:
     """The one folder every launcher on the machine uses. Ports are a machine-wide resource, so
     it must not follow ``TMPDIR``: tox and CI runners set one per environment."""

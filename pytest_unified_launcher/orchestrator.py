@@ -429,11 +429,14 @@ class UnifiedLauncher:
             )
             if (not self.in_process_apps and self.config.spawner == "preimport"
                     and any(s.kind == "app" and not s.user for s in self.config.services.values())):
-                from ._forkserver import ForkServer
-
-                self._ctx.forkserver = ForkServer(self.config.state_dir / "logs" / "_forkserver.log",
-                                                  preload=self.config.preload)
+                self._ctx.forkserver = self._new_forkserver()
         return self._ctx
+
+    def _new_forkserver(self) -> Any:
+        """The pre-imported spawner's handle (its helper starts with the first app)."""
+        from ._forkserver import ForkServer
+
+        return ForkServer(self.config.state_dir / "logs" / "_forkserver.log", preload=self.config.preload)
 
     # ------------------------------------------------------------------ internals: start
 
@@ -490,6 +493,7 @@ class UnifiedLauncher:
     async def _start_service(self, svc: _Service) -> None:
         name = svc.config.name
         deps = self._graph[name]
+        timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config), depends_on=deps)
         if deps:
             results = await asyncio.gather(*(self._ensure(d) for d in deps), return_exceptions=True)
             for dep, result in zip(deps, results, strict=True):
@@ -501,13 +505,9 @@ class UnifiedLauncher:
                         svc.error.cause = f"dependency '{dep}' failed: {result.cause}"
                         svc.error.log_tail = result.log_tail
                     if self._run is not None:  # the summary lists it, as not started
-                        self._run.services[name] = ServiceTiming(
-                            level=svc.level, runner=self._runner_kind(svc.config), depends_on=deps,
-                            failed=True, blocked_by=_first_failure(dep, self._services),
-                        )
+                        timing.failed, timing.blocked_by = True, _first_failure(dep, self._services)
+                        self._run.services[name] = timing
                     raise svc.error
-        timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config),
-                               depends_on=tuple(self._graph[name]))
         assert self._run is not None
         self._run.services[name] = timing
         began = _timing.monotonic()
@@ -634,9 +634,7 @@ class UnifiedLauncher:
         if self._ctx is not None:
             if self._ctx.forkserver is not None:
                 await self._ctx.forkserver.close()
-                from ._forkserver import ForkServer
-
-                self._ctx.forkserver = ForkServer(self._ctx.forkserver.log_path, preload=self.config.preload)
+                self._ctx.forkserver = self._new_forkserver()
         if self._state_file is not None:
             self._state_file.close()
         remove_scratch(self.config.tmp_root)
