@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,6 +21,28 @@ def call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read())
 
 
+def _hold_cache_lock(tmp_path_factory: pytest.TempPathFactory, mode: int) -> Iterator[None]:
+    # Under xdist every worker's basetemp is inside one run folder: the lock file is shared.
+    path = tmp_path_factory.getbasetemp().parent / "example-cache.lock"
+    with open(path, "a") as lock:
+        fcntl.flock(lock, mode)
+        yield
+
+
+@pytest.fixture
+def reads_the_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Held (shared) by tests that assert what Redis holds: with `--launcher-xdist shared` all
+    workers use one Redis, and another worker's test restarts it."""
+    yield from _hold_cache_lock(tmp_path_factory, fcntl.LOCK_SH)
+
+
+@pytest.fixture
+def restarts_the_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Held (exclusive) by the test that restarts Redis, so no cache-reading test runs meanwhile."""
+    yield from _hold_cache_lock(tmp_path_factory, fcntl.LOCK_EX)
+
+
+@pytest.mark.usefixtures("reads_the_cache")
 @pytest.mark.services("api_gateway")
 def test_item_lands_in_postgres_then_is_served_from_redis(services: Any) -> None:
     """A write goes to PostgreSQL; the first read fills Redis, the second is served from it."""
@@ -43,6 +67,7 @@ def test_agent_reaches_the_gateway(services: Any) -> None:
     assert answer["via"].startswith(services["api_gateway"].url)
 
 
+@pytest.mark.usefixtures("restarts_the_cache")
 @pytest.mark.services("api_gateway")
 def test_gateway_recovers_after_cache_restart(services: Any) -> None:
     """Restarting Redis loses the cache (nothing persisted); the gateway falls back, then refills it."""
