@@ -30,6 +30,18 @@ COLOURS = ["36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96"]
 MAX_BACKOFF = 30.0
 
 
+def discard_output(stream: TextIO) -> None:
+    """Point ``stream``'s file at /dev/null once its reader went away, so that Python's flush
+    at exit does not fail (and print an "Exception ignored" trace) a second time."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (a StringIO in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def default_watch_paths(config: LauncherConfig, name: str) -> list[Path]:
     """A service's ``watch`` paths, or for an app the folder of its top-level package."""
     svc = config.services[name]
@@ -70,11 +82,24 @@ class Environment:
         self._metrics: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._observer: Any = None
+        self._output_gone = False
 
     # ------------------------------------------------------------------ output
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        """Print a line; if nobody reads our output any more, stop the environment instead.
+
+        `up | head -1` or a closed terminal: a command whose reader left ends (as it would by
+        SIGPIPE), but here through the usual shutdown, so nothing is left running.
+        """
+        if self._output_gone:
+            return
+        try:
+            print(text, file=self.out, flush=True)
+        except OSError:  # BrokenPipeError, or EIO from a terminal that was closed
+            self._output_gone = True
+            discard_output(self.out)
+            self.stop_event.set()
 
     def _prefix(self, name: str) -> str:
         width = max(len(n) for n in self.config.services)

@@ -32,10 +32,12 @@ EXAMPLES = {
 
 
 def _shared(parser: argparse.ArgumentParser) -> None:
+    from .config import MODE_CHOICES
+
     parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="config file (default: ./launcher.toml, then ./pyproject.toml)")
     parser.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help="profile to merge, e.g. ci")
-    parser.add_argument("--mode", choices=["single_process", "multi_process", "auto"], default=argparse.SUPPRESS,
+    parser.add_argument("--mode", choices=MODE_CHOICES, default=argparse.SUPPRESS,
                         help="how app services run")
 
 
@@ -112,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `unified-launcher check | head`: the reader left; not an error of ours
+        from ._environment import discard_output
+
+        discard_output(sys.stdout)
+        return 141  # 128 + SIGPIPE, what a shell reports for a command whose reader went away
 
 
 # --------------------------------------------------------------------------- check

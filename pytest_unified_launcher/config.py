@@ -18,14 +18,22 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import graph as graph_mod
 from .errors import ConfigError
 
+#: What ``mode`` (and --launcher-mode, --mode, LAUNCHER_MODE) accepts; ``auto_detect`` is ``auto``.
+ModeSetting = Literal["single_process", "multi_process", "auto", "auto_detect"]
+#: The mode after resolving the alias (what :class:`LauncherConfig` holds).
 Mode = Literal["single_process", "multi_process", "auto"]
+XdistSetting = Literal["shared", "per_worker"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+Spawner = Literal["preimport", "plain"]
+MODE_CHOICES: tuple[str, ...] = get_args(ModeSetting)
+XDIST_CHOICES: tuple[str, ...] = get_args(XdistSetting)
 Kind = Literal["app", "command", "url"]
 PortAllocator = Callable[[str, str], int]
 #: Builds the ConfigError for one place in the config: ``where(problem, fix=..., key=...)``.
@@ -118,15 +126,15 @@ class ServiceModel(_Strict):
 class LauncherModel(_Strict):
     """The ``[launcher]`` table."""
 
-    mode: Literal["single_process", "multi_process", "auto", "auto_detect"] = "auto"
+    mode: ModeSetting = "auto"
     startup_timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
     startup_budget: float = Field(default=DEFAULT_BUDGET, gt=0)
-    xdist: Literal["shared", "per_worker"] = "shared"
+    xdist: XdistSetting = "shared"
     state_dir: str = ".launcher"
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_level: LogLevel = "info"
     auto_restart: bool = True
     dev_mode: bool = False
-    spawner: Literal["preimport", "plain"] = "preimport"
+    spawner: Spawner = "preimport"
     preload: list[str] = Field(default_factory=list)
     test_env: dict[str, EnvValue] = Field(default_factory=dict)
 
@@ -227,7 +235,7 @@ class LauncherConfig:
     mode: Mode
     startup_timeout: float
     startup_budget: float
-    xdist: Literal["shared", "per_worker"]
+    xdist: XdistSetting
     state_dir: Path
     log_level: str
     auto_restart: bool
@@ -236,7 +244,7 @@ class LauncherConfig:
     test_env: Mapping[str, str]
     tmp_root: Path
     profiles: tuple[str, ...] = ()
-    spawner: Literal["preimport", "plain"] = "preimport"
+    spawner: Spawner = "preimport"
     #: Third-party modules the pre-imported spawner imports too (``[launcher] preload``).
     preload: tuple[str, ...] = ()
 
@@ -259,42 +267,41 @@ class LauncherConfig:
 
 
 def _env_overrides(environ: Mapping[str, str], source: str) -> dict[str, Any]:
-    """The ``LAUNCHER_*`` variables, validated by pydantic-settings."""
+    """The ``LAUNCHER_*`` variables of ``environ``, validated by pydantic-settings."""
     if not any(k.startswith("LAUNCHER_") for k in environ):
         return {}
-    from pydantic_settings import BaseSettings, SettingsConfigDict
+    from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
     class LauncherEnv(BaseSettings):
         model_config = SettingsConfigDict(env_prefix="LAUNCHER_", extra="ignore")
 
-        mode: Literal["single_process", "multi_process", "auto", "auto_detect"] | None = None
+        mode: ModeSetting | None = None
         profile: str | None = None
         config: str | None = None
         timeout: float | None = Field(default=None, gt=0)
-        log_level: Literal["debug", "info", "warning", "error", "critical"] | None = None
+        log_level: LogLevel | None = None
         dev_mode: bool | None = None
         auto_restart: bool | None = None
 
-    saved = {k: v for k, v in os.environ.items() if k.startswith("LAUNCHER_")}
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], *args: PydanticBaseSettingsSource, **kwargs: Any
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Read the mapping we were given, not os.environ (which another thread may be using).
+            env = EnvSettingsSource(settings_cls)
+            env.env_vars = {k.lower(): v for k, v in environ.items() if k.startswith("LAUNCHER_")}
+            return (env,)
+
     try:
-        # pydantic-settings reads os.environ; make it read the mapping we were given.
-        for k in saved:
-            os.environ.pop(k)
-        os.environ.update({k: v for k, v in environ.items() if k.startswith("LAUNCHER_")})
-        try:
-            values = LauncherEnv()
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            var = "LAUNCHER_" + str(err["loc"][0]).upper()
-            raise ConfigError(
-                f"environment variable {var}={environ.get(var, '')!r} is invalid: {err['msg']}",
-                source=source,
-                fix=f"set {var} to a valid value or unset it",
-            ) from None
-    finally:
-        for k in [k for k in os.environ if k.startswith("LAUNCHER_")]:
-            os.environ.pop(k)
-        os.environ.update(saved)
+        values = LauncherEnv()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        var = "LAUNCHER_" + str(err["loc"][0]).upper()
+        raise ConfigError(
+            f"environment variable {var}={environ.get(var, '')!r} is invalid: {err['msg']}",
+            source=source,
+            fix=f"set {var} to a valid value or unset it",
+        ) from None
     return values.model_dump(exclude_none=True)
 
 

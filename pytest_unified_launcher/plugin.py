@@ -135,11 +135,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     os.environ.update(lconfig.test_env)
 
 
-_CHOICES = {"mode": ("single_process", "multi_process", "auto"), "xdist": ("shared", "per_worker")}
-
-
 def _check_options(ns: Any, ini: Mapping[str, Any], inipath: Path | None) -> None:
     """Name a wrong option or ini value as such (the config file is not where it came from)."""
+    from .config import MODE_CHOICES, XDIST_CHOICES
+
+    choices = {"mode": MODE_CHOICES, "xdist": XDIST_CHOICES}
     for key in ("mode", "xdist", "budget"):
         for value, where in ((getattr(ns, f"launcher_{key}", None), f"--launcher-{key}"),
                              (ini.get(key), f"ini key launcher_{key} in {inipath}")):
@@ -152,8 +152,8 @@ def _check_options(ns: Any, ini: Mapping[str, Any], inipath: Path | None) -> Non
                     ok = False
                 if not ok:
                     raise pytest.UsageError(f"{where}: {value!r} is not a number of seconds above 0; e.g. 25")
-            elif value not in _CHOICES[key]:
-                raise pytest.UsageError(f"{where}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+            elif value not in choices[key]:
+                raise pytest.UsageError(f"{where}: {value!r} is not one of {', '.join(choices[key])}")
 
 
 def _assign_role(

@@ -95,6 +95,45 @@ def test_check_config_error_exit_2(project: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def _run_with_stdout_unread(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with a stdout whose reader has already gone, as in `unified-launcher ... | head`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([PY, "-m", "pytest_unified_launcher", *args], cwd=cwd, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+
+
+def test_check_into_a_closed_pipe_is_not_a_traceback(project: Path) -> None:
+    """`check | head`: the reader leaving is the shell's 141, not a BrokenPipeError trace."""
+    result = _run_with_stdout_unread(project, "check")
+    assert result.returncode == 141
+    assert result.stderr == ""
+
+
+def test_up_whose_reader_leaves_stops_everything(project: Path, no_orphans: None) -> None:
+    """`up | head -1` once left every service running: the broken pipe aborted the shutdown."""
+    proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up", "--mode", "multi_process"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"starting all services")
+    proc.stdout.close()  # what head does after its line
+    with proc.stderr:
+        stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert not (project / "state" / "up.json").exists()
+
+
+def test_mode_alias_auto_detect_is_accepted(project: Path) -> None:
+    """`auto_detect` is `auto`'s alias on the command line too, not only in the file."""
+    result = cli(project, "check", "--mode", "auto_detect")
+    assert result.returncode == 0, result.stderr
+    assert "mode single_process: auto:" in result.stdout
+
+
 def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytester: pytest.Pytester) -> None:
     """up --detach leaves services running; status shows them; pytest --launcher-attach uses them."""
     status = cli(project, "status")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import textwrap
 import tomllib
 from pathlib import Path
@@ -86,6 +87,8 @@ def test_profile_that_changes_kind_drops_old_keys() -> None:
         ({"LAUNCHER_PROFILE": "ci"}, {}, {}, "multi_process", 60),
         ({"LAUNCHER_PROFILE": "ci", "LAUNCHER_TIMEOUT": "7"}, {}, {}, "multi_process", 7),
         ({"LAUNCHER_MODE": "auto_detect"}, {}, {}, "auto", 30),
+        ({}, {"mode": "auto_detect"}, {}, "auto", 30),
+        ({}, {}, {"mode": "auto_detect"}, "auto", 30),
     ],
 )
 def test_precedence(environ: dict[str, str], kwargs: dict[str, Any], ini: dict[str, Any],
@@ -94,6 +97,16 @@ def test_precedence(environ: dict[str, str], kwargs: dict[str, Any], ini: dict[s
     cfg = build(BASE, environ=environ, ini=ini, **kwargs)
     assert cfg.mode == expected_mode
     assert cfg.services["api"].startup_timeout == expected_timeout
+
+
+def test_launcher_variables_come_from_the_given_environ_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """parse() reads the mapping it is given and leaves os.environ alone (other threads use it)."""
+    monkeypatch.setenv("LAUNCHER_MODE", "fast")  # would be an error if os.environ were read
+    monkeypatch.setenv("LAUNCHER_TIMEOUT", "9")
+    before = dict(os.environ)
+    cfg = build(BASE, environ={"LAUNCHER_MODE": "multi_process"})
+    assert cfg.mode == "multi_process" and cfg.services["api"].startup_timeout == 30
+    assert dict(os.environ) == before
 
 
 ERRORS = [

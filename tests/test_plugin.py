@@ -539,12 +539,25 @@ def test_fixed_port_with_per_worker_is_a_usage_error(pytester: pytest.Pytester) 
                                  "*fix: use port = \"auto\"*"])
 
 
+def test_mode_alias_auto_detect_is_accepted_as_an_option(project: pytest.Pytester) -> None:
+    """`--launcher-mode=auto_detect` is `auto`, as in the file and LAUNCHER_MODE."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_x(services): assert services["plain"].port
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=auto_detect")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["mode: single_process (auto: *"])
+
+
 @pytest.mark.parametrize(
     ("args", "ini", "message"),
     [
         (["--launcher-budget=fast"], "", "--launcher-budget: 'fast' is not a number of seconds above 0; e.g. 25"),
         (["--launcher-budget=-1"], "", "--launcher-budget: '-1' is not a number of seconds above 0; e.g. 25"),
-        (["--launcher-mode=fast"], "", "--launcher-mode: 'fast' is not one of single_process, multi_process, auto"),
+        (["--launcher-mode=fast"], "", "--launcher-mode: 'fast' is not one of single_process, multi_process, auto, auto_detect"),
         (["--launcher-xdist=all"], "", "--launcher-xdist: 'all' is not one of shared, per_worker"),
         ([], "launcher_mode = fast\n", "ini key launcher_mode in *tox.ini: 'fast' is not one of single_process*"),
     ],
