@@ -86,7 +86,12 @@ class HttpProbe:
             status = await http_status(self.url, self.timeout)
         except Exception as exc:  # whatever goes wrong, a probe answers with a reason, never raises
             return _reason(exc)
-        return None if 200 <= status < 300 else f"GET {self.url} answered HTTP {status}"
+        if 200 <= status < 300:
+            return None
+        if status in (404, 405):  # the commonest mistake: a path the app does not serve
+            return (f"GET {self.url} answered HTTP {status}: the server answers, but not on that path; "
+                    "check the service's health = { http = ... }")
+        return f"GET {self.url} answered HTTP {status}"
 
 
 class TcpProbe:

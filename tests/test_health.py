@@ -38,9 +38,16 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize(("status", "expected"), [(200, None), (204, None), (503, "answered HTTP 503"), (405, "answered HTTP 405")])
+@pytest.mark.parametrize(("status", "expected"), [
+    (200, None),
+    (204, None),
+    (503, "answered HTTP 503"),
+    (404, "answered HTTP 404: the server answers, but not on that path; check the service's health"),
+    (405, "answered HTTP 405: the server answers, but not on that path"),
+])
 async def test_http_probe_statuses(status: int, expected: str | None) -> None:
-    """http is healthy on 2xx only (GET, so FastAPI's 405 for HEAD cannot fool it)."""
+    """http is healthy on 2xx only (GET, so FastAPI's 405 for HEAD cannot fool it); a 404 or 405
+    says the server is up and the path is what to check."""
     server, port = await serve_http(status)
     try:
         result = await HttpProbe(f"http://127.0.0.1:{port}/health", 1.0).check()

@@ -156,8 +156,9 @@ async def test_health_path_answering_404_says_what_to_check(tmp_path: Path, no_o
         with pytest.raises(ServiceStartupError) as info:
             await launcher.start()
     message = str(info.value)
-    assert "(last probe: GET http://127.0.0.1:" in message and "/nothere answered HTTP 404)" in message
-    assert "the server answers, but not on that path: check the service's health = { http = ... }" in message
+    assert "(last probe: GET http://127.0.0.1:" in message
+    assert ("/nothere answered HTTP 404: the server answers, but not on that path; "
+            "check the service's health = { http = ... })") in message
 
 
 async def test_health_timeout_names_the_last_probe(tmp_path: Path, no_orphans: None) -> None:

@@ -84,12 +84,9 @@ class Runner:
         """The startup error for a probe that never passed, with the service's log tail."""
         from ..errors import ServiceStartupError
 
-        hint = ""
-        if "answered HTTP 404" in last or "answered HTTP 405" in last:
-            hint = "; the server answers, but not on that path: check the service's health = { http = ... }"
         return ServiceStartupError(
             self.svc.name,
-            f"health check ({self.svc.health.describe()}) timed out after {timeout:.1f} s (last probe: {last}){hint}",
+            f"health check ({self.svc.health.describe()}) timed out after {timeout:.1f} s (last probe: {last})",
             log_tail=self.logs(20), timeout=timeout,
         )
 
