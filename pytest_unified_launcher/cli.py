@@ -65,13 +65,43 @@ def build_parser() -> argparse.ArgumentParser:
     add("down", "stop the running environment gracefully")
     bench = add("bench", "cold-start and stop the services N times; P50/P95/P99/max against the budget")
     bench.add_argument("services", nargs="*", help="services to start (default: all)")
-    bench.add_argument("--runs", type=int, default=10, help="number of cold starts (default 10)")
-    bench.add_argument("--json", metavar="PATH", help="write the JSON report here")
-    bench.add_argument("--svg", metavar="PATH", help="write the startup waterfall of the slowest run here")
+    bench.add_argument("--runs", type=_at_least_one, default=10, help="number of cold starts (default 10)")
+    bench.add_argument("--json", metavar="PATH", type=_output_file, help="write the JSON report here")
+    bench.add_argument("--svg", metavar="PATH", type=_output_file,
+                       help="write the startup waterfall of the slowest run here")
     init = add("init", "write a commented starter launcher.toml and a test that uses it")
     init.add_argument("--with", dest="with_", default="postgres,redis,fastapi",
                       help="comma-separated templates: postgres, redis, fastapi, external")
     return parser
+
+
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1; e.g. --runs 10")
+    return number
+
+
+def _output_file(value: str) -> Path:
+    """A file the command writes at its end, checked now, so a wrong path fails before the runs."""
+    from ._output import check_writable
+
+    problem = check_writable(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write {value} ({problem})")
+    return Path(value)
+
+
+def _selection(config: Any, names: list[str]) -> list[str] | None:
+    """The services named on the command line (None: all), checked before anything starts."""
+    from . import graph as graph_mod
+
+    if names:
+        graph_mod.closure(config.graph, names)  # raises UnknownServiceError, which lists the known ones
+    return names or None
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -190,6 +220,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ._up import read_up_record
 
     config = _load(args)
+    names = _selection(config, args.services)
     _require_cli_extra(args.dev or config.dev_mode)
     try:
         existing = read_up_record(config.state_dir)
@@ -218,7 +249,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             os.write(fd, (json.dumps(message) + "\n").encode())
             os.close(fd)
 
-    return asyncio.run(run_up(config, args.services or None, dev=args.dev, on_ready=on_ready,
+    return asyncio.run(run_up(config, names, dev=args.dev, on_ready=on_ready,
                               follow_logs=fd is None))
 
 
@@ -317,14 +348,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ._output import write_text
     from .orchestrator import UnifiedLauncher
     from .report import bench_summary, render_svg
 
-    if args.runs < 1:
-        raise ConfigError("--runs must be at least 1", fix="e.g. --runs 10")
     config = _load(args)
+    names = _selection(config, args.services)
     launcher = UnifiedLauncher(config)
-    names = args.services or None
     print(f"bench: {args.runs} cold starts of {', '.join(names) if names else 'all services'} "
           f"({launcher.mode}: {launcher.mode_reason})", flush=True)
     failed = None
@@ -354,11 +384,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if report.get("note"):
         print("note: " + report["note"])
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.svg:
         slowest = max(report["runs"], key=lambda r: r["total_startup_seconds"])
-        Path(args.svg).write_text(render_svg(slowest, budget_seconds=report["budget_seconds"],
-                                             title=f"slowest of {args.runs} cold starts"))
+        write_text(args.svg, render_svg(slowest, budget_seconds=report["budget_seconds"],
+                                        title=f"slowest of {args.runs} cold starts"))
     return 0 if report["budget_ok"] else 1
 
 

@@ -116,6 +116,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         payload = _attach_payload(path, ns)
     ini = {key: early_config.getini(f"launcher_{key}") or None for key in ("profile", "mode", "xdist", "budget")}
     _check_options(ns, ini, early_config.inipath)
+    if not in_worker:
+        _check_output_paths(early_config, ns)
     budget = float(ns.launcher_budget) if ns.launcher_budget else None
     try:
         lconfig = load_config(
@@ -154,6 +156,17 @@ def _check_options(ns: Any, ini: Mapping[str, Any], inipath: Path | None) -> Non
                     raise pytest.UsageError(f"{where}: {value!r} is not a number of seconds above 0; e.g. 25")
             elif value not in choices[key]:
                 raise pytest.UsageError(f"{where}: {value!r} is not one of {', '.join(choices[key])}")
+
+
+def _check_output_paths(early_config: pytest.Config, ns: Any) -> None:
+    """A report or waterfall path that cannot be written fails now, not after the whole run."""
+    from ._output import check_writable
+
+    for key in ("report", "waterfall"):
+        path = _opt(early_config, key, ns)
+        problem = check_writable(path) if path else None
+        if problem:
+            raise pytest.UsageError(f"--launcher-{key}: cannot write {path} ({problem})")
 
 
 def _assign_role(
@@ -492,14 +505,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     session.config.stash[_REPORT] = report
     path = _opt(session.config, "report")
+    from ._output import write_text
+
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        write_text(path, json.dumps(report, indent=2) + "\n")
     svg = _opt(session.config, "waterfall")
     if svg and report["runs"]:
         from .report import render_svg
 
-        Path(svg).write_text(render_svg(report["runs"][-1], budget_seconds=report["budget_seconds"]))
+        write_text(svg, render_svg(report["runs"][-1], budget_seconds=report["budget_seconds"]))
     if state.role != "worker" and report["runs"]:
         total = report["runs"][-1]["total_startup_seconds"]
         if total > report["budget_seconds"] and session.exitstatus == 0:

@@ -267,6 +267,28 @@ def test_bench_exit_codes_json_and_svg(project: Path, no_orphans: None) -> None:
     assert failed.stderr.startswith("error: service 'bad' failed to start: exited with code 1")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "nope", "--runs", "2"], "error: unknown service 'nope'; the config defines: api, plain"),
+        (["up", "nope"], "error: unknown service 'nope'; the config defines: api, plain"),
+        (["up", "--detach", "nope"], "error: unknown service 'nope'; the config defines: api, plain"),
+        (["bench", "--runs", "0"], "argument --runs: '0' is not a whole number of at least 1; e.g. --runs 10"),
+        (["bench", "--runs", "2", "--json", "a-file/b.json"], "argument --json: cannot write a-file/b.json (a-file is a file, not a folder)"),
+        (["bench", "--runs", "2", "--svg", "a-file/w.svg"], "argument --svg: cannot write a-file/w.svg (a-file is a file, not a folder)"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_starts(project: Path, args: list[str], message: str) -> None:
+    """A wrong service name or output path is exit 2 before the first start (not a traceback, or a
+    lost benchmark after all its runs)."""
+    (project / "a-file").write_text("")
+    result = cli(project, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "starting" not in result.stdout and "run 1/" not in result.stdout
+    assert not (project / "state" / "up.json").exists()
+
+
 def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
     """init writes a starter config that check accepts, and refuses to overwrite it."""
     result = cli(tmp_path, "init", "--with", "redis,fastapi,external")

@@ -539,6 +539,16 @@ def test_fixed_port_with_per_worker_is_a_usage_error(pytester: pytest.Pytester) 
                                  "*fix: use port = \"auto\"*"])
 
 
+@pytest.mark.parametrize("option", ["--launcher-report", "--launcher-waterfall"])
+def test_unwritable_output_path_is_a_usage_error_before_the_run(project: pytest.Pytester, option: str) -> None:
+    """A report path that cannot be written fails at once, not as a traceback after every test ran."""
+    (project.path / "a-file").write_text("")
+    project.makepyfile("def test_x(): pass\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", f"{option}=a-file/out")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {option}: cannot write a-file/out (a-file is a file, not a folder)"])
+
+
 def test_mode_alias_auto_detect_is_accepted_as_an_option(project: pytest.Pytester) -> None:
     """`--launcher-mode=auto_detect` is `auto`, as in the file and LAUNCHER_MODE."""
     project.makepyfile("""
