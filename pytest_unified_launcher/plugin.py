@@ -292,10 +292,21 @@ def _attach(session: _Session) -> None:
 
 
 def _marked_services(item: pytest.Item) -> list[str]:
+    """The names in the item's ``services`` markers (test, class, module), each once.
+
+    Names are strings, or lists of strings; anything else is a LauncherError that shows the fix.
+    """
     names: list[str] = []
     for marker in item.iter_markers("services"):
+        if marker.kwargs:
+            raise LauncherError(f"@pytest.mark.services takes no keyword arguments (got {', '.join(marker.kwargs)}=...); "
+                                'name the services as strings: @pytest.mark.services("api", "db")')
         for arg in marker.args:
-            for name in [arg] if isinstance(arg, str) else arg:
+            group = [arg] if isinstance(arg, str) else arg if isinstance(arg, (list, tuple)) else [arg]
+            for name in group:
+                if not isinstance(name, str):
+                    raise LauncherError(f"@pytest.mark.services: {name!r} is not a service name; "
+                                        'name the services as strings: @pytest.mark.services("api", "db")')
                 if name not in names:
                     names.append(name)
     return names
@@ -330,7 +341,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    names = _marked_services(item)
+    try:
+        names = _marked_services(item)
+    except LauncherError as exc:
+        pytest.fail(str(exc), pytrace=False)
     if not names:
         return
     state = _session(item.config)
@@ -356,11 +370,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.failed and report.when in ("setup", "call"):
         state = item.config.stash.get(_KEY, None)
-        names = _marked_services(item)
-        if state is not None and state.launcher is not None and names:
+        if state is not None and state.launcher is not None:
             try:
-                wanted = state.launcher.closure(names)
-            except LauncherError:
+                wanted = state.launcher.closure(_marked_services(item))
+            except LauncherError:  # a wrong marker or name: its own error says so
                 wanted = []
             from ._redact import redact
 

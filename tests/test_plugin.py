@@ -131,6 +131,31 @@ def test_unknown_service_lists_known(project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*unknown service 'apii'; the config defines: api, broken, needs_broken, plain*"])
 
 
+def test_marker_arguments_that_are_not_names_error_that_test(project: pytest.Pytester) -> None:
+    """Names may be strings or a list of them; anything else errors the test with the fix (it was
+    an INTERNALERROR that ended the whole run)."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services(42)
+        def test_int(): pass
+
+        @pytest.mark.services(names=["plain"])
+        def test_keyword(): pass
+
+        @pytest.mark.services(["plain"], "plain")
+        def test_list(services): assert list(services) == ["plain"]
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines([
+        "*@pytest.mark.services: 42 is not a service name; name the services as strings: "
+        '@pytest.mark.services("api", "db")*',
+        "*@pytest.mark.services takes no keyword arguments (got names=...)*",
+    ])
+    assert "INTERNALERROR" not in result.stdout.str()
+
+
 def test_config_error_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """A config mistake ends the run with exit code 4 and the message, no traceback."""
     pytester.makefile(".toml", launcher="[services.a]\ncommand = ['x']\ndepends_on = ['b']\n[services.b]\ncommand = ['y']\ndepends_on = ['a']\n")
