@@ -144,6 +144,21 @@ async def test_exit_during_startup_fails_at_once_with_code_and_tail(tmp_path: Pa
     assert launcher.get_status() is LauncherStatus.STOPPED
 
 
+async def test_missing_cwd_is_named_not_the_command(tmp_path: Path, no_orphans: None) -> None:
+    """A cwd that does not exist is named as such (spawning said the command was not found)."""
+    path = write_config(tmp_path, """
+        [services.job]
+        command = ["{PY}", "-c", "pass"]
+        cwd = "no/such/dir"
+        task = true
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    assert f"its working directory {tmp_path / 'no' / 'such' / 'dir'} does not exist" in str(info.value)
+    assert "not found" not in str(info.value)
+
+
 async def test_health_path_answering_404_says_what_to_check(tmp_path: Path, no_orphans: None) -> None:
     """A server that answers 404 on the probed path is named as such, with the key to fix."""
     path = write_config(tmp_path, """

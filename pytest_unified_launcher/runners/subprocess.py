@@ -118,6 +118,9 @@ class SubprocessRunner(Runner):
             self._prepare_tmp(ids)
         except OSError as exc:
             raise self._fail(f"cannot prepare its temp dir {svc.tmp} ({exc.strerror})") from None
+        if not svc.cwd.is_dir():  # else spawning fails with "not found", which names the command
+            what = "is not a folder" if svc.cwd.exists() else "does not exist"
+            raise self._fail(f"its working directory {svc.cwd} {what}; create it or fix the service's cwd = ...")
         env = self._env()
         for step in svc.setup:
             await self._run_setup(step, env, ids, deadline)
@@ -159,8 +162,6 @@ class SubprocessRunner(Runner):
             raise self._fail(f"command {self._argv(None)[0]!r} not found; is it installed and on PATH?") from None
         except PermissionError as exc:
             raise self._fail(f"cannot run {self._argv(None)[0]!r}: {exc.strerror}") from None
-        except NotADirectoryError:
-            raise self._fail(f"cwd {svc.cwd} is not a folder") from None
         except ConnectionError as exc:
             raise self._fail(f"{exc}; set [launcher] spawner = \"plain\" to spawn apps directly") from None
         finally:
