@@ -332,7 +332,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state.active:
         _interrupt_on_termination(state)
     names = _opt(session.config, "services")
-    if state.active and names and state.role != "controller":
+    runs_nothing = session.config.option.collectonly or session.config.option.setupplan
+    if state.active and names and state.role != "controller" and not runs_nothing:
         try:
             _ensure(session.config, [n.strip() for n in str(names).split(",") if n.strip()])
         except LauncherError as exc:
@@ -345,7 +346,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         names = _marked_services(item)
     except LauncherError as exc:
         pytest.fail(str(exc), pytrace=False)
-    if not names:
+    if not names or item.config.option.setupplan:  # --setup-plan shows the plan, runs nothing
         return
     state = _session(item.config)
     if not state.active:

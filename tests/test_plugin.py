@@ -574,6 +574,22 @@ def test_unwritable_output_path_is_a_usage_error_before_the_run(project: pytest.
     result.stderr.fnmatch_lines([f"ERROR: {option}: cannot write a-file/out (a-file is a file, not a folder)"])
 
 
+@pytest.mark.parametrize("args", [["--collect-only"], ["--setup-plan"], ["--setup-plan", "--launcher-services=plain"],
+                                  ["--collect-only", "--launcher-services=plain"]])
+def test_runs_that_run_nothing_start_nothing(project: pytest.Pytester, args: list[str]) -> None:
+    """--collect-only and --setup-plan show what would run; they start no service."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_x(services): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.OK
+    assert "unified launcher" not in result.stdout.str()
+    assert not list((project.path / "state").glob("**/*.log"))
+
+
 def test_mode_alias_auto_detect_is_accepted_as_an_option(project: pytest.Pytester) -> None:
     """`--launcher-mode=auto_detect` is `auto`, as in the file and LAUNCHER_MODE."""
     project.makepyfile("""
