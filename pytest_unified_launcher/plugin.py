@@ -474,19 +474,31 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
         from .orchestrator import UnifiedLauncher
         from .report import percentile
 
+        from . import graph as graph_mod
+
         assert state.lconfig is not None and state.config_path is not None
         wanted = [names] if isinstance(names, str) else (list(names) if names is not None else None)
-        config = load_config(state.config_path, profile=state.lconfig.profile, mode=state.lconfig.mode,
-                             budget=state.lconfig.startup_budget)
-        bench_launcher = UnifiedLauncher(config)
+        if not isinstance(rounds, int) or rounds < 1:
+            pytest.fail(f"startup_benchmark: rounds={rounds!r}; give a whole number of at least 1, e.g. rounds=10",
+                        pytrace=False)
+        problem = None
         try:
-            benchmark.pedantic(
-                lambda: bench_launcher.start_blocking(wanted),
-                teardown=lambda: bench_launcher.stop_blocking(close=False),
-                rounds=rounds, iterations=1, warmup_rounds=0,
-            )
-        finally:
-            bench_launcher.stop_blocking()
+            graph_mod.closure(state.lconfig.graph, wanted or ())
+            config = load_config(state.config_path, profile=state.lconfig.profile, mode=state.lconfig.mode,
+                                 budget=state.lconfig.startup_budget)
+            bench_launcher = UnifiedLauncher(config)
+            try:
+                benchmark.pedantic(
+                    lambda: bench_launcher.start_blocking(wanted),
+                    teardown=lambda: bench_launcher.stop_blocking(close=False),
+                    rounds=rounds, iterations=1, warmup_rounds=0,
+                )
+            finally:
+                bench_launcher.stop_blocking()
+        except LauncherError as exc:
+            problem = f"startup_benchmark: {exc}"
+        if problem is not None:
+            pytest.fail(problem, pytrace=False)  # outside the except: no "during handling" echo
         report = bench_launcher.report()
         totals = [r["total_startup_seconds"] for r in report["runs"]]
         p95 = percentile(totals, 95)

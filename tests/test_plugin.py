@@ -438,6 +438,24 @@ def test_startup_benchmark_fixture_and_budget(project: pytest.Pytester, no_orpha
     over.stdout.fnmatch_lines(["*startup P95 * over 3 cold starts exceeds the budget of 1e-06 s*"])
 
 
+def test_startup_benchmark_mistakes_fail_in_one_line(project: pytest.Pytester, no_orphans: None) -> None:
+    """A wrong name or rounds, or a service that fails, fails the test with the cause, not a trace
+    through the launcher's internals."""
+    project.makepyfile("""
+        def test_rounds(startup_benchmark): startup_benchmark(["plain"], rounds=0)
+        def test_unknown(startup_benchmark): startup_benchmark(["nope"], rounds=2)
+        def test_broken(startup_benchmark): startup_benchmark(["broken"], rounds=2)
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning")
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines_random([
+        "startup_benchmark: rounds=0; give a whole number of at least 1, e.g. rounds=10",
+        "startup_benchmark: unknown service 'nope'; the config defines: api, broken, needs_broken, plain",
+        "startup_benchmark: service 'broken' failed to start: exited with code 3",
+    ])
+    assert "orchestrator.py" not in result.stdout.str()
+
+
 def test_startup_benchmark_compare_fail_gates_a_regression(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_orphans: None
 ) -> None:
