@@ -15,12 +15,12 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from . import _timing
 from . import graph as graph_mod
 from ._up import remove_up_record, write_up_record
-from .config import LauncherConfig
+from .config import DEV_RELOAD, LauncherConfig
 from .errors import LauncherError
 from .orchestrator import UnifiedLauncher
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 COLOURS = ["36", "33", "32", "35", "34", "91", "92", "93", "94", "95", "96"]
 MAX_BACKOFF = 30.0
+#: The watchdog events that mean a file changed (not merely opened or read).
+CHANGE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 
 
 def discard_output(stream: TextIO) -> None:
@@ -70,7 +72,7 @@ class Environment:
         self.names = list(names) if names else None
         self.dev = dev or config.dev_mode
         # Apps outlive nothing here, but dev reloads need fresh imports: subprocesses then.
-        self.launcher = UnifiedLauncher(config, keep=self.dev)
+        self.launcher = UnifiedLauncher(config, subprocess_apps_because=DEV_RELOAD if self.dev else None)
         self.out = out
         self.colour = out.isatty() if colour is None else colour
         self.follow_logs = follow_logs
@@ -246,29 +248,46 @@ class Environment:
         self._metrics.probe.labels(name).observe(_timing.monotonic() - t0)
 
     async def _follow_logs(self) -> None:
-        """Print every service's new log lines with a coloured ``name |`` prefix."""
-        offsets: dict[str, int] = {}
+        """Print every service's new log lines with a coloured ``name |`` prefix.
+
+        Each log stays open while it is followed. A restart writes a new file under the same
+        name; the open one is then still the old file (its inode cannot be reused while open,
+        which is what ``tail -F`` relies on too), so its last lines are printed before the new.
+        """
         log_dir = self.config.state_dir / "logs"
-        while True:
-            for name in sorted(self.config.services):
-                path = log_dir / f"{name}.log"
-                try:
-                    size = path.stat().st_size
-                except OSError:
-                    continue
-                offset = offsets.get(name, 0)
-                if size < offset:
-                    offset = 0  # truncated: a restart
-                if size == offset:
-                    continue
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-                cut = data.rfind(b"\n") + 1
-                offsets[name] = offset + cut
-                for line in data[:cut].decode("utf-8", errors="replace").splitlines():
-                    self.say(f"{self._prefix(name)} {line}")
-            await asyncio.sleep(0.1)
+        files: dict[str, BinaryIO] = {}
+        partial: dict[str, bytes] = {}
+
+        def show(name: str, fh: BinaryIO, *, final: bool = False) -> None:
+            data = partial.pop(name, b"") + fh.read()
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            if cut < len(data):
+                partial[name] = data[cut:]
+            for line in data[:cut].decode("utf-8", errors="replace").splitlines():
+                self.say(f"{self._prefix(name)} {line}")
+
+        try:
+            while True:
+                for name in sorted(self.config.services):
+                    path = log_dir / f"{name}.log"
+                    try:
+                        inode: int | None = path.stat().st_ino
+                    except OSError:
+                        inode = None
+                    fh = files.get(name)
+                    if fh is not None and inode != os.fstat(fh.fileno()).st_ino:
+                        show(name, fh, final=True)  # the old file's last lines, then the new file
+                        files.pop(name).close()
+                        fh = None
+                    if fh is None:
+                        if inode is None:
+                            continue
+                        fh = files[name] = open(path, "rb")  # kept open across ticks: see above
+                    show(name, fh)
+                await asyncio.sleep(0.1)
+        finally:
+            for fh in files.values():
+                fh.close()
 
     # ------------------------------------------------------------------ dev mode
 
@@ -281,21 +300,32 @@ class Environment:
         env = self
 
         class Handler(FileSystemEventHandler):
-            def __init__(self, name: str) -> None:
-                self.name = name
+            """Restarts ``name`` when a file it watches is written, created, moved or deleted."""
+
+            def __init__(self, name: str, path: Path) -> None:
+                self.name, self.path = name, path
 
             def on_any_event(self, event: FileSystemEvent) -> None:
-                path = str(event.src_path)
-                if event.is_directory or "__pycache__" in path or path.endswith((".pyc", "~", ".swp")):
+                # Not "opened" / "closed_no_write": a restarted app reads its own sources, and
+                # reacting to that restarted it again, forever.
+                if event.is_directory or event.event_type not in CHANGE_EVENTS:
                     return
-                loop.call_soon_threadsafe(changed.put_nowait, self.name)
+                paths = [str(event.src_path)] + ([str(event.dest_path)] if event.dest_path else [])
+                if any(self._watched(Path(p)) for p in paths):
+                    loop.call_soon_threadsafe(changed.put_nowait, self.name)
+
+            def _watched(self, path: Path) -> bool:
+                if "__pycache__" in path.parts or path.name.endswith((".pyc", "~", ".swp")):
+                    return False
+                return path == self.path or self.path in path.parents  # a file, or under a folder
 
         self._observer = Observer()
         watched = []
         for name in self.launcher.services:
             for path in default_watch_paths(self.config, name):
+                path = path.resolve()
                 target = path if path.is_dir() else path.parent
-                self._observer.schedule(Handler(name), str(target), recursive=path.is_dir())
+                self._observer.schedule(Handler(name, path), str(target), recursive=path.is_dir())
                 watched.append(f"{name}: {path}")
         self._observer.start()
         self.say("dev mode: watching " + ("; ".join(watched) if watched else "nothing (set `watch` paths)"))

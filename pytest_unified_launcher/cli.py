@@ -328,10 +328,11 @@ def cmd_down(args: argparse.Namespace) -> int:
             return 0
         os.kill(pid, signal.SIGKILL)
     # No supervisor (``--launcher-keep``, or it was killed): stop the recorded services directly.
+    from .config import KEEP
     from .orchestrator import UnifiedLauncher
 
     full = _load(args, pinned_ports=record.get("ports", {}), tmp_root=record.get("tmp_root"))
-    launcher = UnifiedLauncher(full, keep=True)
+    launcher = UnifiedLauncher(full, subprocess_apps_because=KEEP)  # what it adopts are processes
     for name, entry in record["services"].items():
         if name in launcher.services and entry.get("pid"):
             from ._process import process_token

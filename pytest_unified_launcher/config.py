@@ -952,13 +952,21 @@ def inprocess_env_conflict(config: LauncherConfig) -> tuple[str, str, str] | Non
     return None
 
 
+#: Why apps must run as subprocesses, whatever the mode (passed as ``subprocess_apps_because``).
+SHARED_WORKERS = "xdist workers share the services"
+KEEP = "--launcher-keep leaves services running after pytest"
+DEV_RELOAD = "up --dev reloads apps in fresh processes"
+
+
 def resolve_mode(
-    config: LauncherConfig, *, shared_workers: bool = False, keep: bool = False
+    config: LauncherConfig, *, subprocess_apps_because: str | None = None
 ) -> tuple[Literal["single_process", "multi_process"], str, bool]:
     """Which mode runs, why, and whether app services must still run as subprocesses.
 
-    Returns ``(mode, reason, apps_as_subprocesses)``; raises a ConfigError when an explicit
-    ``single_process`` cannot work because two apps need different values of one variable.
+    ``subprocess_apps_because`` says why the caller cannot have apps in its own process (xdist
+    sharing, ``--launcher-keep``, ``up --dev``). Returns ``(mode, reason, apps_as_subprocesses)``;
+    raises a ConfigError when an explicit ``single_process`` cannot work because two apps need
+    different values of one variable.
     """
     conflict = inprocess_env_conflict(config)
     if config.mode == "multi_process":
@@ -974,18 +982,14 @@ def resolve_mode(
                 key=f"env.{var}",
                 fix='give them the same value, or use mode = "multi_process" (or "auto")',
             )
-        if shared_workers:
-            return "single_process", "single_process asked for, but xdist shares services between workers: apps run as subprocesses", True
-        if keep:
-            return "single_process", "single_process asked for, but --launcher-keep needs apps to outlive pytest: apps run as subprocesses", True
+        if subprocess_apps_because:
+            return "single_process", f"single_process asked for, but {subprocess_apps_because}: apps run as subprocesses", True
         return "single_process", "mode = single_process was asked for", False
     if conflict:
         var, a, b = conflict
         return "multi_process", f"auto: '{a}' and '{b}' set {var} differently", True
-    if shared_workers:
-        return "multi_process", "auto: xdist workers share the services", True
-    if keep:
-        return "multi_process", "auto: --launcher-keep leaves services running after pytest", True
+    if subprocess_apps_because:
+        return "multi_process", f"auto: {subprocess_apps_because}", True
     return "single_process", "auto: apps can run in the test process", False
 
 

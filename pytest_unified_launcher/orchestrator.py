@@ -176,15 +176,14 @@ class UnifiedLauncher:
         self,
         config: LauncherConfig,
         *,
-        shared_workers: bool = False,
-        keep: bool = False,
+        subprocess_apps_because: str | None = None,
         launcher_id: str | None = None,
         owner_pid: int | None = None,
         base_env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.mode, self.mode_reason, apps_as_subprocesses = resolve_mode(
-            config, shared_workers=shared_workers, keep=keep
+            config, subprocess_apps_because=subprocess_apps_because
         )
         self.in_process_apps = not apps_as_subprocesses
         self.id = launcher_id or f"{os.getpid()}-{secrets.token_hex(3)}"

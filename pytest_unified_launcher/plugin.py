@@ -239,12 +239,12 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
             + ". Create a launcher.toml (`unified-launcher init`) or pass --launcher-config PATH"
         )
     if session.launcher is None:
+        from .config import KEEP, SHARED_WORKERS
         from .orchestrator import UnifiedLauncher
 
         session.launcher = UnifiedLauncher(
             session.lconfig,
-            shared_workers=session.shared is not None,
-            keep=session.keep,
+            subprocess_apps_because=SHARED_WORKERS if session.shared is not None else KEEP if session.keep else None,
             owner_pid=session.shared_payload["controller_pid"] if session.shared_payload else None,
         )
         if session.shared is not None and session.role == "worker":
@@ -585,10 +585,11 @@ def _finish_controller(state: _Session) -> None:
     if state.shared is None or state.lconfig is None:
         return
     from ._state import reap
+    from .config import SHARED_WORKERS
     from .orchestrator import UnifiedLauncher
 
     record = state.shared.read()
-    launcher = UnifiedLauncher(state.lconfig, shared_workers=True)
+    launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS)
     for name, entry in record.items():
         if name in launcher.services and entry.get("state") in ("running", "completed"):
             launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),

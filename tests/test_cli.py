@@ -240,6 +240,28 @@ def test_dev_mode_restarts_changed_service_only(project: Path, no_orphans: None)
         assert cli(project, "down").returncode == 0
 
 
+def test_dev_mode_reloads_once_per_change_and_shows_the_new_output(project: Path, no_orphans: None) -> None:
+    """A restarted app reading its own sources is not a change (that reloaded it forever), and the
+    restarted service's output is printed even when it is as long as the old log."""
+    out = project / "up.out"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up", "--dev"], cwd=project, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
+    try:
+        _wait(lambda: "dev mode: watching" in out.read_text() and "api   | serving" in out.read_text())
+        assert "(multi_process: auto: up --dev reloads apps in fresh processes)" in out.read_text()
+        with open(project / "web.py", "a") as fh:
+            fh.write("\n# changed\n")
+        _wait(lambda: out.read_text().count("api   | serving") == 2)
+        time.sleep(2)  # long enough for several reloads if the restart itself triggered one
+        text = out.read_text()
+        assert text.count("restarting api (files changed)") == 1, text
+        assert text.index("api   | stopped web:app") < text.rindex("api   | serving"), text  # old, then new
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+
+
 def test_up_detach_failure_leaves_nothing(project: Path, no_orphans: None) -> None:
     """up --detach with a failing service exits 1 with its message and leaves nothing running."""
     (project / "launcher.toml").write_text(CONFIG + '[services.bad]\ncommand = ["false"]\ndepends_on = ["plain"]\n')

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from pytest_unified_launcher.config import (
+    KEEP,
+    SHARED_WORKERS,
     load_config,
     parse,
     resolve_mode,
@@ -257,9 +259,10 @@ def test_resolve_mode(mode: str, shared: bool, keep: bool, conflict: bool, expec
     """auto picks single_process unless xdist sharing, --launcher-keep or an env conflict forbids it."""
     extra = '[services.b]\napp = "m:b"\nenv = { X = "2" }\n' if conflict else ""
     cfg = build(f'[launcher]\nmode = "{mode}"\n[services.a]\napp = "m:a"\nenv = {{ X = "1" }}\n{extra}')
-    got, reason, as_sub = resolve_mode(cfg, shared_workers=shared, keep=keep)
+    because = SHARED_WORKERS if shared else KEEP if keep else None
+    got, reason, as_sub = resolve_mode(cfg, subprocess_apps_because=because)
     assert (got, as_sub) == (expected, subprocess_apps)
-    assert reason
+    assert reason and (because is None or because in reason)
 
 
 def test_single_process_env_conflict_is_an_error() -> None:

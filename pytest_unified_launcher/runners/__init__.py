@@ -66,13 +66,19 @@ class Runner:
     async def stop(self) -> None:
         raise NotImplementedError
 
-    def _open_log(self, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND) -> int:
-        """Create the log folder and open this service's log file, or fail with the fix."""
+    def _open_log(self) -> int:
+        """Open a fresh log file for this start (or fail with the fix).
+
+        A new file, not the old one truncated: a reader that follows it (`up`, `tail -F`) sees
+        the restart by its new inode even when the new output is as long as the old.
+        """
         from ..errors import ServiceStartupError
 
+        path = self.ctx.log_dir / f"{self.svc.name}.log"
         try:
             self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
-            return os.open(self.ctx.log_dir / f"{self.svc.name}.log", flags, 0o644)
+            path.unlink(missing_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise ServiceStartupError(
                 self.svc.name,
