@@ -321,6 +321,17 @@ def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_init_project_tests_pass(tmp_path: Path, no_orphans: None) -> None:
+    """The starter's own tests pass as written, the app's through its URL."""
+    assert cli(tmp_path, "init", "--with", "postgres,redis,fastapi").returncode == 0
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+    assert "api           1  in_process" in result.stdout
+
+
 def test_no_command_lists_the_commands() -> None:
     """`unified-launcher` alone prints every command with what it does, and exits 2."""
     result = cli(Path.cwd())
