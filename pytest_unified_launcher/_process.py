@@ -149,6 +149,39 @@ async def stop_process(
     return proc.returncode
 
 
+def marked_pids(owner: str, service: str | None = None) -> list[int]:
+    """Running processes that carry ``owner``'s marker (for ``service``, or any) in their environment.
+
+    These are what escaped the process group: a command that daemonizes forks into a session
+    of its own, and its parent exits. Best effort: a process of another user may not show its
+    environment (and a forked app shows its helper's).
+    """
+    wanted = [f"{OWNER_VAR}={owner}".encode()] + ([f"{SERVICE_VAR}={service}".encode()] if service else [])
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                variables = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if all(w in variables for w in wanted) and process_token(int(entry)) != "?":
+            found.append(int(entry))
+    return found
+
+
+async def stop_marked(pids: Sequence[int], *, stop_signal: int, stop_timeout: float) -> None:
+    """``stop_signal`` to each of ``pids`` (processes that left their group), SIGKILL after
+    ``stop_timeout``; a zombie counts as gone."""
+    kill_pids(pids, stop_signal)
+    deadline = asyncio.get_running_loop().time() + stop_timeout
+    # Polled: they are not our children, so no exit status or event tells us they are gone.
+    while any(process_token(p) != "?" for p in pids) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    kill_pids([p for p in pids if process_token(p) != "?"])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ._process import process_token
+from ._process import kill_pids, marked_pids, process_token
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,12 @@ def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, in
                     pass
                 reaped.append((str(info.get("service")), pid))
                 log.warning("reaped service %s (pid %d) left by a killed session", info.get("service"), pid)
+        done = {pid for _, pid in reaped}
+        for pid in marked_pids(path.stem):  # what left its service's group (a daemon), by its marker
+            if pid not in done:
+                kill_pids([pid])
+                reaped.append(("(background)", pid))
+                log.warning("reaped pid %d, which a service of a killed session left in the background", pid)
         if data.get("tmp_root"):
             from .config import remove_scratch
 

@@ -144,6 +144,30 @@ async def test_exit_during_startup_fails_at_once_with_code_and_tail(tmp_path: Pa
     assert launcher.get_status() is LauncherStatus.STOPPED
 
 
+async def test_a_daemon_a_service_left_is_stopped_with_it(tmp_path: Path, no_orphans: None) -> None:
+    """A process that left the service's group and ancestry (a double-forked daemon) stops with it."""
+    path = write_config(tmp_path, """
+        [services.web]
+        command = ["{PY}", "{TCP}", "${port}", "--daemon-child"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        await launcher.start()
+
+
+async def test_command_that_daemonizes_is_told_to_stay_in_the_foreground(tmp_path: Path, no_orphans: None) -> None:
+    """A command exiting 0 before it is ready is explained, and what it left in the background stops."""
+    path = write_config(tmp_path, """
+        [services.daemon]
+        command = ["{PY}", "-c", "import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    time.sleep(60)\\n"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    message = str(info.value)
+    assert "exited with code 0 before it was ready: a service's command must keep running in the foreground" in message
+    assert "it left pid " in message and "in the background, which is stopped now" in message
+
+
 async def test_missing_cwd_is_named_not_the_command(tmp_path: Path, no_orphans: None) -> None:
     """A cwd that does not exist is named as such (spawning said the command was not found)."""
     path = write_config(tmp_path, """

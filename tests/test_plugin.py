@@ -352,10 +352,13 @@ def test_ctrl_c_during_startup_stops_everything(project: pytest.Pytester, no_orp
 
 def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, no_orphans: None) -> None:
     """A SIGKILLed session leaves services behind; the next run reaps exactly those (and their
-    ${tmp}, in memory too)."""
+    ${tmp}, in memory too, and a daemon the service forked out of its group)."""
     from pytest_unified_launcher.config import memory_root
 
-    (project.path / "launcher.toml").write_text(CONFIG.replace("[services.plain]\n", "[services.plain]\ntmpfs = true\n"))
+    text = CONFIG.replace("[services.plain]\n", "[services.plain]\ntmpfs = true\n")
+    text = text.replace('"${port}"]', '"${port}", "--daemon-child"]', 1)  # the first is plain's
+    assert "--daemon-child" in text.split("[services.api]")[0]
+    (project.path / "launcher.toml").write_text(text)
     scratch = (memory_root(Path("ul-x")) or Path(tempfile.gettempdir()) / "ul-x").parent  # where ${tmp} goes here
     before = set(scratch.glob("ul-*"))
     bystander = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])

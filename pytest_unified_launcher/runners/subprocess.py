@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import signal
@@ -11,10 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from .. import _timing
-from .._process import OWNER_VAR, SERVICE_VAR, run_to_end, spawn, stop_process, user_ids
+from .._process import (
+    OWNER_VAR,
+    SERVICE_VAR,
+    marked_pids,
+    run_to_end,
+    spawn,
+    stop_marked,
+    stop_process,
+    user_ids,
+)
 from ..errors import ServiceStartupError
 from ..health import HealthTimeout, NotifySocket, ProcessExited, make_probe, wait_healthy
 from . import Runner
+
+log = logging.getLogger(__name__)
 
 
 def describe_exit(code: int | None) -> str:
@@ -239,9 +251,20 @@ class SubprocessRunner(Runner):
                 exit_code=lambda: self.exit_code, signals=signals, log_path=self.log_path,
             )
         except ProcessExited as exc:
-            raise self._fail(describe_exit(exc.code), exit_code=exc.code) from None
+            raise self._fail(describe_exit(exc.code) + self._exit_hint(exc.code), exit_code=exc.code) from None
         except HealthTimeout as exc:
             raise self._health_timeout(exc.timeout, exc.last) from None
+
+    def _exit_hint(self, code: int | None) -> str:
+        """Why a command that exits 0 before it is ready is wrong, and what to do."""
+        if code != 0 or self.svc.task:
+            return ""
+        hint = (" before it was ready: a service's command must keep running in the foreground (if it"
+                " daemonizes, turn that off, e.g. redis-server --daemonize no; a one-shot job: set task = true)")
+        escaped = marked_pids(self.ctx.launcher_id, self.svc.name)
+        if escaped:
+            hint += f"; it left pid {', '.join(map(str, escaped))} in the background, which is stopped now"
+        return hint
 
     async def _wait_signal(self, event: asyncio.Event, deadline: float) -> None:
         """Wait for the ready pipe / READY=1 (no polling), the process's exit, or the deadline."""
@@ -278,5 +301,10 @@ class SubprocessRunner(Runner):
             if self.proc is not None:
                 await stop_process(self.proc, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout)
                 self.ctx.on_exit(self.svc.name, self.proc.pid)
+                escaped = marked_pids(self.ctx.launcher_id, self.svc.name)
+                if escaped:
+                    log.warning("%s left processes outside its group (it daemonizes?): stopping pids %s",
+                                self.svc.name, escaped)
+                    await stop_marked(escaped, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout)
         finally:
             self.detach()

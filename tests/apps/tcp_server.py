@@ -1,4 +1,4 @@
-"""A plain TCP server used as a `command` service: python tcp_server.py PORT [--ignore-term] [--fork]."""
+"""A plain TCP server used as a `command` service: python tcp_server.py PORT [--ignore-term] [--fork] [--daemon-child]."""
 
 import os
 import signal
@@ -15,6 +15,14 @@ if "--fork" in sys.argv and os.fork() == 0:
     # The grandchild: keeps running after its parent is gone, unless the group is killed.
     while True:
         time.sleep(1)
+if "--daemon-child" in sys.argv and os.fork() == 0:
+    # A daemon the classic way: a new session, a second fork, the middle process exits; the
+    # daemon is then no descendant of the service (init adopts it), found only by its marker.
+    os.setsid()
+    if os.fork() == 0:
+        while True:
+            time.sleep(1)
+    os._exit(0)
 sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("127.0.0.1", port))
