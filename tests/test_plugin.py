@@ -200,6 +200,19 @@ def test_no_config_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     assert not (pytester.path / ".launcher").exists()
 
 
+def test_config_but_no_marker_imports_no_server(project: pytest.Pytester) -> None:
+    """With a config but no service used, none of uvicorn, fastapi, aiohttp is imported."""
+    project.makepyfile("""
+        import sys
+        def test_x():
+            heavy = [m for m in ("uvicorn", "fastapi", "starlette", "aiohttp", "statemachine") if m in sys.modules]
+            assert heavy == []
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio", "-p", "no:benchmark",
+                                          "-p", "no:anyio")
+    result.assert_outcomes(passed=1)
+
+
 def test_budget_gate_fails_the_session(project: pytest.Pytester, no_orphans: None) -> None:
     """A startup over --launcher-budget makes the session exit 1 even if every test passed."""
     project.makepyfile("""
