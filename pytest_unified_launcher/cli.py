@@ -305,9 +305,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         if entry["state"] == "running" and pid and process_token(pid) != entry.get("token"):
             entry["state"] = "dead"
             healthy = False
-    owner = "running" if _owner_alive(record) else "gone (services may be orphaned; run `unified-launcher down`)"
+    if not record.get("owner_pid"):
+        supervisor = "no supervisor (left running by pytest --launcher-keep; stop it with `unified-launcher down`)"
+    elif _owner_alive(record):
+        supervisor = f"supervisor pid {record['owner_pid']}: running"
+    else:
+        supervisor = f"supervisor pid {record['owner_pid']}: gone (services may be orphaned; run `unified-launcher down`)"
     print(f"environment of {record['config']} (profile {record.get('profile') or '-'}, mode {record['mode']}); "
-          f"supervisor pid {record.get('owner_pid') or '-'}: {owner}")
+          f"{supervisor}")
     _print_table(services)
     return 0 if healthy else 1
 

@@ -415,8 +415,10 @@ class UnifiedLauncher:
                     reap(self.config.state_dir)
                 except OSError as exc:
                     log.warning("cannot reap leftovers under %s: %s", self.config.state_dir, exc)
-            self._state_file = StateFile(self.config.state_dir, self.id, owner_pid=self._owner_pid,
-                                         tmp_root=self.config.tmp_root)
+            self._state_file = StateFile(
+                self.config.state_dir, self.id, owner_pid=self._owner_pid, tmp_root=self.config.tmp_root,
+                stops={name: (svc.stop_signal, svc.stop_timeout) for name, svc in self.config.services.items()},
+            )
             self._ctx = RunContext(
                 launcher_id=self.id,
                 root=self.config.root,

@@ -186,6 +186,11 @@ def _assign_role(
     if workers < 1:
         return
     session.role = "controller"
+    if lconfig.xdist == "per_worker" and session.keep and not session.attach:
+        raise pytest.UsageError(
+            "--launcher-keep with --launcher-xdist=per_worker: every worker has an environment of its "
+            "own, and one can be kept; use --launcher-xdist=shared (one environment for all workers)"
+        )
     if lconfig.xdist == "per_worker" and workers > 1:
         fixed = sorted(n for n, s in lconfig.services.items() if s.port is not None and not s.port_auto and s.kind != "url")
         if fixed:
@@ -553,18 +558,24 @@ def _finish_single(config: pytest.Config, state: _Session) -> None:
     launcher = state.launcher
     if launcher is None:
         return
-    if state.keep or state.attach:
-        if state.keep and not state.attach:
-            from ._up import write_up_record
-
-            path = write_up_record(launcher)
-            state.keep_message = (
-                f"services left running (--launcher-keep); stop them with: "
-                f"unified-launcher down --config {launcher.config.source}  (state: {path})"
-            )
+    if state.keep and not state.attach:
+        _keep(state, launcher)
+    elif state.attach:
         launcher.forget()
-        return
-    launcher.stop_blocking()
+    else:
+        launcher.stop_blocking()
+
+
+def _keep(state: _Session, launcher: UnifiedLauncher) -> None:
+    """Leave the services running, recorded for `unified-launcher down` (--launcher-keep)."""
+    from ._up import write_up_record
+
+    path = write_up_record(launcher)
+    state.keep_message = (
+        f"services left running (--launcher-keep); stop them with: "
+        f"unified-launcher down --config {launcher.config.source}  (state: {path})"
+    )
+    launcher.forget()
 
 
 def _finish_worker(config: pytest.Config, state: _Session) -> None:
@@ -588,18 +599,23 @@ def _finish_controller(state: _Session) -> None:
     from .config import SHARED_WORKERS
     from .orchestrator import UnifiedLauncher
 
+    import shutil
+
+    if state.keep:
+        reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
     record = state.shared.read()
     launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS)
     for name, entry in record.items():
         if name in launcher.services and entry.get("state") in ("running", "completed"):
             launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
                            completed=entry["state"] == "completed")
+    shutil.rmtree(state.shared.folder, ignore_errors=True)
+    if state.keep:
+        _keep(state, launcher)  # their ${tmp} stays too: `down` removes it
+        return
     launcher.stop_blocking()
     state.teardown_report = launcher.report()
     reap(state.lconfig.state_dir, owner_pid=os.getpid())
-    import shutil
-
-    shutil.rmtree(state.shared.folder, ignore_errors=True)
     from .config import remove_scratch
 
     remove_scratch(state.lconfig.tmp_root)

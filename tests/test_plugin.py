@@ -364,12 +364,13 @@ def test_ctrl_c_during_startup_stops_everything(project: pytest.Pytester, no_orp
 
 
 def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, no_orphans: None) -> None:
-    """A SIGKILLed session leaves services behind; the next run reaps exactly those (and their
-    ${tmp}, in memory too, and a daemon the service forked out of its group)."""
+    """A SIGKILLed session leaves services behind; the next run reaps exactly those, with their stop
+    signal first (PostgreSQL killed outright leaves shared memory behind), and their ${tmp}, in
+    memory too, and a daemon the service forked out of its group."""
     from pytest_unified_launcher.config import memory_root
 
     text = CONFIG.replace("[services.plain]\n", "[services.plain]\ntmpfs = true\n")
-    text = text.replace('"${port}"]', '"${port}", "--daemon-child"]', 1)  # the first is plain's
+    text = text.replace('"${port}"]', '"${port}", "--daemon-child", "--term-file", "term.txt"]', 1)  # plain's
     assert "--daemon-child" in text.split("[services.api]")[0]
     (project.path / "launcher.toml").write_text(text)
     scratch = (memory_root(Path("ul-x")) or Path(tempfile.gettempdir()) / "ul-x").parent  # where ${tmp} goes here
@@ -399,10 +400,12 @@ def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, n
         @pytest.mark.services("plain")
         def test_again(services): pass
     """)
+    (project.path / "launcher.toml").write_text(CONFIG)  # so only the reap can write term.txt
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
     assert not left[0].exists()
+    assert (project.path / "term.txt").read_text() == "stopped by SIGTERM\n"
     assert bystander.poll() is None, "an unrelated process must not be touched"
     bystander.kill()
     bystander.wait()
@@ -540,6 +543,35 @@ def test_launcher_services_option_and_keep(project: pytest.Pytester, no_orphans:
                           text=True, timeout=60)
     assert down.returncode == 0, down.stderr
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_keep_under_xdist_shared_leaves_the_one_environment(project: pytest.Pytester, no_orphans: None) -> None:
+    """-n 2 --launcher-keep leaves the shared environment up for `down` and --launcher-attach (it
+    was torn down); with per_worker, whose environments are several, it is a usage error."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_x(services): assert services["api"].url
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--launcher-keep")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*services left running (--launcher-keep); stop them with: unified-launcher down*"])
+    record = json.loads((project.path / "state" / "up.json").read_text())
+    pids = [record["services"][name]["pid"] for name in ("api", "plain")]
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    attached = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-attach")
+    attached.assert_outcomes(passed=1)
+    status = subprocess.run([PY, "-m", "pytest_unified_launcher", "status"], cwd=project.path, capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 0 and "no supervisor (left running by pytest --launcher-keep" in status.stdout
+    down = subprocess.run([PY, "-m", "pytest_unified_launcher", "down"], cwd=project.path, capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    per_worker = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--launcher-keep",
+                                              "--launcher-xdist=per_worker")
+    assert per_worker.ret == pytest.ExitCode.USAGE_ERROR
+    per_worker.stderr.fnmatch_lines(["ERROR: --launcher-keep with --launcher-xdist=per_worker: *use --launcher-xdist=shared*"])
 
 
 def test_state_dir_is_private(project: pytest.Pytester, no_orphans: None) -> None:

@@ -1,4 +1,4 @@
-"""A plain TCP server used as a `command` service: python tcp_server.py PORT [--ignore-term] [--fork] [--daemon-child]."""
+"""A plain TCP server used as a `command` service: python tcp_server.py PORT [--ignore-term] [--fork] [--daemon-child] [--term-file F]."""
 
 import os
 import signal
@@ -7,6 +7,15 @@ import sys
 import time
 
 port = int(sys.argv[1])
+if "--term-file" in sys.argv:  # note a graceful stop (SIGTERM) in this file, then exit
+    term_file = sys.argv[sys.argv.index("--term-file") + 1]
+
+    def _noted_exit(signum: int, frame: object) -> None:
+        with open(term_file, "w") as fh:
+            fh.write("stopped by SIGTERM\n")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, _noted_exit)
 if "--ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if "--delay" in sys.argv:
@@ -19,6 +28,7 @@ if "--daemon-child" in sys.argv and os.fork() == 0:
     # A daemon the classic way: a new session, a second fork, the middle process exits; the
     # daemon is then no descendant of the service (init adopts it), found only by its marker.
     os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # --term-file notes the service's own stop only
     if os.fork() == 0:
         while True:
             time.sleep(1)
