@@ -160,8 +160,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .config import resolve_mode
 
     config = _load(args)
-    mode, reason, _ = resolve_mode(config)
-    print(f"{config.source}: OK ({len(config.services)} services"
+    mode, reason, _ = resolve_mode(config, as_root=os.geteuid() == 0)
+    count = len(config.services)
+    print(f"{config.source}: OK ({count} service{'' if count == 1 else 's'}"
           + (f", profile {config.profile}" if config.profile else "") + f"; mode {mode}: {reason})")
     from .report import render_table
 

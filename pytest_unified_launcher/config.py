@@ -959,15 +959,20 @@ DEV_RELOAD = "up --dev reloads apps in fresh processes"
 
 
 def resolve_mode(
-    config: LauncherConfig, *, subprocess_apps_because: str | None = None
+    config: LauncherConfig, *, subprocess_apps_because: str | None = None, as_root: bool = False
 ) -> tuple[Literal["single_process", "multi_process"], str, bool]:
     """Which mode runs, why, and whether app services must still run as subprocesses.
 
     ``subprocess_apps_because`` says why the caller cannot have apps in its own process (xdist
-    sharing, ``--launcher-keep``, ``up --dev``). Returns ``(mode, reason, apps_as_subprocesses)``;
-    raises a ConfigError when an explicit ``single_process`` cannot work because two apps need
-    different values of one variable.
+    sharing, ``--launcher-keep``, ``up --dev``); ``as_root``: the launcher runs as root, so an
+    app with ``user`` must run as that user, which only a subprocess can. Returns ``(mode,
+    reason, apps_as_subprocesses)``; raises a ConfigError when an explicit ``single_process``
+    cannot work because two apps need different values of one variable.
     """
+    if as_root and not subprocess_apps_because:
+        user_app = next(((n, s.user) for n, s in sorted(config.services.items()) if s.kind == "app" and s.user), None)
+        if user_app:
+            subprocess_apps_because = f"app '{user_app[0]}' runs as user {user_app[1]}, which only a subprocess can"
     conflict = inprocess_env_conflict(config)
     if config.mode == "multi_process":
         return "multi_process", "mode = multi_process was asked for", True

@@ -183,7 +183,7 @@ class UnifiedLauncher:
     ) -> None:
         self.config = config
         self.mode, self.mode_reason, apps_as_subprocesses = resolve_mode(
-            config, subprocess_apps_because=subprocess_apps_because
+            config, subprocess_apps_because=subprocess_apps_because, as_root=os.geteuid() == 0
         )
         self.in_process_apps = not apps_as_subprocesses
         self.id = launcher_id or f"{os.getpid()}-{secrets.token_hex(3)}"

@@ -265,6 +265,23 @@ def test_resolve_mode(mode: str, shared: bool, keep: bool, conflict: bool, expec
     assert reason and (because is None or because in reason)
 
 
+@pytest.mark.parametrize(
+    ("mode", "as_root", "expected", "subprocess_apps"),
+    [
+        ("auto", True, "multi_process", True),
+        ("auto", False, "single_process", False),  # not root: `user` does not apply
+        ("single_process", True, "single_process", True),
+    ],
+)
+def test_app_with_a_user_runs_as_a_subprocess_under_root(mode: str, as_root: bool, expected: str,
+                                                         subprocess_apps: bool) -> None:
+    """An app with `user` cannot run as that user inside the test process, so it is a subprocess."""
+    cfg = build(f'[launcher]\nmode = "{mode}"\n[services.a]\napp = "m:a"\nuser = "postgres"\n')
+    got, reason, as_sub = resolve_mode(cfg, as_root=as_root)
+    assert (got, as_sub) == (expected, subprocess_apps)
+    assert ("app 'a' runs as user postgres" in reason) == as_root
+
+
 def test_single_process_env_conflict_is_an_error() -> None:
     """Explicit single_process with two apps setting one variable differently is a config error."""
     cfg = build('[launcher]\nmode = "single_process"\n[services.a]\napp = "m:a"\nenv = { X = "1" }\n'
