@@ -740,15 +740,18 @@ def _resolve(
         if raw.url is not None:
             from urllib.parse import urlsplit
 
+            def url_error(problem: str, fix: str | None = None, name: str = name, **_: Any) -> ConfigError:
+                return ConfigError(problem, source=src, service=name, key="url", fix=fix)
+
+            # Only ${env.VAR} and ${name} can be known yet: the url is what gives it an address.
+            url = _Scope({"name": name}, environ, url_error, [], {}).expand(raw.url)
             try:
-                parts = urlsplit(raw.url if "${" not in raw.url else "http://placeholder")
+                parts = urlsplit(url)
                 port_of_url = parts.port
             except ValueError as exc:
-                raise ConfigError(
-                    f"url {raw.url!r} is not valid: {exc}", source=src, service=name, key="url"
-                ) from None
+                raise url_error(f"url {url!r} is not valid: {exc}") from None
             ports[name] = port_of_url or (443 if parts.scheme == "https" else 80)
-            addresses[name] = {"host": parts.hostname or raw.host, "port": str(ports[name])}
+            addresses[name] = {"host": parts.hostname or raw.host, "port": str(ports[name]), "url": url.rstrip("/")}
             continue
         needs_port = raw.port is not None or raw.app is not None or (not raw.task and _uses_port(raw))
         if raw.task:

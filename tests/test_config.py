@@ -78,6 +78,27 @@ def test_profile_that_changes_kind_drops_old_keys() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "environ", "expected"),
+    [
+        ("http://127.0.0.1:9000", {}, ("127.0.0.1", "9000", "http://127.0.0.1:9000")),
+        ("https://api.example.com/v1/", {}, ("api.example.com", "443", "https://api.example.com/v1")),
+        ("http://${env.STAGING_HOST}:8080", {"STAGING_HOST": "10.0.0.7"}, ("10.0.0.7", "8080", "http://10.0.0.7:8080")),
+    ],
+)
+def test_an_external_services_address_in_placeholders(url: str, environ: dict[str, str],
+                                                     expected: tuple[str, str, str]) -> None:
+    """A dependent can name an external service's host, port and url (the url was "no port")."""
+    cfg = build(f"""
+        [services.api]
+        url = "{url}"
+        [services.client]
+        command = ["x", "${{services.api.host}}", "${{services.api.port}}", "${{services.api.url}}"]
+        depends_on = ["api"]
+    """, environ=environ)
+    assert cfg.services["client"].command[1:] == expected
+
+
+@pytest.mark.parametrize(
     ("environ", "kwargs", "ini", "expected_mode", "expected_timeout"),
     [
         ({}, {}, {}, "auto", 30),
