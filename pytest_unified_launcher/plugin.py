@@ -475,11 +475,10 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
         pytest.fail("startup_benchmark needs a launcher config; looked in: " + "; ".join(state.looked), pytrace=False)
 
     def run(names: Iterable[str] | str | None = None, rounds: int = 10) -> dict[str, Any]:
+        from . import graph as graph_mod
         from .config import load_config
         from .orchestrator import UnifiedLauncher
         from .report import percentile
-
-        from . import graph as graph_mod
 
         assert state.lconfig is not None and state.config_path is not None
         wanted = [names] if isinstance(names, str) else (list(names) if names is not None else None)
@@ -595,11 +594,11 @@ def _finish_worker(config: pytest.Config, state: _Session) -> None:
 def _finish_controller(state: _Session) -> None:
     if state.shared is None or state.lconfig is None:
         return
-    from ._state import reap
-    from .config import SHARED_WORKERS
-    from .orchestrator import UnifiedLauncher
-
     import shutil
+
+    from ._state import reap
+    from .config import SHARED_WORKERS, remove_scratch
+    from .orchestrator import UnifiedLauncher
 
     if state.keep:
         reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
@@ -616,8 +615,6 @@ def _finish_controller(state: _Session) -> None:
     launcher.stop_blocking()
     state.teardown_report = launcher.report()
     reap(state.lconfig.state_dir, owner_pid=os.getpid())
-    from .config import remove_scratch
-
     remove_scratch(state.lconfig.tmp_root)
 
 

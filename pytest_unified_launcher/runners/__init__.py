@@ -69,8 +69,9 @@ class Runner:
     def _open_log(self) -> int:
         """Open a fresh log file for this start (or fail with the fix).
 
-        A new file, not the old one truncated: a reader that follows it (`up`, `tail -F`) sees
-        the restart by its new inode even when the new output is as long as the old.
+        A new file, not the old one truncated: a reader that keeps the old one open while it
+        follows the name (`up`, `tail -F`) sees the restart even when the new output is exactly
+        as long as the old.
         """
         from ..errors import ServiceStartupError
 
