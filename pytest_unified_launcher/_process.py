@@ -50,6 +50,15 @@ def tail(path: Path | None, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def cannot_run(what: str, program: str, exc: OSError, cwd: Path) -> str:
+    """Why ``program`` could not be started, with the fix: "command 'x' not found; ..."."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{what} {program!r} not found; is it installed and on PATH?"
+    path = cwd / program
+    hint = f" (it is not executable: chmod +x {program})" if path.is_file() and not os.access(path, os.X_OK) else ""
+    return f"cannot run {what} {program!r}: {exc.strerror}{hint}"
+
+
 def user_ids(user: str | None) -> tuple[int, int] | None:
     """(uid, gid) to run as, when the launcher is root and a ``user`` is configured."""
     if not user or os.geteuid() != 0:

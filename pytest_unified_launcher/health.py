@@ -118,15 +118,15 @@ class CommandProbe:
         self.argv, self.timeout, self.env, self.cwd = argv, timeout, env, cwd
 
     async def check(self) -> str | None:
-        from ._process import run_to_end
+        from ._process import cannot_run, run_to_end
 
         try:
             code = await run_to_end(
                 self.argv, env=self.env, cwd=self.cwd, log_file=asyncio.subprocess.DEVNULL,
                 timeout=self.timeout,
             )
-        except FileNotFoundError:
-            return f"probe command {self.argv[0]!r} not found"
+        except (FileNotFoundError, PermissionError) as exc:
+            raise ProbeUnusable(cannot_run("probe command", self.argv[0], exc, self.cwd)) from None
         except TimeoutError:
             return f"probe command timed out after {self.timeout} s"
         return None if code == 0 else f"probe command exited with code {code}"
@@ -247,6 +247,11 @@ class _NotifyProbe:
         return "no READY=1 on NOTIFY_SOCKET yet" + (f" (status: {status})" if status else "")
 
 
+class ProbeUnusable(Exception):
+    """The probe itself cannot work (its program is missing or not executable): retrying until
+    the timeout would only hide that."""
+
+
 class HealthTimeout(Exception):
     def __init__(self, timeout: float, last: str) -> None:
         super().__init__(timeout, last)
@@ -271,7 +276,8 @@ async def wait_healthy(
     first_delay: float = 0.002,
     max_delay: float = 0.05,
 ) -> None:
-    """Probe until healthy; raise :class:`ProcessExited` at once or :class:`HealthTimeout`.
+    """Probe until healthy; raise :class:`ProcessExited` at once or :class:`HealthTimeout`
+    (or the probe's :class:`ProbeUnusable`, at once).
 
     Between probes it sleeps on a backoff, but wakes early when the process exits, when one of
     ``signals`` is set (a ready pipe, sd_notify) or when the log file grows.

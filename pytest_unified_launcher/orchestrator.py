@@ -325,7 +325,7 @@ class UnifiedLauncher:
         return self._thread.run(self._probe(list(names)))
 
     async def _probe(self, names: list[str]) -> dict[str, str | None]:
-        from .health import make_probe
+        from .health import ProbeUnusable, make_probe
 
         async def one(name: str) -> str | None:
             svc = self._services[name].config
@@ -336,6 +336,8 @@ class UnifiedLauncher:
                 return await asyncio.wait_for(probe.check(), svc.health.timeout + 1)
             except TimeoutError:
                 return "timed out"
+            except ProbeUnusable as exc:
+                return str(exc)
 
         results = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, results, strict=True))

@@ -168,6 +168,32 @@ async def test_command_that_daemonizes_is_told_to_stay_in_the_foreground(tmp_pat
     assert "it left pid " in message and "in the background, which is stopped now" in message
 
 
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ('command = ["./not-executable.sh"]',
+         "cannot run command './not-executable.sh': Permission denied (it is not executable: chmod +x ./not-executable.sh)"),
+        ('command = ["{PY}", "-c", "import time; time.sleep(30)"]\nsetup = [["./not-executable.sh"]]',
+         "cannot run setup command './not-executable.sh': Permission denied (it is not executable"),
+        ('command = ["{PY}", "-c", "import time; time.sleep(30)"]\nhealth = { command = ["./not-executable.sh"] }',
+         "health check (command ./not-executable.sh): cannot run probe command './not-executable.sh': Permission denied"),
+        ('command = ["{PY}", "-c", "import time; time.sleep(30)"]\nhealth = { command = ["no-such-probe"] }',
+         "health check (command no-such-probe): probe command 'no-such-probe' not found; is it installed and on PATH?"),
+    ],
+    ids=["command", "setup", "probe", "missing-probe"],
+)
+async def test_a_program_that_cannot_run_fails_at_once_with_the_fix(tmp_path: Path, service: str, expected: str,
+                                                                      no_orphans: None) -> None:
+    """A program that is missing or not executable fails the start at once (a probe's was retried
+    until the timeout, a setup step's was a PermissionError trace)."""
+    (tmp_path / "not-executable.sh").write_text("#!/bin/sh\nexit 0\n")
+    path = write_config(tmp_path, f"[services.svc]\n{service}\nstartup_timeout = 60\n")
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await asyncio.wait_for(launcher.start(), 30)  # far below the 60 s timeout: no waiting it out
+    assert expected in str(info.value)
+
+
 async def test_missing_cwd_is_named_not_the_command(tmp_path: Path, no_orphans: None) -> None:
     """A cwd that does not exist is named as such (spawning said the command was not found)."""
     path = write_config(tmp_path, """

@@ -97,6 +97,13 @@ class Runner:
             log_tail=self.logs(20), timeout=timeout,
         )
 
+    def _probe_unusable(self, exc: Exception) -> Exception:
+        """The startup error for a probe that cannot work at all: no point waiting it out."""
+        from ..errors import ServiceStartupError
+
+        return ServiceStartupError(self.svc.name, f"health check ({self.svc.health.describe()}): {exc}",
+                                   log_tail=self.logs(20))
+
     def logs(self, tail: int = 50) -> str:
         from .._process import tail as read_tail
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import _timing
 from ..errors import ServiceStartupError
-from ..health import HealthTimeout, make_probe, wait_healthy
+from ..health import HealthTimeout, ProbeUnusable, make_probe, wait_healthy
 from . import Runner
 
 
@@ -28,6 +28,8 @@ class ExternalRunner(Runner):
                 f"(last probe: {exc.last})",
                 timeout=exc.timeout,
             ) from None
+        except ProbeUnusable as exc:
+            raise self._probe_unusable(exc) from None
 
     async def stop(self) -> None:
         return None

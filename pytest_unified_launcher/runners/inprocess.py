@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import _timing
 from ..errors import ServiceStartupError
-from ..health import HealthTimeout, make_probe, wait_healthy
+from ..health import HealthTimeout, ProbeUnusable, make_probe, wait_healthy
 from . import Runner
 
 _current: contextvars.ContextVar[InProcessRunner | None] = contextvars.ContextVar(
@@ -118,6 +118,8 @@ class InProcessRunner(Runner):
                                log_path=self.log_path)
         except HealthTimeout as exc:
             raise self._health_timeout(exc.timeout, exc.last) from None
+        except ProbeUnusable as exc:
+            raise self._probe_unusable(exc) from None
 
     async def stop(self) -> None:
         if self.server is not None and not self._stopped:

@@ -15,6 +15,7 @@ from .. import _timing
 from .._process import (
     OWNER_VAR,
     SERVICE_VAR,
+    cannot_run,
     marked_pids,
     run_to_end,
     spawn,
@@ -23,7 +24,7 @@ from .._process import (
     user_ids,
 )
 from ..errors import ServiceStartupError
-from ..health import HealthTimeout, NotifySocket, ProcessExited, make_probe, wait_healthy
+from ..health import HealthTimeout, NotifySocket, ProbeUnusable, ProcessExited, make_probe, wait_healthy
 from . import Runner
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,8 @@ class SubprocessRunner(Runner):
         try:
             # Shielded: if we are cancelled (Ctrl-C), the spawn still completes and stop() reaps it.
             self.proc = await asyncio.shield(self._spawning)
-        except FileNotFoundError:
-            raise self._fail(f"command {self._argv(None)[0]!r} not found; is it installed and on PATH?") from None
-        except PermissionError as exc:
-            raise self._fail(f"cannot run {self._argv(None)[0]!r}: {exc.strerror}") from None
+        except (FileNotFoundError, PermissionError) as exc:
+            raise self._fail(cannot_run("command", self._argv(None)[0], exc, svc.cwd)) from None
         except ConnectionError as exc:
             raise self._fail(f"{exc}; set [launcher] spawner = \"plain\" to spawn apps directly") from None
         finally:
@@ -192,8 +191,8 @@ class SubprocessRunner(Runner):
                 step, env=env, cwd=self.svc.cwd, log_file=self._log_fd, ids=ids,
                 timeout=max(0.0, deadline - _timing.monotonic()),
             )
-        except FileNotFoundError:
-            raise self._fail(f"setup command {step[0]!r} not found; is it installed and on PATH?") from None
+        except (FileNotFoundError, PermissionError) as exc:
+            raise self._fail(cannot_run("setup command", step[0], exc, self.svc.cwd)) from None
         except TimeoutError:
             raise self._fail(
                 f"setup command `{shlex.join(step)}` did not finish within {self.svc.startup_timeout:.1f} s",
@@ -254,6 +253,8 @@ class SubprocessRunner(Runner):
             raise self._fail(describe_exit(exc.code) + self._exit_hint(exc.code), exit_code=exc.code) from None
         except HealthTimeout as exc:
             raise self._health_timeout(exc.timeout, exc.last) from None
+        except ProbeUnusable as exc:
+            raise self._probe_unusable(exc) from None
 
     def _exit_hint(self, code: int | None) -> str:
         """Why a command that exits 0 before it is ready is wrong, and what to do."""
