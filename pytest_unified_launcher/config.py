@@ -263,6 +263,19 @@ class LauncherConfig:
         return replace(self, mode=mode)
 
 
+# --------------------------------------------------------------------------- addresses
+
+#: A server bound to every interface is reached by its clients on loopback.
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def client_url(host: str, port: int) -> str:
+    """The ``http://`` URL a client uses for a server bound to ``host:port``: a wildcard bind is
+    reached on loopback, and an IPv6 address is bracketed (``http://[::1]:8000``)."""
+    connect = _WILDCARD_TO_LOOPBACK.get(host, host)
+    return f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"
+
+
 # --------------------------------------------------------------------------- env overrides
 
 
@@ -776,7 +789,8 @@ def _resolve(
             ports[name] = allocate_port(name, raw.host)
             auto[name] = True
         port = ports[name]
-        addresses[name] = {"host": raw.host, "port": str(port), "url": f"http://{raw.host}:{port}"}
+        assert port is not None
+        addresses[name] = {"host": raw.host, "port": str(port), "url": client_url(raw.host, port)}
 
     closures = {name: graph_mod.closure(deps, [name]) - {name} for name in deps}
     raw_services = model.services
@@ -784,7 +798,7 @@ def _resolve(
         """One service, every placeholder expanded, with ``port`` as its own port."""
         own_address = dict(addresses[name])
         if port is not None and raw_services[name].url is None:
-            own_address.update(port=str(port), url=f"http://{own_address['host']}:{port}")
+            own_address.update(port=str(port), url=client_url(own_address["host"], port))
         raw = raw_services[name]
         current_key = ["?"]
 

@@ -14,6 +14,7 @@ import pytest
 from pytest_unified_launcher.config import (
     KEEP,
     SHARED_WORKERS,
+    client_url,
     load_config,
     parse,
     resolve_mode,
@@ -75,6 +76,42 @@ def test_profile_that_changes_kind_drops_old_keys() -> None:
     api = cfg.services["api"]
     assert api.kind == "url" and api.url == "http://127.0.0.1:9000" and api.port == 9000
     assert cfg.graph["api"] == ()  # an external service's dependencies are not started
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("localhost", "http://localhost:8000"),
+        ("0.0.0.0", "http://127.0.0.1:8000"),  # bound everywhere, reached on loopback
+        ("::1", "http://[::1]:8000"),
+        ("::", "http://[::1]:8000"),
+    ],
+)
+def test_client_url(host: str, expected: str) -> None:
+    """The URL a client uses: wildcard binds reached on loopback, IPv6 bracketed."""
+    assert client_url(host, 8000) == expected
+
+
+def test_url_placeholders_of_a_wildcard_and_an_ipv6_service() -> None:
+    """${url} and ${services.X.url} are usable URLs (they were http://::1:8000, http://0.0.0.0:...)
+    while ${host} stays the address to bind."""
+    cfg = build("""
+        [services.a]
+        command = ["x", "--bind", "${host}", "${url}"]
+        host = "::"
+        port = 8001
+        [services.b]
+        command = ["y", "${services.a.url}"]
+        host = "0.0.0.0"
+        port = 8002
+        depends_on = ["a"]
+        health = { http = "/health" }
+    """)
+    assert cfg.services["a"].command == ("x", "--bind", "::", "http://[::1]:8001")
+    assert cfg.services["b"].command == ("y", "http://[::1]:8001")
+    assert cfg.services["b"].url == "http://127.0.0.1:8002"
+    assert cfg.services["b"].health.url == "http://127.0.0.1:8002/health"
 
 
 @pytest.mark.parametrize(
