@@ -35,7 +35,8 @@ async def _main(args: argparse.Namespace) -> int:
     except LifespanFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 5
-    print(f"serving {args.app} on http://{args.host}:{args.port}", flush=True)
+    where = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    print(f"serving {args.app} on {where}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
