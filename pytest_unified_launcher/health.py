@@ -275,15 +275,17 @@ async def wait_healthy(
     log_path: Path | None = None,
     first_delay: float = 0.002,
     max_delay: float = 0.05,
+    not_probed: str | None = None,
 ) -> None:
     """Probe until healthy; raise :class:`ProcessExited` at once or :class:`HealthTimeout`
-    (or the probe's :class:`ProbeUnusable`, at once).
+    (or the probe's :class:`ProbeUnusable`, at once). ``not_probed``: what the timeout says when
+    the deadline passed before the first probe (the wait for a ready signal used it all).
 
     Between probes it sleeps on a backoff, but wakes early when the process exits, when one of
     ``signals`` is set (a ready pipe, sd_notify) or when the log file grows.
     """
     delay = first_delay
-    last = "not probed yet"
+    last = not_probed or "not probed yet"
     log_size = _size(log_path)
     while True:
         if exited is not None and exited.done():

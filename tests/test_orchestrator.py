@@ -194,6 +194,20 @@ async def test_a_program_that_cannot_run_fails_at_once_with_the_fix(tmp_path: Pa
     assert expected in str(info.value)
 
 
+async def test_notify_without_ready_says_what_was_missing(tmp_path: Path, no_orphans: None) -> None:
+    """A notify service that never sends READY=1 says so, not "last probe: not probed yet"."""
+    path = write_config(tmp_path, """
+        [services.quiet]
+        command = ["{PY}", "-c", "import time; time.sleep(30)"]
+        health = { notify = true }
+        startup_timeout = 0.5
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    assert "(last probe: no READY=1 on NOTIFY_SOCKET: the program must speak sd_notify" in str(info.value)
+
+
 async def test_missing_cwd_is_named_not_the_command(tmp_path: Path, no_orphans: None) -> None:
     """A cwd that does not exist is named as such (spawning said the command was not found)."""
     path = write_config(tmp_path, """

@@ -234,10 +234,14 @@ class SubprocessRunner(Runner):
                 raise self._fail(describe_exit(code), exit_code=code)
             return
         signals: tuple[asyncio.Event, ...] = ()
+        waiting_for = None  # what the timeout message says when the signal never came
         if self.svc.kind == "app":
             signals = (self._ready,)
+            waiting_for = "the app never started listening (still importing, or stuck in its lifespan startup?)"
         if self._notify is not None:
             signals = (self._notify.ready,)
+            waiting_for = ("no READY=1 on NOTIFY_SOCKET: the program must speak sd_notify "
+                           "(e.g. redis-server --supervised systemd; PostgreSQL built with systemd support)")
         probe = make_probe(
             self.svc, self.svc.health, log_path=self.log_path,
             env=self._env(), spawned_at=self.spawned_at or _timing.monotonic(), notify=self._notify,
@@ -248,6 +252,7 @@ class SubprocessRunner(Runner):
             await wait_healthy(
                 probe, deadline=deadline, timeout=timeout, exited=self._exited,
                 exit_code=lambda: self.exit_code, signals=signals, log_path=self.log_path,
+                not_probed=waiting_for if signals and not signals[0].is_set() else None,
             )
         except ProcessExited as exc:
             raise self._fail(describe_exit(exc.code) + self._exit_hint(exc.code), exit_code=exc.code) from None
