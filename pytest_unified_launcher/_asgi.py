@@ -113,19 +113,40 @@ class AppServer:
         self.server = uvicorn.Server(self.config)
         self.sock: socket.socket | None = None
 
-    async def start(self, sock: socket.socket) -> None:
+    async def start(self, sock: socket.socket, timeout: float | None = None) -> None:
+        """Run the app's lifespan startup (within ``timeout``: TimeoutError) and serve on ``sock``."""
         config = self.config
         if not config.loaded:
             config.load()
         self.server.lifespan = config.lifespan_class(config)
         self.sock = sock
         try:
-            await self.server.startup(sockets=[sock])
-        except SystemExit:
+            await asyncio.wait_for(self._startup(sock), timeout)
+        except LifespanFailed:
             sock.close()
-            raise LifespanFailed("the app's lifespan startup failed") from None
+            raise
+        except TimeoutError:
+            self._cancel_lifespan()
+            sock.close()
+            raise
         # Headers main_loop would set on its first tick.
         self.server.server_state.default_headers = list(config.encoded_headers)
+
+    async def _startup(self, sock: socket.socket) -> None:
+        # uvicorn ends a failed lifespan startup with sys.exit(3). Raised inside the task that
+        # wait_for makes, SystemExit would escape the event loop itself and stop its thread.
+        try:
+            await self.server.startup(sockets=[sock])
+        except SystemExit:
+            raise LifespanFailed("the app's lifespan startup failed") from None
+
+    def _cancel_lifespan(self) -> None:
+        """Cancel the lifespan task uvicorn started and keeps no handle to (LifespanOn.main)."""
+        lifespan = self.server.lifespan
+        for task in asyncio.all_tasks():
+            frame = getattr(task.get_coro(), "cr_frame", None)
+            if frame is not None and frame.f_locals.get("self") is lifespan:
+                task.cancel()
 
     async def stop(self, timeout: float = 5.0) -> None:
         server = self.server

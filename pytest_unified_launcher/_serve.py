@@ -17,24 +17,32 @@ from pathlib import Path
 
 from ._asgi import AppImportError, AppServer, LifespanFailed, bind, load_app
 
+#: This entry point's exit codes, and what the launcher says for each.
+EXIT_IMPORT, EXIT_PORT, EXIT_LIFESPAN = 3, 4, 5
+EXIT_MEANINGS = {
+    EXIT_IMPORT: "the app could not be imported",
+    EXIT_PORT: "its port was already in use",
+    EXIT_LIFESPAN: "the app's lifespan startup failed",
+}
+
 
 async def _main(args: argparse.Namespace) -> int:
     try:
         app = load_app(args.app, Path(args.app_dir) if args.app_dir else None)
     except AppImportError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 3
+        return EXIT_IMPORT
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
         print(f"error: port {args.port} already in use ({exc.strerror})", file=sys.stderr, flush=True)
-        return 4
+        return EXIT_PORT
     server = AppServer(app, args.host, args.port, log_level=args.log_level)
     try:
         await server.start(sock)
     except LifespanFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 5
+        return EXIT_LIFESPAN
     where = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     print(f"serving {args.app} on {where}", flush=True)
     stop = asyncio.Event()

@@ -402,6 +402,39 @@ async def test_in_process_app_sees_env_and_lifespan(graph_config: Path, no_orpha
     sys.modules.pop("web", None)
 
 
+@pytest.mark.parametrize(
+    ("mode", "app", "expected"),
+    [
+        ("single_process", "hanging", "the app's lifespan startup did not finish within 1.0 s"),
+        ("single_process", "failing", "the app's lifespan startup failed"),
+        ("multi_process", "hanging", "last probe: the app never started listening"),
+        ("multi_process", "failing", "exited with code 5 (the app's lifespan startup failed)"),
+    ],
+)
+async def test_app_lifespan_that_hangs_or_fails(tmp_path: Path, mode: str, app: str, expected: str,
+                                                no_orphans: None) -> None:
+    """A lifespan startup that hangs ends at the startup timeout (in-process it ran on unbounded),
+    and one that fails is named; the launcher then still starts another app (a failed lifespan
+    once stopped its event-loop thread)."""
+    (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
+    path = write_config(tmp_path, f"""
+        [services.bad]
+        app = "web:{app}"
+        startup_timeout = 1
+        [services.good]
+        app = "web:app"
+        health = {{ http = "/health" }}
+    """)
+    sys.modules.pop("web", None)
+    async with UnifiedLauncher(load_config(path, mode=mode, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await asyncio.wait_for(launcher.start(["bad"]), 20)
+        assert expected in str(info.value)
+        handles = await asyncio.wait_for(launcher.start(["good"]), 20)
+        assert get_json(handles["good"].url, "/health") == {"ok": True}
+    sys.modules.pop("web", None)
+
+
 async def test_bad_app_import_string(tmp_path: Path, no_orphans: None) -> None:
     """A wrong app import string fails that service with a precise message in both modes."""
     path = write_config(tmp_path, """

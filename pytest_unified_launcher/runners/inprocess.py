@@ -100,10 +100,14 @@ class InProcessRunner(Runner):
             raise err from None
         self.server = AppServer(app, svc.host, svc.port, log_level=self.ctx.log_level)
         try:
-            await self.server.start(sock)
+            await self.server.start(sock, timeout=max(0.0, deadline - _timing.monotonic()))
         except LifespanFailed as exc:
             self.server = None
             raise self._fail(str(exc)) from None
+        except TimeoutError:
+            self.server = None
+            timeout = svc.startup_timeout
+            raise self._fail(f"the app's lifespan startup did not finish within {timeout:.1f} s", timeout=timeout) from None
 
     async def wait_ready(self, deadline: float) -> None:
         # The socket listens already; one probe confirms the app answers (e.g. /health).

@@ -262,7 +262,13 @@ class SubprocessRunner(Runner):
             raise self._probe_unusable(exc) from None
 
     def _exit_hint(self, code: int | None) -> str:
-        """Why a command that exits 0 before it is ready is wrong, and what to do."""
+        """What an exit during startup means: an app's entry point says why it gave up; a command
+        that exits 0 before it is ready is wrong, and the fix."""
+        if self.svc.kind == "app":
+            from .._serve import EXIT_MEANINGS
+
+            meaning = EXIT_MEANINGS.get(code) if code is not None else None
+            return f" ({meaning})" if meaning else ""
         if code != 0 or self.svc.task:
             return ""
         hint = (" before it was ready: a service's command must keep running in the foreground (if it"

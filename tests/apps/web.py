@@ -49,3 +49,21 @@ def create_app() -> FastAPI:
     return made
 
 
+
+
+@asynccontextmanager
+async def _hanging_lifespan(app: FastAPI) -> Any:
+    import asyncio
+
+    await asyncio.sleep(60)  # a startup that waits for something that never comes
+    yield
+
+
+@asynccontextmanager
+async def _failing_lifespan(app: FastAPI) -> Any:
+    raise RuntimeError("cannot reach the database")
+    yield
+
+
+hanging = FastAPI(lifespan=_hanging_lifespan)
+failing = FastAPI(lifespan=_failing_lifespan)
