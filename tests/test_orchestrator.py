@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import textwrap
 import urllib.request
@@ -433,6 +434,22 @@ async def test_app_lifespan_that_hangs_or_fails(tmp_path: Path, mode: str, app: 
         handles = await asyncio.wait_for(launcher.start(["good"]), 20)
         assert get_json(handles["good"].url, "/health") == {"ok": True}
     sys.modules.pop("web", None)
+
+
+async def test_in_process_import_over_the_timeout_is_named(tmp_path: Path, no_orphans: None) -> None:
+    """An in-process app whose import outlasts startup_timeout is told so (it blamed the lifespan)."""
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(1.2)\nfrom fastapi import FastAPI\napp = FastAPI()\n")
+    path = write_config(tmp_path, """
+        [services.slow]
+        app = "slow:app"
+        startup_timeout = 0.5
+    """)
+    sys.modules.pop("slow", None)
+    async with UnifiedLauncher(load_config(path, mode="single_process", environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    sys.modules.pop("slow", None)
+    assert re.search(r"importing 'slow:app' took \d+\.\d s, over its startup_timeout of 0\.5 s", str(info.value))
 
 
 async def test_bad_app_import_string(tmp_path: Path, no_orphans: None) -> None:

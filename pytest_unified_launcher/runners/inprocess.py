@@ -86,6 +86,14 @@ class InProcessRunner(Runner):
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 traceback.print_exc(file=fh)
             raise self._fail(f"importing {svc.app!r} raised {type(exc).__name__}: {exc}") from None
+        imported_in = _timing.monotonic() - self.spawned_at
+        if _timing.monotonic() > deadline:
+            # The import ran on the launcher's loop, as under uvicorn, so nothing could cut it short.
+            raise self._fail(
+                f"importing {svc.app!r} took {imported_in:.1f} s, over its startup_timeout of "
+                f"{svc.startup_timeout:.1f} s (does the module connect to something at import time? "
+                "that belongs in the app's lifespan)", timeout=svc.startup_timeout,
+            )
         try:
             sock = bind(svc.host, svc.port)
         except OSError as exc:
