@@ -72,7 +72,10 @@ class Environment:
         self.names = list(names) if names else None
         self.dev = dev or config.dev_mode
         # Apps outlive nothing here, but dev reloads need fresh imports: subprocesses then.
-        self.launcher = UnifiedLauncher(config, subprocess_apps_because=DEV_RELOAD if self.dev else None)
+        # Logs in logs/up/: a pytest run beside it (without --launcher-attach) starts services of
+        # the same names, whose logs would replace these.
+        self.launcher = UnifiedLauncher(config, subprocess_apps_because=DEV_RELOAD if self.dev else None,
+                                        log_dir=config.state_dir / "logs" / "up")
         self.out = out
         self.colour = out.isatty() if colour is None else colour
         self.follow_logs = follow_logs
@@ -254,7 +257,7 @@ class Environment:
         name; the open one is then still the old file (its inode cannot be reused while open,
         which is what ``tail -F`` relies on too), so its last lines are printed before the new.
         """
-        log_dir = self.config.state_dir / "logs"
+        log_dir = self.launcher.log_dir
         files: dict[str, BinaryIO] = {}
         partial: dict[str, bytes] = {}
 

@@ -180,8 +180,12 @@ class UnifiedLauncher:
         launcher_id: str | None = None,
         owner_pid: int | None = None,
         base_env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.config = config
+        #: Where its services' logs go: ``<state_dir>/logs``, or a folder of its own when other
+        #: launchers start the same services next to it (an xdist per_worker worker, ``up``).
+        self.log_dir = log_dir or config.state_dir / "logs"
         self.mode, self.mode_reason, apps_as_subprocesses = resolve_mode(
             config, subprocess_apps_because=subprocess_apps_because, as_root=os.geteuid() == 0
         )
@@ -424,7 +428,7 @@ class UnifiedLauncher:
             self._ctx = RunContext(
                 launcher_id=self.id,
                 root=self.config.root,
-                log_dir=self.config.state_dir / "logs",
+                log_dir=self.log_dir,
                 base_env=self._base_env,
                 log_level=self.config.log_level if self.config.log_level != "info" else "warning",
                 on_spawn=self._state_file.add,
@@ -439,7 +443,7 @@ class UnifiedLauncher:
         """The pre-imported spawner's handle (its helper starts with the first app)."""
         from ._forkserver import ForkServer
 
-        return ForkServer(self.config.state_dir / "logs" / "_forkserver.log", preload=self.config.preload)
+        return ForkServer(self.log_dir / "_forkserver.log", preload=self.config.preload)
 
     # ------------------------------------------------------------------ internals: start
 

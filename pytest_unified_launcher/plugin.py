@@ -247,10 +247,14 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
         from .config import KEEP, SHARED_WORKERS
         from .orchestrator import UnifiedLauncher
 
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        own_environment = session.role == "worker" and session.shared is None  # per_worker
         session.launcher = UnifiedLauncher(
             session.lconfig,
             subprocess_apps_because=SHARED_WORKERS if session.shared is not None else KEEP if session.keep else None,
             owner_pid=session.shared_payload["controller_pid"] if session.shared_payload else None,
+            # per_worker: every worker runs the same services; logs/gw0/, logs/gw1/ keep them apart.
+            log_dir=session.lconfig.state_dir / "logs" / worker if own_environment and worker else None,
         )
         if session.shared is not None and session.role == "worker":
             shared, launcher = session.shared, session.launcher

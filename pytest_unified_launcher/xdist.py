@@ -74,7 +74,7 @@ class SharedEnvironment:
                 # It died since it was recorded: report it once for all, never restart silently.
                 from ._process import tail
 
-                log_tail = tail(launcher.config.state_dir / "logs" / f"{name}.log", 20)
+                log_tail = tail(launcher.log_dir / f"{name}.log", 20)
                 record[name] = {"state": "died", "cause": "exited during the session",
                                 "log_tail": log_tail}
                 self.write(record)

@@ -139,6 +139,8 @@ def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytes
     status = cli(project, "status")
     assert status.returncode == 0 and "plain" in status.stdout and "running" in status.stdout
     assert (project / "state" / "up.json").stat().st_mode & 0o777 == 0o600
+    # up's logs have a folder of their own: a pytest run beside it would replace state/logs/plain.log.
+    assert running["services"]["plain"]["log_path"] == str(project / "state" / "logs" / "up" / "plain.log")
     api_url = running["services"]["api"]["url"]
     (project / "test_attached.py").write_text(
         "import pytest, os\n"

@@ -436,6 +436,9 @@ def test_xdist(project: pytest.Pytester, xdist_mode: str, no_orphans: None) -> N
         result.stdout.fnmatch_lines(["*mode: multi_process (auto: xdist workers share the services)*"])
     elif len(workers) == 2:
         assert len(pids) == 2 and len(urls) == 2
+        # Each worker's services log to a folder of its own (they overwrote one another's).
+        ports = {(project.path / "state" / "logs" / w / "plain.log").read_text().split()[-1] for w in workers}
+        assert len(ports) == 2
     result.stdout.fnmatch_lines(["*= unified launcher =*"])
 
 
