@@ -31,6 +31,15 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
+async def start_error(tmp_path: Path, text: str) -> ServiceStartupError:
+    """Start every service of the config ``text``: the ServiceStartupError that must come of it."""
+    path = write_config(tmp_path, text)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start()
+    return info.value
+
+
 def get_json(base: str | None, path: str) -> Any:
     assert base is not None, "the service has no URL"
     with urllib.request.urlopen(base + path, timeout=5) as resp:
@@ -157,14 +166,11 @@ async def test_a_daemon_a_service_left_is_stopped_with_it(tmp_path: Path, no_orp
 
 async def test_command_that_daemonizes_is_told_to_stay_in_the_foreground(tmp_path: Path, no_orphans: None) -> None:
     """A command exiting 0 before it is ready is explained, and what it left in the background stops."""
-    path = write_config(tmp_path, """
+    error = await start_error(tmp_path, """
         [services.daemon]
         command = ["{PY}", "-c", "import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    time.sleep(60)\\n"]
     """)
-    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
-        with pytest.raises(ServiceStartupError) as info:
-            await launcher.start()
-    message = str(info.value)
+    message = str(error)
     assert "exited with code 0 before it was ready: a service's command must keep running in the foreground" in message
     assert "it left pid " in message and "in the background, which is stopped now" in message
 
@@ -197,45 +203,36 @@ async def test_a_program_that_cannot_run_fails_at_once_with_the_fix(tmp_path: Pa
 
 async def test_notify_without_ready_says_what_was_missing(tmp_path: Path, no_orphans: None) -> None:
     """A notify service that never sends READY=1 says so, not "last probe: not probed yet"."""
-    path = write_config(tmp_path, """
+    error = await start_error(tmp_path, """
         [services.quiet]
         command = ["{PY}", "-c", "import time; time.sleep(30)"]
         health = { notify = true }
         startup_timeout = 0.5
     """)
-    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
-        with pytest.raises(ServiceStartupError) as info:
-            await launcher.start()
-    assert "(last probe: no READY=1 on NOTIFY_SOCKET: the program must speak sd_notify" in str(info.value)
+    assert "(last probe: no READY=1 on NOTIFY_SOCKET: the program must speak sd_notify" in str(error)
 
 
 async def test_missing_cwd_is_named_not_the_command(tmp_path: Path, no_orphans: None) -> None:
     """A cwd that does not exist is named as such (spawning said the command was not found)."""
-    path = write_config(tmp_path, """
+    error = await start_error(tmp_path, """
         [services.job]
         command = ["{PY}", "-c", "pass"]
         cwd = "no/such/dir"
         task = true
     """)
-    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
-        with pytest.raises(ServiceStartupError) as info:
-            await launcher.start()
-    assert f"its working directory {tmp_path / 'no' / 'such' / 'dir'} does not exist" in str(info.value)
-    assert "not found" not in str(info.value)
+    assert f"its working directory {tmp_path / 'no' / 'such' / 'dir'} does not exist" in str(error)
+    assert "not found" not in str(error)
 
 
 async def test_health_path_answering_404_says_what_to_check(tmp_path: Path, no_orphans: None) -> None:
     """A server that answers 404 on the probed path is named as such, with the key to fix."""
-    path = write_config(tmp_path, """
+    error = await start_error(tmp_path, """
         [services.web]
         command = ["{PY}", "-m", "http.server", "${port}", "--bind", "127.0.0.1"]
         health = { http = "/nothere" }
         startup_timeout = 1
     """)
-    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
-        with pytest.raises(ServiceStartupError) as info:
-            await launcher.start()
-    message = str(info.value)
+    message = str(error)
     assert "(last probe: GET http://127.0.0.1:" in message
     assert ("/nothere answered HTTP 404: the server answers, but not on that path; "
             "check the service's health = { http = ... })") in message
@@ -243,18 +240,15 @@ async def test_health_path_answering_404_says_what_to_check(tmp_path: Path, no_o
 
 async def test_health_timeout_names_the_last_probe(tmp_path: Path, no_orphans: None) -> None:
     """A service that never becomes healthy is killed and reported with the last probe's answer."""
-    path = write_config(tmp_path, """
+    error = await start_error(tmp_path, """
         [services.mute]
         command = ["{PY}", "-c", "import time; print('starting'); time.sleep(60)"]
         port = "auto"
         health = { tcp = true }
         startup_timeout = 1
     """)
-    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
-        with pytest.raises(ServiceStartupError) as info:
-            await launcher.start()
-    assert "health check (tcp) timed out after 1.0 s (last probe: connection refused)" in str(info.value)
-    assert "starting" in info.value.log_tail
+    assert "health check (tcp) timed out after 1.0 s (last probe: connection refused)" in str(error)
+    assert "starting" in error.log_tail
 
 
 async def test_failure_fails_dependents_and_spares_others(tmp_path: Path, no_orphans: None) -> None:
@@ -283,7 +277,7 @@ async def test_failure_fails_dependents_and_spares_others(tmp_path: Path, no_orp
 
 async def test_failing_task_reports_its_output(tmp_path: Path, no_orphans: None) -> None:
     """A task that exits non-zero fails with its log tail; its dependents never start."""
-    path = write_config(tmp_path, """
+    error = await start_error(tmp_path, """
         [services.migrate]
         command = ["{PY}", "-c", "print('migration 002 failed'); raise SystemExit(1)"]
         task = true
@@ -291,10 +285,7 @@ async def test_failing_task_reports_its_output(tmp_path: Path, no_orphans: None)
         command = ["{PY}", "{TCP}", "${port}"]
         depends_on = ["migrate"]
     """)
-    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
-        with pytest.raises(ServiceStartupError) as info:
-            await launcher.start()
-    assert info.value.service == "migrate" and "migration 002 failed" in info.value.log_tail
+    assert error.service == "migrate" and "migration 002 failed" in error.log_tail
 
 
 async def test_retries_with_backoff(tmp_path: Path, no_orphans: None) -> None:
