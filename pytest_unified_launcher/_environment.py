@@ -8,6 +8,7 @@ Ctrl-C, SIGTERM (``down``), SIGHUP (its terminal closed) or a failure.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -101,10 +102,13 @@ class Environment:
             return
         try:
             print(text, file=self.out, flush=True)
-        except OSError:  # BrokenPipeError, or EIO from a terminal that was closed
+        except OSError as exc:
             self._output_gone = True
             discard_output(self.out)
-            self.stop_event.set()
+            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO:  # reader gone, terminal closed
+                self.stop_event.set()
+            else:  # e.g. a full disk: keep the environment, lose the output
+                log.warning("cannot write up's output any more (%s); services keep running", exc)
 
     def _prefix(self, name: str) -> str:
         width = max(len(n) for n in self.config.services)
