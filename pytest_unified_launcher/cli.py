@@ -403,14 +403,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ._templates import render_init
+    from ._templates import TEMPLATES, render_init
 
+    chosen = [w.strip() for w in args.with_.split(",") if w.strip()]
+    unknown = [c for c in chosen if c not in TEMPLATES]
+    if unknown or not chosen:
+        print(f"error: --with: {'unknown template ' + ', '.join(map(repr, unknown)) if unknown else 'no template given'}; "
+              f"choose from: {', '.join(TEMPLATES)}", file=sys.stderr)
+        return 2
     target = Path(getattr(args, "config", None) or "launcher.toml")
     if target.exists():
         print(f"error: {target} already exists; not overwriting it (remove it or pass --config NEW_PATH)",
               file=sys.stderr)
         return 2
-    chosen = [w.strip() for w in args.with_.split(",") if w.strip()]
     files = render_init(chosen, target)
     for path, text in files.items():
         if path.exists() and path != target:

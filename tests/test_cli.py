@@ -321,6 +321,9 @@ def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
     assert cli(tmp_path, "check").returncode == 0
     again = cli(tmp_path, "init")
     assert again.returncode == 2 and "already exists" in again.stderr
+    unknown = cli(tmp_path / "tests", "init", "--with", "redis,mongo")
+    assert unknown.returncode == 2
+    assert unknown.stderr == "error: --with: unknown template 'mongo'; choose from: postgres, redis, fastapi, external\n"
 
 
 def test_init_project_tests_pass(tmp_path: Path, no_orphans: None) -> None:
