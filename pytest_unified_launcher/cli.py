@@ -205,16 +205,16 @@ def _print_table(services: dict[str, Any]) -> None:
         print(line)
 
 
-def _require_cli_extra(dev: bool) -> None:
+def _missing_cli_extra(dev: bool) -> str | None:
+    """What `up` needs but cannot import (the ``cli`` extra), as an error line; None if all is there."""
     import importlib.util
 
-    needed = ["jwt", "prometheus_client"] + (["watchdog"] if dev else [])
-    missing = [m for m in needed if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigError(
-            f"`unified-launcher up` needs {', '.join(missing)}, which is not installed",
-            fix="pip install 'pytest-unified-launcher[cli]'",
-        )
+    needed = {"jwt": "PyJWT", "prometheus_client": "prometheus-client"} | ({"watchdog": "watchdog"} if dev else {})
+    missing = [package for module, package in needed.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    return (f"error: `unified-launcher up{' --dev' if dev else ''}` needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed; pip install 'pytest-unified-launcher[cli]'")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -222,7 +222,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _load(args)
     names = _selection(config, args.services)
-    _require_cli_extra(args.dev or config.dev_mode)
+    missing = _missing_cli_extra(args.dev or config.dev_mode)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         existing = read_up_record(config.state_dir)
     except AttachError:

@@ -337,6 +337,20 @@ def test_init_project_tests_pass(tmp_path: Path, no_orphans: None) -> None:
     assert "api           1  in_process" in result.stdout
 
 
+def test_up_without_the_cli_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the cli extra, up names the missing packages by their pip names and the command."""
+    import importlib.util
+
+    from pytest_unified_launcher.cli import _missing_cli_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("jwt", "watchdog") else real(name, *a))
+    assert _missing_cli_extra(dev=False) == ("error: `unified-launcher up` needs PyJWT, which is not installed; "
+                                             "pip install 'pytest-unified-launcher[cli]'")
+    assert "needs PyJWT, watchdog, which are not installed" in (_missing_cli_extra(dev=True) or "")
+
+
 def test_no_command_lists_the_commands() -> None:
     """`unified-launcher` alone prints every command with what it does, and exits 2."""
     result = cli(Path.cwd())
