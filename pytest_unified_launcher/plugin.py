@@ -473,6 +473,9 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
     ``benchmark`` fixture (so ``--benchmark-save`` / ``--benchmark-compare-fail`` gate
     regressions), then stops them; the test fails when the P95 exceeds the budget.
     """
+    if not request.config.pluginmanager.hasplugin("benchmark"):
+        pytest.fail("startup_benchmark runs through pytest-benchmark, which is not installed or is disabled "
+                    "(-p no:benchmark): pip install pytest-benchmark", pytrace=False)
     benchmark = request.getfixturevalue("benchmark")
     state = _session(request.config)
     if state.lconfig is None or state.config_path is None:

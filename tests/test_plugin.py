@@ -478,6 +478,15 @@ def test_startup_benchmark_mistakes_fail_in_one_line(project: pytest.Pytester, n
     assert "orchestrator.py" not in result.stdout.str()
 
 
+def test_startup_benchmark_without_pytest_benchmark_says_what_to_install(project: pytest.Pytester) -> None:
+    """Without pytest-benchmark the fixture fails with the package to install, not a lookup error."""
+    project.makepyfile("def test_bench(startup_benchmark): startup_benchmark(['plain'], rounds=2)\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*startup_benchmark runs through pytest-benchmark, which is not installed or is "
+                                 "disabled (-p no:benchmark): pip install pytest-benchmark*"])
+
+
 def test_startup_benchmark_compare_fail_gates_a_regression(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_orphans: None
 ) -> None:
