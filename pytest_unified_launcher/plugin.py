@@ -665,9 +665,11 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
     first = state.worker_reports[0]
     if state.shared is None:
         # per_worker: every worker had its own environment; each one's startup counts once.
-        merged.total_startup_seconds = max(
-            (run["total_startup_seconds"] for rep in state.worker_reports for run in rep["runs"]), default=0.0
-        )
+        runs = [run for rep in state.worker_reports for run in rep["runs"]]
+        merged.total_startup_seconds = max((run["total_startup_seconds"] for run in runs), default=0.0)
+        # ... and they stopped side by side: the slowest teardown is the session's (it was missing).
+        teardowns = [run["total_teardown_seconds"] for run in runs if run.get("total_teardown_seconds") is not None]
+        merged.total_teardown_seconds = max(teardowns) if teardowns else None
     return build_report(
         [merged], profile=first["profile"], mode=first["mode"], mode_reason=first["mode_reason"],
         budget_seconds=first["budget_seconds"],
