@@ -349,7 +349,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             raise pytest.UsageError(f"--launcher-services: {exc}") from None
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl  # not tryfirst: pytest's skip and xfail(run=False) marks must win (a skipped test starts nothing)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     try:
         names = _marked_services(item)

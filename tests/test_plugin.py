@@ -669,6 +669,29 @@ def test_runs_that_run_nothing_start_nothing(project: pytest.Pytester, args: lis
     assert not list((project.path / "state").glob("**/*.log"))
 
 
+def test_skipped_tests_start_nothing(project: pytest.Pytester) -> None:
+    """A test skipped by its marks (skip, skipif, xfail(run=False)) starts no service."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.skip(reason="not today")
+        @pytest.mark.services("api")
+        def test_skip(services): pass
+
+        @pytest.mark.skipif(True, reason="never")
+        @pytest.mark.services("api")
+        def test_skipif(services): pass
+
+        @pytest.mark.xfail(run=False)
+        @pytest.mark.services("api")
+        def test_not_run(services): pass
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=2, xfailed=1)
+    assert "unified launcher" not in result.stdout.str()
+    assert not list((project.path / "state").glob("**/*.log"))
+
+
 def test_mode_alias_auto_detect_is_accepted_as_an_option(project: pytest.Pytester) -> None:
     """`--launcher-mode=auto_detect` is `auto`, as in the file and LAUNCHER_MODE."""
     project.makepyfile("""
