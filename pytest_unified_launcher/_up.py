@@ -76,7 +76,8 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
                 f"service '{name}' of the running environment is not alive (pid {pid} is gone); "
                 "restart it with `unified-launcher down` then `unified-launcher up --detach`"
             )
-        launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed")
+        launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed",
+                       log_path=Path(entry["log_path"]) if entry.get("log_path") else None)
     running = [n for n, e in record["services"].items() if n in launcher.services and e["state"] == "running"]
     for name, reason in sorted(launcher.probe(running).items()):
         if reason is not None:

@@ -282,11 +282,14 @@ class UnifiedLauncher:
         """Whether every one of ``names`` is running (and alive) or completed: no start needed."""
         return all(self._handles[n].state in ("running", "completed") and self._handles[n].alive for n in names)
 
-    def adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool = False) -> None:
-        """Take over a service another process started (xdist ``shared``, ``--launcher-attach``)."""
-        self._thread.run(self._adopt(name, pid=pid, token=token, completed=completed))
+    def adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool = False,
+              log_path: Path | None = None) -> None:
+        """Take over a service another process started (xdist ``shared``, ``--launcher-attach``);
+        ``log_path``: where that process writes its log, if not in this launcher's log folder."""
+        self._thread.run(self._adopt(name, pid=pid, token=token, completed=completed, log_path=log_path))
 
-    async def _adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool) -> None:
+    async def _adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool,
+                     log_path: Path | None = None) -> None:
         from .runners.attached import AttachedRunner
 
         svc = self._services[name]
@@ -296,7 +299,7 @@ class UnifiedLauncher:
             return
         if svc.state == "running":
             svc.machine.fail()
-        svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token)
+        svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token, log_path=log_path)
         if self._run is None:  # so that stopping an adopted environment is timed like any other
             self._run = RunTiming()
             self._runs.append(self._run)
@@ -309,6 +312,18 @@ class UnifiedLauncher:
         done.set_result(None)
         svc.start_task = done  # type: ignore[assignment]
         svc.error = None
+
+    def release_attached(self) -> None:
+        """End a session attached to `up`'s environment: stop what this launcher started itself
+        (a service `up` does not run, or the new process of one a test restarted), and leave the
+        adopted ones running for `up`."""
+        from .runners.attached import AttachedRunner
+
+        own = [name for name, svc in self._services.items()
+               if svc.runner is not None and not isinstance(svc.runner, AttachedRunner) and svc.state != "stopped"]
+        if own:
+            self.stop_blocking(own)
+        self.forget()
 
     def forget(self) -> None:
         """Leave every service running and hand them over (``--launcher-keep``, xdist workers)."""

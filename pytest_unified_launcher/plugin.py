@@ -207,6 +207,18 @@ def _assign_role(
             config_path=lconfig.source, ports=lconfig.ports, tmp_root=lconfig.tmp_root, folder=folder
         )
         session.shared = SharedEnvironment(folder)
+        if session.attach:
+            _share_up_services(session.shared, lconfig.state_dir)
+
+
+def _share_up_services(shared: SharedEnvironment, state_dir: Path) -> None:
+    """Attached under xdist: record `up`'s services as the shared environment's, so that the
+    workers adopt them (a worker that found them missing from the record stopped them)."""
+    from ._up import read_up_record
+
+    services = read_up_record(state_dir)["services"]
+    shared.write({name: {"state": entry["state"], "pid": entry.get("pid"), "token": entry.get("token")}
+                  for name, entry in services.items() if entry.get("state") in ("running", "completed")})
 
 
 def _attach_payload(path: Path, ns: Any) -> dict[str, Any]:
@@ -567,7 +579,7 @@ def _finish_single(config: pytest.Config, state: _Session) -> None:
     if state.keep and not state.attach:
         _keep(state, launcher)
     elif state.attach:
-        launcher.forget()
+        launcher.release_attached()
     else:
         launcher.stop_blocking()
 
@@ -599,6 +611,8 @@ def _finish_worker(config: pytest.Config, state: _Session) -> None:
 
 
 def _finish_controller(state: _Session) -> None:
+    """After the last worker: stop the shared environment, or keep it (--launcher-keep), or,
+    attached to `up`, stop only what the workers started themselves."""
     if state.shared is None or state.lconfig is None:
         return
     import shutil
@@ -607,22 +621,42 @@ def _finish_controller(state: _Session) -> None:
     from .config import SHARED_WORKERS, remove_scratch
     from .orchestrator import UnifiedLauncher
 
-    if state.keep:
+    if state.keep or state.attach:
         reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
+    ups = _up_pids(state.lconfig.state_dir) if state.attach else {}
     record = state.shared.read()
     launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS)
     for name, entry in record.items():
-        if name in launcher.services and entry.get("state") in ("running", "completed"):
-            launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
-                           completed=entry["state"] == "completed")
+        if name not in launcher.services or entry.get("state") not in ("running", "completed"):
+            continue
+        if state.attach and ups.get(name) == entry.get("pid"):
+            continue  # `up`'s own process: never ours to stop
+        launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
+                       completed=entry["state"] == "completed")
     shutil.rmtree(state.shared.folder, ignore_errors=True)
-    if state.keep:
+    if state.keep and not state.attach:
         _keep(state, launcher)  # their ${tmp} stays too: `down` removes it
+        return
+    if state.attach:
+        # The temp root is `up`'s (placeholders name its addresses): it stays with `up`.
+        launcher.stop_blocking([n for n, h in launcher.services.items() if h.state != "stopped"])
+        state.teardown_report = launcher.report()
         return
     launcher.stop_blocking()
     state.teardown_report = launcher.report()
     reap(state.lconfig.state_dir, owner_pid=os.getpid())
     remove_scratch(state.lconfig.tmp_root)
+
+
+def _up_pids(state_dir: Path) -> dict[str, int | None]:
+    """``service -> pid`` of the environment `unified-launcher up` runs (none: empty)."""
+    from ._up import read_up_record
+
+    try:
+        services = read_up_record(state_dir)["services"]
+    except LauncherError:
+        return {}
+    return {name: entry.get("pid") for name, entry in services.items()}
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import APPS, PY, TCP, default_sigint
 
@@ -159,6 +160,37 @@ def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytes
     assert not (project / "state" / "up.json").exists()
     again = cli(project, "status")
     assert again.returncode == 1 and "no environment is running" in again.stderr
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_attached_session_stops_only_what_it_started(project: Path, xdist: list[str], no_orphans: None) -> None:
+    """Attached to an `up` that runs only `plain`, pytest starts `api` itself and stops it at the
+    end; `up`'s own service and its temp dir stay (the xdist controller stopped them all and
+    removed that dir; a plain session left `api` running)."""
+    assert cli(project, "up", "--detach", "--mode", "multi_process", "plain").returncode == 0
+    try:
+        record = json.loads((project / "state" / "up.json").read_text())
+        plain_pid = record["services"]["plain"]["pid"]
+        (project / "test_attached.py").write_text(
+            "import pathlib, pytest\n"
+            "@pytest.mark.parametrize('i', range(4))\n"
+            "@pytest.mark.services('api')\n"
+            "def test_uses_both(services, i):\n"
+            f"    assert services['plain'].pid == {plain_pid}\n"
+            "    pathlib.Path(f'api-pid-{i}').write_text(str(services['api'].pid or 0))\n"
+        )
+        result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach",
+                                 "--launcher-mode", "multi_process", *xdist, "test_attached.py"],
+                                cwd=project, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        api_pids = {int(p.read_text()) for p in project.glob("api-pid-*")}
+        assert api_pids and all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+                                for pid in api_pids), "the api the session started must be stopped"
+        assert psutil.pid_exists(plain_pid), "`up`'s own service must keep running"
+        assert Path(record["tmp_root"]).is_dir(), "`up`'s temp dir must stay"
+        assert cli(project, "status").returncode == 0
+    finally:
+        assert cli(project, "down").returncode == 0
 
 
 def test_attach_without_environment_is_clear(project: Path) -> None:

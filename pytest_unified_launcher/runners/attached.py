@@ -19,10 +19,12 @@ from . import Runner
 class AttachedRunner(Runner):
     kind = "subprocess"
 
-    def __init__(self, *args: Any, pid: int | None, token: str | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, pid: int | None, token: str | None, log_path: Path | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pid = pid
         self._token = token
+        self._log_path = log_path
 
     @property
     def pid(self) -> int | None:
@@ -30,7 +32,7 @@ class AttachedRunner(Runner):
 
     @property
     def log_path(self) -> Path:
-        return self.ctx.log_dir / f"{self.svc.name}.log"
+        return self._log_path or self.ctx.log_dir / f"{self.svc.name}.log"
 
     def alive(self) -> bool:
         if self._pid is None:
