@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class LoopThread:
@@ -24,7 +26,15 @@ class LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        while True:
+            try:
+                self.loop.run_forever()
+                return  # stopped by close()
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # A task raised it (app code calling sys.exit in a request or its lifespan):
+                # asyncio lets that escape the loop, which every start and stop here needs, so
+                # the loop goes on; the task that raised it carries it as its exception.
+                log.warning("%s raised in a task on the launcher's loop; the loop goes on", type(exc).__name__)
 
     def in_loop(self) -> bool:
         return threading.current_thread() is self._thread

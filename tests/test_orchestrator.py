@@ -443,6 +443,31 @@ async def test_in_process_import_over_the_timeout_is_named(tmp_path: Path, no_or
     assert re.search(r"importing 'slow:app' took \d+\.\d s, over its startup_timeout of 0\.5 s", str(info.value))
 
 
+async def test_sys_exit_in_an_in_process_apps_task_does_not_stop_the_launcher(tmp_path: Path,
+                                                                                no_orphans: None) -> None:
+    """An in-process app's background task calling sys.exit does not kill the launcher's loop
+    (asyncio lets SystemExit escape run_forever: every later start and stop then hung)."""
+    (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
+    path = write_config(tmp_path, """
+        [services.api]
+        app = "web:app"
+        health = { http = "/health" }
+        [services.other]
+        command = ["{PY}", "{TCP}", "${port}"]
+    """)
+    sys.modules.pop("web", None)
+    launcher = UnifiedLauncher(load_config(path, mode="single_process", environ={}))
+    try:
+        handles = await asyncio.wait_for(launcher.start(["api"]), 20)
+        assert get_json(handles["api"].url, "/exit-in-background") == {"scheduled": True}
+        await asyncio.sleep(0.1)
+        handles = await asyncio.wait_for(launcher.start(["other"]), 20)  # the loop still works
+        assert handles["other"].state == "running"
+    finally:
+        await asyncio.wait_for(launcher.stop(), 20)
+        sys.modules.pop("web", None)
+
+
 async def test_bad_app_import_string(tmp_path: Path, no_orphans: None) -> None:
     """A wrong app import string fails that service with a precise message in both modes."""
     path = write_config(tmp_path, """

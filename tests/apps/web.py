@@ -67,3 +67,21 @@ async def _failing_lifespan(app: FastAPI) -> Any:
 
 hanging = FastAPI(lifespan=_hanging_lifespan)
 failing = FastAPI(lifespan=_failing_lifespan)
+
+
+_background: set[Any] = set()
+
+
+async def _fatal() -> None:
+    import sys
+
+    sys.exit("fatal: lost the database")  # from a background task: escapes asyncio's loop
+
+
+@app.get("/exit-in-background")
+async def exit_in_background() -> dict[str, bool]:
+    import asyncio
+
+    task = asyncio.get_running_loop().create_task(_fatal())
+    _background.add(task)
+    return {"scheduled": True}
