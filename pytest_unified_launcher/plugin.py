@@ -71,6 +71,8 @@ class _Session:
         self.keep_message: str | None = None
         self.teardown_report: dict[str, Any] | None = None
         self.previous_handlers: dict[int, Any] = {}
+        #: Attached under xdist: ``service -> pid`` of `up`'s own processes (never ours to stop).
+        self.up_pids: dict[str, int | None] = {}
 
     @property
     def active(self) -> bool:
@@ -208,17 +210,20 @@ def _assign_role(
         )
         session.shared = SharedEnvironment(folder)
         if session.attach:
-            _share_up_services(session.shared, lconfig.state_dir)
+            session.up_pids = _share_up_services(session.shared, lconfig.state_dir)
 
 
-def _share_up_services(shared: SharedEnvironment, state_dir: Path) -> None:
+def _share_up_services(shared: SharedEnvironment, state_dir: Path) -> dict[str, int | None]:
     """Attached under xdist: record `up`'s services as the shared environment's, so that the
-    workers adopt them (a worker that found them missing from the record stopped them)."""
+    workers adopt them (a worker that found them missing from the record stopped them).
+    Returns their pids, which the controller leaves alone at the end."""
     from ._up import read_up_record
 
-    services = read_up_record(state_dir)["services"]
+    services = {name: entry for name, entry in read_up_record(state_dir)["services"].items()
+                if entry.get("state") in ("running", "completed")}
     shared.write({name: {"state": entry["state"], "pid": entry.get("pid"), "token": entry.get("token")}
-                  for name, entry in services.items() if entry.get("state") in ("running", "completed")})
+                  for name, entry in services.items()})
+    return {name: entry.get("pid") for name, entry in services.items()}
 
 
 def _attach_payload(path: Path, ns: Any) -> dict[str, Any]:
@@ -623,13 +628,12 @@ def _finish_controller(state: _Session) -> None:
 
     if state.keep or state.attach:
         reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
-    ups = _up_pids(state.lconfig.state_dir) if state.attach else {}
     record = state.shared.read()
     launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS)
     for name, entry in record.items():
         if name not in launcher.services or entry.get("state") not in ("running", "completed"):
             continue
-        if state.attach and ups.get(name) == entry.get("pid"):
+        if state.attach and state.up_pids.get(name) == entry.get("pid"):
             continue  # `up`'s own process: never ours to stop
         launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
                        completed=entry["state"] == "completed")
@@ -646,17 +650,6 @@ def _finish_controller(state: _Session) -> None:
     state.teardown_report = launcher.report()
     reap(state.lconfig.state_dir, owner_pid=os.getpid())
     remove_scratch(state.lconfig.tmp_root)
-
-
-def _up_pids(state_dir: Path) -> dict[str, int | None]:
-    """``service -> pid`` of the environment `unified-launcher up` runs (none: empty)."""
-    from ._up import read_up_record
-
-    try:
-        services = read_up_record(state_dir)["services"]
-    except LauncherError:
-        return {}
-    return {name: entry.get("pid") for name, entry in services.items()}
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:
