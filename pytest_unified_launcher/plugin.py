@@ -652,6 +652,7 @@ def _finish_controller(state: _Session) -> None:
     remove_scratch(state.lconfig.tmp_root)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist installed, pytest must not reject it
 def pytest_testnodedown(node: Any, error: Any) -> None:
     state = node.config.stash.get(_KEY, None)
     output = getattr(node, "workeroutput", None) or {}

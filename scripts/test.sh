@@ -1,14 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up, the project's tests, then the example backend's end-to-end
-# tests in both modes and in both xdist modes. Any failure (or pytest exit 5, no tests) fails.
-set -euo pipefail
+# The whole test suite: set-up, the project's tests, a bare install (no extras, no pytest-xdist),
+# then the example backend's end-to-end tests in both modes and in both xdist modes. Every step
+# runs even when an earlier one failed, and the run fails at the end if any step failed (pytest's
+# exit 5, no tests, counts as a failure).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh || exit 1
 py="$PWD/.venv/bin/python"
 export PATH="$PWD/.venv/bin:$PATH"
-"$py" -m pytest "$@"
+failed=()
+
+step() {  # step NAME COMMAND...: run it, remember a failure, go on
+  local name=$1; shift
+  echo "== $name"
+  "$@"
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    failed+=("$name (exit $rc)")
+  fi
+}
+
+step "tests/" "$py" -m pytest "$@"
+step "bare install" ./scripts/bare-install.sh
 cd example_project
-"$py" -m pytest -p no:cacheprovider                                  # single_process
-"$py" -m pytest -p no:cacheprovider --launcher-profile=ci            # multi_process
-"$py" -m pytest -p no:cacheprovider -n 2                              # xdist, shared
-"$py" -m pytest -p no:cacheprovider -n 2 --launcher-xdist=per_worker  # xdist, per worker
+step "example: single_process" "$py" -m pytest -p no:cacheprovider
+step "example: multi_process" "$py" -m pytest -p no:cacheprovider --launcher-profile=ci
+step "example: -n 2 shared" "$py" -m pytest -p no:cacheprovider -n 2
+step "example: -n 2 per_worker" "$py" -m pytest -p no:cacheprovider -n 2 --launcher-xdist=per_worker
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED steps:\n' >&2
+  printf '  %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "all steps passed"

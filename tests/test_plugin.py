@@ -725,3 +725,23 @@ def test_bad_option_values_are_usage_errors_that_name_the_option(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
     assert "launcher.toml" not in result.stderr.str()
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_runs_without_pytest_xdist(project: pytest.Pytester, with_config: bool, no_orphans: None) -> None:
+    """Installed without pytest-xdist (here: blocked with -p no:xdist), the plugin never breaks
+    pytest: xdist's hooks are optional, a plain project and a launcher project both run."""
+    if not with_config:
+        (project.path / "launcher.toml").unlink()
+        project.makepyfile("def test_plain(): pass\n")
+    else:
+        project.makepyfile("""
+            import pytest
+
+            @pytest.mark.services("api")
+            def test_api(services):
+                assert services["api"].url.startswith("http://")
+        """)
+    result = project.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
