@@ -745,3 +745,14 @@ def test_runs_without_pytest_xdist(project: pytest.Pytester, with_config: bool, 
     result = project.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider")
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=1)
+
+
+def test_example_ini_needs_only_the_example_extra(pytester: pytest.Pytester) -> None:
+    """example_project/pytest.ini works without pytest-asyncio (not in the `example` extra; blocked
+    here): it set an asyncio ini key, which with filterwarnings=error was an INTERNALERROR."""
+    ini = Path(__file__).parent.parent / "example_project" / "pytest.ini"
+    (pytester.path / "pytest.ini").write_text(ini.read_text().replace("testpaths = tests\n", ""))
+    pytester.makepyfile("def test_x(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:asyncio", "-p", "no:cacheprovider")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
