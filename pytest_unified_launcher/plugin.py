@@ -19,7 +19,7 @@ from .errors import ConfigError, LauncherError, UnknownServiceError
 
 if TYPE_CHECKING:
     from .config import LauncherConfig
-    from .orchestrator import ServiceHandle, UnifiedLauncher
+    from .orchestrator import LauncherStatus, ServiceHandle, UnifiedLauncher
     from .xdist import SharedEnvironment
 
 _OPTIONS = [
@@ -447,9 +447,11 @@ class LauncherFacade:
     def services(self) -> Mapping[str, ServiceHandle]:
         return self._launcher.services
 
-    @property
-    def status(self) -> Any:
+    def status(self) -> LauncherStatus:
+        """The session environment's status (idle, running, degraded, ...): SPEC 6's get_status()."""
         return self._launcher.get_status()
+
+    get_status = status
 
     @property
     def config(self) -> LauncherConfig:
@@ -514,7 +516,10 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
             graph_mod.closure(state.lconfig.graph, wanted or ())
             config = load_config(state.config_path, profile=state.lconfig.profile, mode=state.lconfig.mode,
                                  budget=state.lconfig.startup_budget)
-            bench_launcher = UnifiedLauncher(config)
+            # Its own logs, and the session's variables put back: in-process apps write their env
+            # into os.environ, and the rounds' ports are not the session's.
+            bench_launcher = UnifiedLauncher(config, log_dir=config.state_dir / "logs" / "startup_benchmark")
+            saved_environ = dict(os.environ)
             try:
                 benchmark.pedantic(
                     lambda: bench_launcher.start_blocking(wanted),
@@ -523,6 +528,8 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
                 )
             finally:
                 bench_launcher.stop_blocking()
+                os.environ.clear()
+                os.environ.update(saved_environ)
         except LauncherError as exc:
             problem = f"startup_benchmark: {exc}"
         if problem is not None:

@@ -756,3 +756,40 @@ def test_example_ini_needs_only_the_example_extra(pytester: pytest.Pytester) -> 
     result = pytester.runpytest_subprocess("-p", "no:asyncio", "-p", "no:cacheprovider")
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=1)
+
+
+def test_startup_benchmark_leaves_the_session_alone(project: pytest.Pytester, no_orphans: None) -> None:
+    """startup_benchmark's rounds touch neither the session's environment variables (an in-process
+    app's env, [launcher.test_env]) nor its services' logs."""
+    project.makepyfile("""
+        import os
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_1_session(services):
+            pytest.seen = (os.environ["PLAIN_PORT"], os.environ["API_URL"], os.stat(services["plain"].log_path).st_ino)
+
+        def test_2_bench(startup_benchmark):
+            startup_benchmark(["api"], rounds=2)
+
+        @pytest.mark.services("api")
+        def test_3_after(services):
+            assert os.environ["PLAIN_PORT"] == str(services["plain"].port) == pytest.seen[0]
+            assert os.environ["API_URL"] == services["api"].url == pytest.seen[1]
+            assert os.stat(services["plain"].log_path).st_ino == pytest.seen[2]
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=single_process")
+    result.assert_outcomes(passed=3)
+
+
+def test_launcher_fixture_status_is_a_method(project: pytest.Pytester, no_orphans: None) -> None:
+    """launcher.status() (as the README lists it, beside start() and report()) gives the status;
+    it was a property, so calling it raised TypeError."""
+    project.makepyfile("""
+        def test_status(launcher):
+            assert launcher.status() == "idle"
+            launcher.start("plain")
+            assert launcher.status() == launcher.get_status() == "running"
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
