@@ -77,20 +77,34 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: How long a server may answer 404/405 on the health path before that counts as a wrong path
+#: (some routers answer 404 for a moment while their routes are registered).
+WRONG_PATH_SECONDS = 1.0
+
+
 class HttpProbe:
     def __init__(self, url: str, timeout: float) -> None:
         self.url, self.timeout = url, timeout
+        self._not_found_since: float | None = None
 
     async def check(self) -> str | None:
         try:
             status = await http_status(self.url, self.timeout)
-        except Exception as exc:  # whatever goes wrong, a probe answers with a reason, never raises
+        except Exception as exc:  # whatever goes wrong, a probe answers with a reason
             return _reason(exc)
+        if status not in (404, 405):
+            self._not_found_since = None
         if 200 <= status < 300:
             return None
         if status in (404, 405):  # the commonest mistake: a path the app does not serve
-            return (f"GET {self.url} answered HTTP {status}: the server answers, but not on that path; "
-                    "check the service's health = { http = ... }")
+            now = _timing.monotonic()
+            if self._not_found_since is None:
+                self._not_found_since = now
+            lasted = now - self._not_found_since
+            fix = "the server answers, but not on that path; check the service's health = { http = ... }"
+            if lasted >= WRONG_PATH_SECONDS:  # waiting out the startup_timeout would only hide it
+                raise ProbeUnusable(f"GET {self.url} answered HTTP {status} for {WRONG_PATH_SECONDS:.1f} s: {fix}")
+            return f"GET {self.url} answered HTTP {status}: {fix}"
         return f"GET {self.url} answered HTTP {status}"
 
 
@@ -169,17 +183,44 @@ class AliveProbe:
 
 
 class NotifySocket:
-    """A NOTIFY_SOCKET (sd_notify) for one service: READY=1 sets :attr:`ready`."""
+    """A NOTIFY_SOCKET (sd_notify) for one service: READY=1 sets :attr:`ready`.
 
-    def __init__(self, path: Path) -> None:
+    The socket lives in a folder of its own that the launcher creates (0700, or 0710 with the
+    group of ``ids``, the service's user): the service can reach the socket but not replace it,
+    so nobody can squat its name or swap it for a link between the bind and the chmod. The
+    folder's parent must be the launcher's own (the session's scratch root).
+    """
+
+    def __init__(self, path: Path, *, ids: tuple[int, int] | None = None) -> None:
         self.path = path
         self.ready = asyncio.Event()
         self.status = ""
-        if path.exists():
-            path.unlink()
+        folder = path.parent
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass  # left by an earlier start of this service
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                raise OSError(f"{folder} is owned by uid {st.st_uid}, not the launcher")
+            if ids is not None:
+                os.fchown(fd, -1, ids[1])
+            os.fchmod(fd, 0o710 if ids is not None else 0o700)
+            try:
+                os.unlink(path.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(fd)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        os.chmod(path, 0o777)
+        try:
+            self.sock.bind(str(path))
+            os.chmod(path, 0o777)  # safe: nobody else can write the folder; the folder gates access
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
 
@@ -200,10 +241,11 @@ class NotifySocket:
         except RuntimeError:
             pass
         self.sock.close()
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
+        for remove, target in ((os.unlink, self.path), (os.rmdir, self.path.parent)):
+            try:
+                remove(target)
+            except OSError:
+                pass
 
 
 class _ReadyNow:

@@ -224,18 +224,21 @@ async def test_missing_cwd_is_named_not_the_command(tmp_path: Path, no_orphans: 
     assert "not found" not in str(error)
 
 
-async def test_health_path_answering_404_says_what_to_check(tmp_path: Path, no_orphans: None) -> None:
-    """A server that answers 404 on the probed path is named as such, with the key to fix."""
+async def test_health_path_answering_404_fails_without_waiting_out_the_timeout(tmp_path: Path,
+                                                                               no_orphans: None) -> None:
+    """A server that keeps answering 404 on the probed path fails once that has lasted about a
+    second (not at its 60 s startup_timeout), named as a wrong path, with the key to fix."""
     error = await start_error(tmp_path, """
         [services.web]
         command = ["{PY}", "-m", "http.server", "${port}", "--bind", "127.0.0.1"]
         health = { http = "/nothere" }
-        startup_timeout = 1
+        startup_timeout = 60
     """)
     message = str(error)
-    assert "(last probe: GET http://127.0.0.1:" in message
-    assert ("/nothere answered HTTP 404: the server answers, but not on that path; "
-            "check the service's health = { http = ... })") in message
+    assert "timed out" not in message
+    assert "health check (http GET http://127.0.0.1:" in message
+    assert ("/nothere answered HTTP 404 for 1.0 s: the server answers, but not on that path; "
+            "check the service's health = { http = ... }") in message
 
 
 async def test_health_timeout_names_the_last_probe(tmp_path: Path, no_orphans: None) -> None:
