@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,26 @@ def process_token(pid: int) -> str:
     if fields[0] in ("Z", "X"):
         return "?"
     return fields[19]
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of ``pid`` even as a zombie (our own unreaped child); None when no such pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owns_group(pgid: int, token: str | None) -> bool:
+    """Whether signalling group ``pgid`` reaches only what we started (``token``: its leader's
+    :func:`start_time` at spawn, None when it was already gone).
+
+    While the leader lives (or is an unreaped zombie) its start time must match: else the pid
+    was reused by an unrelated process. When no process has that pid any more, whatever is left
+    in the group is ours: the kernel never hands out a pid that still names a live group.
+    """
+    current = start_time(pgid)
+    return current is None or (token is not None and current == token)
 
 
 def tail(path: Path | None, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
@@ -105,13 +125,20 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _descendants(pid: int) -> list[int]:
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """Each descendant's pid and start token, so a later signal cannot hit a reused pid."""
     import psutil
 
     try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        children = [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
+    return [(child, process_token(child)) for child in children]
+
+
+def kill_matching(pids: Sequence[tuple[int, str]], sig: int = signal.SIGKILL) -> None:
+    """``sig`` to each ``(pid, token)`` whose pid still names the same process."""
+    kill_pids([pid for pid, token in pids if token != "?" and process_token(pid) == token], sig)
 
 
 def kill_pids(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
@@ -133,28 +160,32 @@ def group_alive(pgid: int) -> bool:
 
 
 async def stop_process(
-    proc: asyncio.subprocess.Process, *, stop_signal: int, stop_timeout: float
+    proc: asyncio.subprocess.Process, *, stop_signal: int, stop_timeout: float, token: str | None = None
 ) -> int | None:
     """``stop_signal`` to the group, SIGKILL to the group and its strays after ``stop_timeout``.
 
     Returns the exit code. Children that left the group (a new session) are found with psutil
-    before the signal and killed with the rest.
+    before the signal and killed with the rest. ``token`` is the process's :func:`start_time`
+    taken at spawn: no signal goes to a pid or group that now names another process (a service
+    that died mid-session, whose pid was reused).
     """
     pgid = proc.pid  # start_new_session: the child leads its own group
-    strays = _descendants(proc.pid) if proc.returncode is None else []
+    strays = _descendants(proc.pid) if proc.returncode is None and owns_group(pgid, token) else []
     if proc.returncode is None:
-        _signal_group(pgid, stop_signal)
+        if owns_group(pgid, token):
+            _signal_group(pgid, stop_signal)
         try:
             await asyncio.wait_for(proc.wait(), timeout=stop_timeout)
         except TimeoutError:
             log.warning("pid %d ignored signal %d for %.1f s: killing it", proc.pid, stop_signal, stop_timeout)
-            _signal_group(pgid, signal.SIGKILL)
-            kill_pids(strays)
+            if owns_group(pgid, token):
+                _signal_group(pgid, signal.SIGKILL)
+            kill_matching(strays)
             await proc.wait()
     # Whatever is left in the group (a grandchild the service forked) does not outlive it.
-    if group_alive(pgid):
+    if group_alive(pgid) and owns_group(pgid, token):
         _signal_group(pgid, signal.SIGKILL)
-    kill_pids([p for p in strays if _alive(p)])
+    kill_matching(strays)
     return proc.returncode
 
 
@@ -182,23 +213,15 @@ def marked_pids(owner: str, service: str | None = None) -> list[int]:
 
 async def stop_marked(pids: Sequence[int], *, stop_signal: int, stop_timeout: float) -> None:
     """``stop_signal`` to each of ``pids`` (processes that left their group), SIGKILL after
-    ``stop_timeout``; a zombie counts as gone."""
-    kill_pids(pids, stop_signal)
+    ``stop_timeout``; a zombie counts as gone. Each pid is signalled only while it still names
+    the process found (pids get reused)."""
+    found = [(pid, process_token(pid)) for pid in pids]
+    kill_matching(found, stop_signal)
     deadline = asyncio.get_running_loop().time() + stop_timeout
     # Polled: they are not our children, so no exit status or event tells us they are gone.
-    while any(process_token(p) != "?" for p in pids) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+    while any(process_token(p) == t != "?" for p, t in found) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-    kill_pids([p for p in pids if process_token(p) != "?"])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    kill_matching(found)
 
 
 async def run_to_end(
@@ -209,12 +232,25 @@ async def run_to_end(
     log_file: int,
     timeout: float,
     ids: tuple[int, int] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
-    """Run a one-shot command (a setup step, a probe) to its end; kill it on timeout/cancel."""
+    """Run a one-shot command (a setup step, a probe) to its end; kill it on timeout/cancel.
+
+    ``on_spawn``/``on_exit`` record it while it runs (a setup step like initdb can outlive a
+    launcher killed meanwhile: the record lets it be reaped).
+    """
     proc = await spawn(argv, env=env, cwd=cwd, log_file=log_file, ids=ids)
+    token = start_time(proc.pid)
+    if on_spawn is not None:
+        on_spawn(proc.pid)
     try:
         return await asyncio.wait_for(proc.wait(), timeout=timeout)
     except BaseException:
-        _signal_group(proc.pid, signal.SIGKILL)
+        if owns_group(proc.pid, token):
+            _signal_group(proc.pid, signal.SIGKILL)
         await asyncio.shield(proc.wait())
         raise
+    finally:
+        if on_exit is not None:
+            on_exit(proc.pid)

@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .._process import (
     marked_pids,
     run_to_end,
     spawn,
+    start_time,
     stop_marked,
     stop_process,
     user_ids,
@@ -54,12 +56,66 @@ def port_holder(port: int) -> str:
     return ""
 
 
+class ForeignFolder(OSError):
+    """A scratch folder that is not provably ours (another user's, a link, writable by others)."""
+
+
+def _verify_own_dir(path: Path) -> None:
+    st = os.lstat(path)
+    _verify_stat(st, path)
+
+
+def _verify_own_fd(fd: int, path: Path) -> None:
+    _verify_stat(os.fstat(fd), path)
+
+
+def _verify_stat(st: os.stat_result, path: Path) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise ForeignFolder(f"its temp dir's root {path} exists and is not a folder the launcher made")
+    if st.st_uid != os.geteuid():
+        raise ForeignFolder(f"its temp dir's root {path} already exists, owned by uid {st.st_uid}, not the launcher")
+    if st.st_mode & 0o022:
+        raise ForeignFolder(f"its temp dir's root {path} is writable by others")
+
+
+def _chown_ours(parent_fd: int, name: str, ids: tuple[int, int]) -> None:
+    """Give ``name`` (under ``parent_fd``) and what we own below it to the service user.
+
+    Folders are opened with O_NOFOLLOW relative to their parent and handed over through their
+    fd; a link is never followed (its own owner is changed, harmlessly), a file with other
+    names (a hard link) or a folder that is not ours is left alone.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except OSError:
+        return  # not a folder (or gone): nothing to walk
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == ids[0]:
+            return  # already the service's: what it made below is its own
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return
+        for entry in os.listdir(fd):
+            try:
+                est = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                _chown_ours(fd, entry, ids)
+            elif est.st_uid == os.geteuid() and (stat.S_ISLNK(est.st_mode) or est.st_nlink == 1):
+                os.chown(entry, *ids, dir_fd=fd, follow_symlinks=False)
+        os.fchown(fd, *ids)
+    finally:
+        os.close(fd)
+
+
 class SubprocessRunner(Runner):
     kind = "subprocess"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.proc: Any = None  # asyncio.subprocess.Process, or a forked RemoteProcess
+        self._token: str | None = None  # the process's start time at spawn: pids get reused
         self._spawning: asyncio.Future[Any] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._log_fd: int | None = None
@@ -110,15 +166,32 @@ class SubprocessRunner(Runner):
         return ServiceStartupError(self.svc.name, cause, log_tail=self.logs(20), **kwargs)
 
     def _prepare_tmp(self, ids: tuple[int, int] | None) -> None:
+        """Create the session's scratch root and this service's ``${tmp}`` in it, safely.
+
+        The root's name is predictable (``/dev/shm/ul-<id>`` twins ``/tmp/ul-<id>``) and its
+        parent is world-writable, so a root that another user planted (or a link) is refused:
+        only a folder of ours that nobody else can write is used. Inside it nothing can be
+        planted, but on a restart ``${tmp}`` holds what the service user wrote, so the walk that
+        hands our entries to that user never follows a link, a hard link or a foreign folder.
+        """
         root = self.svc.tmp.parent
-        root.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(root, 0o711)
-        self.svc.tmp.mkdir(mode=0o700, exist_ok=True)
-        if ids is not None:
-            for dirpath, _dirnames, filenames in os.walk(self.svc.tmp):
-                os.chown(dirpath, *ids)
-                for f in filenames:
-                    os.chown(os.path.join(dirpath, f), *ids)
+        try:
+            os.mkdir(root, 0o711)
+        except FileExistsError:
+            pass
+        _verify_own_dir(root)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _verify_own_fd(fd, root)
+            os.fchmod(fd, 0o711)
+            try:
+                os.mkdir(self.svc.tmp.name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass  # a restart: the folder we made (nobody else can write the root)
+            if ids is not None:
+                _chown_ours(fd, self.svc.tmp.name, ids)
+        finally:
+            os.close(fd)
 
     async def start(self, deadline: float) -> None:
         svc = self.svc
@@ -129,6 +202,8 @@ class SubprocessRunner(Runner):
         self._log_fd = self._open_log()
         try:
             self._prepare_tmp(ids)
+        except ForeignFolder as exc:
+            raise self._fail(f"{exc}; remove it (another user may have planted it) or set TMPDIR elsewhere") from None
         except OSError as exc:
             raise self._fail(f"cannot prepare its temp dir {svc.tmp} ({exc.strerror})") from None
         if not svc.cwd.is_dir():  # else spawning fails with "not found", which names the command
@@ -155,7 +230,10 @@ class SubprocessRunner(Runner):
             pass_fds.append(write_fd)
             asyncio.get_running_loop().add_reader(self._ready_fd, self._on_ready_pipe)
         if svc.health.kind == "notify":
-            self._notify = NotifySocket(svc.tmp / "notify.sock")
+            try:
+                self._notify = NotifySocket(svc.tmp.parent / f".notify-{svc.name}" / "notify.sock", ids=ids)
+            except OSError as exc:
+                raise self._fail(f"cannot create its NOTIFY_SOCKET under {svc.tmp.parent} ({exc})") from None
             env["NOTIFY_SOCKET"] = str(self._notify.path)
         self.spawned_at = _timing.monotonic()
         forkserver = self.ctx.forkserver
@@ -178,6 +256,7 @@ class SubprocessRunner(Runner):
         finally:
             if write_fd is not None:
                 os.close(write_fd)
+        self._token = start_time(self.proc.pid)
         self.ctx.on_spawn(svc.name, self.proc.pid)
         self._exited = asyncio.ensure_future(self.proc.wait())
 
@@ -190,6 +269,8 @@ class SubprocessRunner(Runner):
             code = await run_to_end(
                 step, env=env, cwd=self.svc.cwd, log_file=self._log_fd, ids=ids,
                 timeout=max(0.0, deadline - _timing.monotonic()),
+                on_spawn=lambda pid: self.ctx.on_spawn(self.svc.name, pid),
+                on_exit=lambda pid: self.ctx.on_exit(self.svc.name, pid),
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise self._fail(cannot_run("setup command", step[0], exc, self.svc.cwd)) from None
@@ -311,7 +392,8 @@ class SubprocessRunner(Runner):
                 self.proc = None
         try:
             if self.proc is not None:
-                await stop_process(self.proc, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout)
+                await stop_process(self.proc, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout,
+                                   token=self._token)
                 self.ctx.on_exit(self.svc.name, self.proc.pid)
                 escaped = marked_pids(self.ctx.launcher_id, self.svc.name)
                 if escaped:

@@ -1,0 +1,235 @@
+"""Trust (SPEC section 7) for processes and scratch folders, attacked as uid 101 ``postgres``.
+
+Each test plants what a second local user could, runs the real launcher as root, and checks
+that nothing of the victim's was touched: owners, modes, contents, processes alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import PY, TCP
+from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
+
+ATTACKER = "postgres"
+SHM = Path("/dev/shm")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acts as a second user: needs root")
+
+
+def as_attacker(*argv: str) -> None:
+    """Run a system binary as the second user (it cannot enter /root, so no venv python)."""
+    subprocess.run(list(argv), user=ATTACKER, check=True)
+
+
+def write(tmp: Path, text: str) -> Path:
+    path = tmp / "launcher.toml"
+    path.write_text(textwrap.dedent(text).replace("{PY}", PY).replace("{TCP}", TCP))
+    return path
+
+
+def wait_for(check: Callable[[], bool], deadline: float = 30.0) -> bool:
+    """Poll ``check`` until it holds (a generous deadline, never asserted as a duration)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.fixture
+def scratch_name() -> Iterator[str]:
+    """A fresh session scratch name (``ul-...``), removed on disk and in memory afterwards."""
+    name = f"ul-sec{secrets.token_hex(4)}"
+    yield name
+    for root in (Path(tempfile.gettempdir()) / name, SHM / name):
+        if root.is_symlink():
+            root.unlink()
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def victim() -> Iterator[Path]:
+    """A root-owned folder with a file: what an attacker wants chowned to itself (a stand-in /etc)."""
+    folder = Path(tempfile.mkdtemp(prefix="victim-", dir="/var/tmp"))
+    os.chmod(folder, 0o755)
+    (folder / "shadow").write_text("secret\n")
+    os.chmod(folder / "shadow", 0o600)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def untouched(victim: Path) -> None:
+    for path in (victim, victim / "shadow"):
+        st = os.lstat(path)
+        assert (st.st_uid, st.st_gid) == (0, 0), f"{path} was chowned to {st.st_uid}:{st.st_gid}"
+    assert (victim / "shadow").read_text() == "secret\n"
+    assert os.lstat(victim / "shadow").st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------- item 2: ${tmp} in /dev/shm
+
+
+TMPFS_TASK = """
+    [services.db]
+    command = ["true"]
+    task = true
+    tmpfs = true
+    user = "postgres"
+    cwd = "/"
+"""
+
+
+@pytest.mark.parametrize("plant", ["link_as_service_dir", "link_inside_service_dir"])
+def test_planted_memory_root_is_refused_not_chowned(plant: str, tmp_path: Path, scratch_name: str,
+                                                    victim: Path) -> None:
+    """A /dev/shm/ul-<id> pre-created by another user (with a link in it) is refused; its link's target is not chowned."""
+    root = SHM / scratch_name
+    as_attacker("mkdir", "-m", "777", str(root))
+    if plant == "link_as_service_dir":
+        as_attacker("ln", "-s", str(victim), str(root / "db"))
+    else:
+        as_attacker("mkdir", "-m", "777", str(root / "db"))
+        as_attacker("ln", "-s", str(victim / "shadow"), str(root / "db" / "shadow"))
+    config = load_config(write(tmp_path, TMPFS_TASK), environ={},
+                         tmp_root=Path(tempfile.gettempdir()) / scratch_name)
+    assert config.services["db"].tmp.parent == root
+
+    async def go() -> None:
+        async with UnifiedLauncher(config) as launcher:
+            with pytest.raises(ServiceStartupError, match=r"already exists, owned by uid 101") as info:
+                await launcher.start()
+            assert "\n" not in str(info.value).split("\n\n")[0].strip()
+
+    asyncio.run(go())
+    untouched(victim)
+
+
+def test_restart_does_not_follow_links_the_service_user_left(tmp_path: Path, scratch_name: str,
+                                                             victim: Path) -> None:
+    """On a restart, links the service user left in its own ${tmp} are not followed by the hand-over walk."""
+    config = load_config(write(tmp_path, f"""
+        [services.db]
+        command = ["/bin/sh", "-c", "ln -sf {victim}/shadow ${{tmp}}/pwned; ln -sfn {victim} ${{tmp}}/etc"]
+        task = true
+        tmpfs = true
+        user = "postgres"
+        cwd = "/"
+    """), environ={}, tmp_root=Path(tempfile.gettempdir()) / scratch_name)
+
+    async def go() -> None:
+        async with UnifiedLauncher(config) as launcher:
+            await launcher.start()
+            assert (config.services["db"].tmp / "pwned").is_symlink()
+            await launcher.stop(["db"], close=False)  # a named stop keeps the session's scratch
+            await launcher.start()
+
+    asyncio.run(go())
+    untouched(victim)
+
+
+# --------------------------------------------------------------------------- item 4: pid reuse
+
+
+def take_pid(pid: int, attempts: int = 200) -> subprocess.Popen[bytes] | None:
+    """Start an unrelated group leader (``sleep``) with exactly ``pid`` (as root, via ns_last_pid)."""
+    for _ in range(attempts):
+        try:
+            Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        except OSError:
+            pytest.skip("cannot set /proc/sys/kernel/ns_last_pid here")
+        proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+def test_a_reused_pid_is_not_signalled_at_teardown(tmp_path: Path) -> None:
+    """A service that died mid-session is not 'stopped' by signalling whatever process got its pid later."""
+    config = load_config(write(tmp_path, """
+        [services.svc]
+        command = ["{PY}", "{TCP}", "${port}"]
+    """), environ={})
+
+    async def go() -> subprocess.Popen[bytes] | None:
+        async with UnifiedLauncher(config) as launcher:
+            handle = (await launcher.start())["svc"]
+            pid = handle.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            assert await asyncio.to_thread(wait_for, lambda: not psutil.pid_exists(pid))
+            unrelated = await asyncio.to_thread(take_pid, pid)
+            if unrelated is None:
+                pytest.skip("could not get the dead service's pid reused")
+            try:
+                await launcher.stop(close=False)
+            except Exception:
+                pass  # reporting the crash is fine; killing the bystander is not
+            return unrelated
+
+    unrelated = asyncio.run(go())
+    assert unrelated is not None
+    try:
+        time.sleep(0.2)
+        assert unrelated.poll() is None, f"an unrelated process with the reused pid was killed ({unrelated.returncode})"
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+# --------------------------------------------------------------------------- item 17: notify.sock
+
+
+NOTIFY_CLIENT = (
+    "import os, socket, time\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: str) -> None:
+    """A service user that squats its NOTIFY_SOCKET's name between two starts cannot break or redirect the next start."""
+    client = Path("/var/tmp") / f"{scratch_name}-notify.py"  # readable by the service user
+    client.write_text(NOTIFY_CLIENT)
+    os.chmod(client, 0o644)
+    config = load_config(write(tmp_path, f"""
+        [services.db]
+        command = ["/usr/bin/python3", "{client}"]
+        health = {{ notify = true }}
+        user = "postgres"
+        startup_timeout = 20
+        cwd = "/"
+    """), environ={}, tmp_root=Path(tempfile.gettempdir()) / scratch_name)
+    tmp = config.services["db"].tmp
+
+    async def go() -> None:
+        async with UnifiedLauncher(config) as launcher:
+            await launcher.start()
+            await launcher.stop(["db"], close=False)
+            # The service user owns ${tmp}: it squats the socket's name there with a folder.
+            as_attacker("mkdir", "-p", str(tmp / "notify.sock"))
+            handle = (await launcher.start())["db"]
+            assert handle.pid is not None and psutil.pid_exists(handle.pid)
+
+    try:
+        asyncio.run(go())
+    finally:
+        client.unlink()
