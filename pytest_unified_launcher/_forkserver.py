@@ -142,7 +142,18 @@ def serve_forever(control: socket.socket, preload: list[str]) -> None:
                     _child(request, mine, control)
                 for fd in mine:
                     os.close(fd)
-                control.sendall(json.dumps({"op": "spawned", "id": request["id"], "pid": pid}).encode() + b"\n")
+                # Its start time, read while it cannot have been reaped (we reap it): with the pid,
+                # it names this child, so the launcher never signals a reused pid.
+                reply = {"op": "spawned", "id": request["id"], "pid": pid, "token": _start_time(pid)}
+                control.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _report_exits(control: socket.socket) -> None:
@@ -163,8 +174,10 @@ def _report_exits(control: socket.socket) -> None:
 class RemoteProcess:
     """A forked app service, shaped like ``asyncio.subprocess.Process`` (pid, returncode, wait)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, token: str | None = None) -> None:
         self.pid = pid
+        #: Its start time at fork (see ``_process.start_time``): no signal once that changed.
+        self.token = token
         self.returncode: int | None = None
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
@@ -188,7 +201,7 @@ class ForkServer:
         self._sock: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[None] | None = None
-        self._spawns: dict[int, asyncio.Future[int]] = {}
+        self._spawns: dict[int, asyncio.Future[tuple[int, str | None]]] = {}
         self._procs: dict[int, RemoteProcess] = {}
         self._early_exits: dict[int, int] = {}
         self._next_id = 0
@@ -260,7 +273,7 @@ class ForkServer:
         elif op == "spawned":
             fut = self._spawns.pop(message["id"], None)
             if fut is not None and not fut.done():
-                fut.set_result(message["pid"])
+                fut.set_result((message["pid"], message.get("token")))
         elif op == "exit":
             proc = self._procs.pop(message["pid"], None)
             if proc is not None:
@@ -276,7 +289,7 @@ class ForkServer:
         async with self._lock:
             self._next_id += 1
             request_id = self._next_id
-            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[tuple[int, str | None]] = asyncio.get_running_loop().create_future()
             self._spawns[request_id] = fut
             payload = json.dumps({"id": request_id, "args": args, "env": env, "cwd": str(cwd)}).encode() + b"\n"
             self._sock.setblocking(True)
@@ -284,8 +297,8 @@ class ForkServer:
                 socket.send_fds(self._sock, [payload], [log_fd, ready_fd])
             finally:
                 self._sock.setblocking(False)
-            pid = await fut
-        proc = RemoteProcess(pid)
+            pid, token = await fut
+        proc = RemoteProcess(pid, token)
         if pid in self._early_exits:
             proc._set_exit(self._early_exits.pop(pid))
         else:

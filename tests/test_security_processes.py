@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import PY, TCP
+from conftest import APPS, PY, TCP
 from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
 
 ATTACKER = "postgres"
@@ -161,12 +161,26 @@ def take_pid(pid: int, attempts: int = 200) -> subprocess.Popen[bytes] | None:
     return None
 
 
-def test_a_reused_pid_is_not_signalled_at_teardown(tmp_path: Path) -> None:
-    """A service that died mid-session is not 'stopped' by signalling whatever process got its pid later."""
-    config = load_config(write(tmp_path, """
+REUSE_CONFIGS = {
+    "command": """
         [services.svc]
         command = ["{PY}", "{TCP}", "${port}"]
-    """), environ={})
+    """,
+    "forked_app": """
+        [launcher]
+        mode = "multi_process"
+        spawner = "preimport"
+        [services.svc]
+        app = "web:app"
+    """,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REUSE_CONFIGS))
+def test_a_reused_pid_is_not_signalled_at_teardown(kind: str, tmp_path: Path) -> None:
+    """A service that died mid-session is not 'stopped' by signalling whatever process got its pid later."""
+    (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
+    config = load_config(write(tmp_path, REUSE_CONFIGS[kind]), environ={})
 
     async def go() -> subprocess.Popen[bytes] | None:
         async with UnifiedLauncher(config) as launcher:

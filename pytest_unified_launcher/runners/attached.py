@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .._process import kill_pids, process_token
+from .._process import kill_pids, owns_group, process_token
 from . import Runner
 
 
@@ -49,20 +49,24 @@ class AttachedRunner(Runner):
         pid = self._pid
         if pid is None or self.svc.task or not self.alive():
             return
-        try:
-            os.killpg(pid, self.svc.stop_signal)
-        except OSError:
-            kill_pids([pid], self.svc.stop_signal)
+        self._signal(pid, self.svc.stop_signal)
         loop = asyncio.get_running_loop()
         end = loop.time() + self.svc.stop_timeout
         delay = 0.002
         while self.alive() and loop.time() < end:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+        self._signal(pid, signal.SIGKILL)
+        self.ctx.on_exit(self.svc.name, pid)
+
+    def _signal(self, pid: int, sig: int) -> None:
+        """``sig`` to the group and its leader, only while the pid still names the adopted process
+        (or no process at all: what is left in its group is then its own)."""
+        if not owns_group(pid, self._token):
+            return
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, sig)
         except OSError:
             pass
         if self.alive():
-            kill_pids([pid])
-        self.ctx.on_exit(self.svc.name, pid)
+            kill_pids([pid], sig)

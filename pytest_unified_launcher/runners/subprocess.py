@@ -256,7 +256,7 @@ class SubprocessRunner(Runner):
         finally:
             if write_fd is not None:
                 os.close(write_fd)
-        self._token = start_time(self.proc.pid)
+        self._token = getattr(self.proc, "token", None) or start_time(self.proc.pid)
         self.ctx.on_spawn(svc.name, self.proc.pid)
         self._exited = asyncio.ensure_future(self.proc.wait())
 
