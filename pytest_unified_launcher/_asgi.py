@@ -9,20 +9,36 @@ requests finish, run the lifespan shutdown. uvicorn's own ``Server.shutdown`` wa
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class AppImportError(Exception):
-    """The ``"module:attribute"`` string does not lead to an ASGI app."""
+    """The ``"module:attribute"`` string does not lead to an app the launcher can serve."""
 
 
-def load_app(target: str, app_dir: Path | None = None) -> Any:
-    """Import ``"module:attribute"``: an ASGI app, a FastAPI APIRouter, or a zero-arg factory."""
+#: What an app speaks. ``interface = "asgi"`` lets detection pick ASGI 2 or 3.
+Interface = Literal["asgi3", "asgi2", "wsgi"]
+
+
+def load_app(target: str, app_dir: Path | None = None, interface: str | None = None) -> Any:
+    """Import ``"module:attribute"`` and return it as an ASGI 3 app ready for uvicorn.
+
+    The attribute may be an ASGI app (3 or 2), a WSGI app (served through a2wsgi), a FastAPI
+    APIRouter, or a zero-argument factory returning one; ``interface`` ("asgi"/"wsgi") overrides
+    the detection.
+    """
+    app, kind = resolve_app(import_target(target, app_dir), target, interface)
+    return wrap(app, kind)
+
+
+def import_target(target: str, app_dir: Path | None = None) -> Any:
+    """The object ``"module:attribute"`` names, imported from ``app_dir`` first."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise AppImportError(f'app {target!r} must be written "module:attribute", e.g. "myapp.main:app"')
@@ -42,7 +58,7 @@ def load_app(target: str, app_dir: Path | None = None) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise AppImportError(f"module '{module_name}' has no attribute '{attr}'" + _candidates(obj, part)) from None
-    return as_asgi(obj, target)
+    return obj
 
 
 def _candidates(owner: Any, missing: str) -> str:
@@ -57,27 +73,107 @@ def _candidates(owner: Any, missing: str) -> str:
     return f"; it defines: {', '.join(names[:8])}" if names else ""
 
 
-def as_asgi(obj: Any, target: str = "app") -> Any:
+def resolve_app(obj: Any, target: str = "app", interface: str | None = None) -> tuple[Any, Interface]:
+    """The app behind ``obj`` (a router wrapped, a factory called) and the interface it speaks."""
     try:
         from fastapi import APIRouter, FastAPI
     except ImportError:  # pragma: no cover - fastapi is a dependency
         APIRouter = FastAPI = ()  # type: ignore[assignment,misc]
     if isinstance(obj, FastAPI):
-        return obj
+        return obj, "asgi3"
     if isinstance(obj, APIRouter):
         app = FastAPI()
         app.include_router(obj)
-        return app
-    if inspect.isfunction(obj) or inspect.ismethod(obj):
-        params = [
-            p for p in inspect.signature(obj).parameters.values()
-            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        if not params:
-            return as_asgi(obj(), target)
-    if callable(obj):
-        return obj
-    raise AppImportError(f"{target!r} is a {type(obj).__name__}, not an ASGI app, APIRouter or factory")
+        return app, "asgi3"
+    if (inspect.isfunction(obj) or inspect.ismethod(obj)) and _positional(obj) == 0:
+        return resolve_app(obj(), target, interface)  # a factory
+    if not callable(obj):
+        raise AppImportError(f"{target!r} is a {type(obj).__name__}, not an ASGI app, a WSGI app, an APIRouter "
+                             "or a factory returning one")
+    detected, why = detect_interface(obj)
+    if interface == "wsgi":
+        if detected in ("asgi3", "asgi2") and _is_async(obj):
+            raise AppImportError(f"{target!r} has interface = \"wsgi\" but {why}, which makes it ASGI; "
+                                 "remove interface = \"wsgi\"")
+        return obj, "wsgi"
+    if interface == "asgi":
+        return obj, "asgi2" if detected == "asgi2" else "asgi3"
+    if detected is None:
+        raise AppImportError(f"{target!r} is neither an ASGI nor a WSGI app: {why}; an ASGI app is called as "
+                             "(scope, receive, send), a WSGI app as (environ, start_response); if it is one, "
+                             "say which with interface = \"asgi\" or \"wsgi\" on the service")
+    return obj, detected
+
+
+def detect_interface(obj: Any) -> tuple[Interface | None, str]:
+    """ASGI 3, ASGI 2 or WSGI, from how ``obj`` is called, and the evidence, for messages.
+
+    uvicorn's ``interface="auto"`` only asks whether the callable is a coroutine function and
+    otherwise assumes ASGI 2, so a Flask app gets ASGI calls and fails on every request. Here the
+    positional parameters decide: (scope, receive, send) is ASGI 3, (environ, start_response)
+    WSGI (Flask, Django's WSGIHandler, Bottle, Falcon, werkzeug middleware), (scope) ASGI 2; a
+    class is judged by its constructor (ASGI 2 and WSGI allow an app class instantiated per call).
+    """
+    what = "a class" if inspect.isclass(obj) else "a function" if inspect.isroutine(obj) else f"a {type(obj).__name__}"
+    count = _positional(obj)
+    if count is None:
+        # *args or an unreadable signature (a C extension): the remaining evidence is by name.
+        if _is_async(obj):
+            return "asgi3", f"it is {what} with an async __call__"
+        if callable(getattr(obj, "wsgi_app", None)):
+            return "wsgi", f"it is {what} with a wsgi_app method (Flask's shape)"
+        return None, f"it is {what} whose parameters cannot be read (*args, or compiled)"
+    takes = f"it is {what} called with {count} positional argument{'' if count == 1 else 's'}"
+    if count == 3:
+        return "asgi3", takes
+    if count == 2 and not _is_async(obj):
+        return "wsgi", takes
+    if count == 1 and not (_is_async(obj) and not inspect.isclass(obj)):
+        return "asgi2", takes
+    return None, takes + (" (async)" if _is_async(obj) else "")
+
+
+def _positional(obj: Any) -> int | None:
+    """How many positional arguments calling ``obj`` needs; None if it takes *args or is unreadable."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            count += 1
+    return count
+
+
+def _is_async(obj: Any) -> bool:
+    """Whether calling ``obj`` runs a coroutine (an async function, or an async ``__call__``)."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if inspect.isclass(obj):
+        return hasattr(obj, "__await__")
+    call = obj if inspect.isroutine(obj) else inspect.getattr_static(type(obj), "__call__", None)
+    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(getattr(call, "__wrapped__", None))
+
+
+def wrap(app: Any, kind: Interface) -> Any:
+    """``app`` as ASGI 3: WSGI through a2wsgi (threads), ASGI 2 through uvicorn's adapter."""
+    if kind == "wsgi":
+        from a2wsgi import WSGIMiddleware
+
+        return WSGIMiddleware(app)
+    if kind == "asgi2":
+        from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+        return ASGI2Middleware(app)
+    return app
+
+
+def is_django(obj: Any) -> bool:
+    """Whether ``obj`` is one of Django's own handlers (WSGIHandler, ASGIHandler)."""
+    return type(obj).__module__.startswith("django.")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -101,13 +197,16 @@ class LifespanFailed(Exception):
 
 
 class AppServer:
-    """One uvicorn server on a pre-bound socket, driven without ``Server.main_loop``."""
+    """One uvicorn server on a pre-bound socket, driven without ``Server.main_loop``.
+
+    ``app`` is ASGI 3, as :func:`load_app` returns it (a WSGI app comes wrapped in a2wsgi).
+    """
 
     def __init__(self, app: Any, host: str, port: int, *, log_level: str = "warning") -> None:
         import uvicorn
 
         self.config = uvicorn.Config(
-            app, host=host, port=port, lifespan="auto", log_config=None,
+            app, host=host, port=port, interface="asgi3", lifespan="auto", log_config=None,
             log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(self.config)
@@ -167,3 +266,6 @@ class AppServer:
         if getattr(server, "started", False) and not server.force_exit:
             await server.lifespan.shutdown()
         server.started = False
+        executor = getattr(self.config.app, "executor", None)  # a2wsgi's threads for a WSGI app
+        if executor is not None and hasattr(executor, "shutdown"):
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -162,6 +162,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     mode, reason, _ = resolve_mode(config, as_root=os.geteuid() == 0)
     count = len(config.services)
+    from ._serve import check_apps
+
+    apps, not_apps = check_apps([s for s in config.services.values() if s.kind == "app"], config.root, dict(os.environ))
+    if not_apps:  # an import-string mistake, or neither ASGI nor WSGI
+        name, problem = min(not_apps.items())
+        raise ConfigError(problem, source=str(config.source), service=name, key="app")
     print(f"{config.source}: OK ({count} service{'' if count == 1 else 's'}"
           + (f", profile {config.profile}" if config.profile else "") + f"; mode {mode}: {reason})")
     from .report import render_table
@@ -187,6 +193,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         elif svc.tmpfs:
             print(f"tmpfs: {svc.name}'s ${{tmp}} stays on disk (under {svc.tmp.parent.parent}): {MEMORY_TMP} is "
                   f"missing or has less than {MEMORY_MIN_FREE >> 30} GiB free")
+    for line in apps:
+        print(redact(line))
     return 0
 
 

@@ -36,7 +36,7 @@ def test_an_app_a_router_or_a_factory_loads(target: str) -> None:
         ("web:ap", "module 'web' has no attribute 'ap'; did you mean 'app'?"),
         ("web:create_ap", "module 'web' has no attribute 'create_ap'; did you mean 'create_app'?"),
         ("web:zzz", "module 'web' has no attribute 'zzz'; it defines: "),
-        ("web:LIFESPAN_EVENTS", "'web:LIFESPAN_EVENTS' is a list, not an ASGI app, APIRouter or factory"),
+        ("web:LIFESPAN_EVENTS", "'web:LIFESPAN_EVENTS' is a list, not an ASGI app, a WSGI app, an APIRouter or a factory returning one"),
     ],
 )
 def test_mistakes_say_what_and_how_to_fix(target: str, message: str) -> None:

@@ -1,5 +1,8 @@
 """In-process app services (single_process mode): uvicorn servers on the launcher's loop.
 
+A WSGI app (Flask, Django's ``get_wsgi_application()``) is served through a2wsgi, its requests
+on a2wsgi's worker threads.
+
 The app is imported in the test process, after its ``env`` is put in ``os.environ``, so
 breakpoints and coverage work in app code. Each server has its own pre-bound port.
 """
@@ -77,7 +80,7 @@ class InProcessRunner(Runner):
         os.environ.update(svc.env)
         self.spawned_at = _timing.monotonic()
         try:
-            app = load_app(svc.app, self.ctx.root)
+            app = load_app(svc.app, self.ctx.root, getattr(svc, "interface", None))
         except AppImportError as exc:
             raise self._fail(str(exc)) from None
         except Exception as exc:
