@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +245,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     if args.detach:
         return _detach(args, config)
-    from ._environment import run_up
-
     fd = args.daemon_fd
 
     def on_ready(env: Any, error: BaseException | None) -> None:
@@ -261,8 +260,51 @@ def cmd_up(args: argparse.Namespace) -> int:
             os.write(fd, (json.dumps(message) + "\n").encode())
             os.close(fd)
 
-    return asyncio.run(run_up(config, names, dev=args.dev, on_ready=on_ready,
-                              follow_logs=fd is None))
+    return asyncio.run(_run_up(config, names, dev=args.dev, on_ready=on_ready, follow_logs=fd is None))
+
+
+async def _run_up(config: Any, names: list[str] | None, *, dev: bool,
+                  on_ready: Callable[[Any, BaseException | None], None], follow_logs: bool) -> int:
+    """`up`'s life: start, report, supervise until a signal or `down`, stop everything.
+
+    A signal during the start cancels it at once (it used to wait out the startup_timeout of a
+    service whose health check could not pass); what had started is then stopped as usual.
+    """
+    from ._environment import Environment
+
+    env = Environment(config, names, dev=dev, follow_logs=follow_logs)
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        env.stop_event.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        start = asyncio.ensure_future(env.start())
+        stopped = asyncio.ensure_future(env.stop_event.wait())
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+            await asyncio.wait({start})
+            name = signal.Signals(received[0]).name if received else "a stop request"
+            on_ready(env, InterruptedError(f"interrupted by {name} while services were starting; "
+                                           "stopping what had started"))
+            return 128 + received[0] if received else 1
+        try:
+            start.result()
+        except LauncherError as exc:
+            on_ready(env, exc)
+            return exc.exit_code
+        on_ready(env, None)
+        await env.run()
+        return 0
+    finally:
+        await env.shutdown()
+        env.launcher.close()
 
 
 def _detach(args: argparse.Namespace, config: Any) -> int:
@@ -311,25 +353,55 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     record = read_up_record(_state_dir(args))
     services = record["services"]
-    healthy = True
-    for entry in services.values():
-        pid = entry.get("pid")
-        if entry["state"] == "running" and pid and process_token(pid) != entry.get("token"):
-            entry["state"] = "dead"
-            healthy = False
+    overall = None
     if not record.get("owner_pid"):
         supervisor = "no supervisor (left running by pytest --launcher-keep; stop it with `unified-launcher down`)"
     elif _owner_alive(record):
         supervisor = f"supervisor pid {record['owner_pid']}: running"
     else:
+        live = _ask_supervisor(record)
+        if live is None:
+            supervisor += " (its control API does not answer: the states below are from up.json)"
+        else:  # the supervisor's own view: failed and stopped services too, not only the recorded ones
+            overall = live["status"]
+            services = {s["name"]: s | {"token": services.get(s["name"], {}).get("token")} for s in live["services"]}
         supervisor = f"supervisor pid {record['owner_pid']}: gone (services may be orphaned; run `unified-launcher down`)"
     print(f"environment of {record['config']} (profile {record.get('profile') or '-'}, mode {record['mode']}); "
-          f"{supervisor}")
+    healthy = overall not in ("degraded", "failed")
+    for entry in services.values():
+        pid = entry.get("pid")
+        if entry["state"] == "running" and pid and entry.get("token") and process_token(pid) != entry["token"]:
+            entry["state"] = "dead"
+            healthy = False
+    if overall is None:
+        overall = "running" if healthy else "degraded"
+    elif not healthy and overall == "running":
+        overall = "degraded"
+          f"{supervisor}; status {overall}")
     _print_table(services)
     return 0 if healthy else 1
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Every service's state as `up` itself sees it (GET /services), or None if it does not answer."""
+    import urllib.request
+
+    control = record.get("control") or {}
+    if not isinstance(control, dict) or not control.get("url") or not control.get("token"):
+        return None
+    request = urllib.request.Request(f"{control['url']}/services",
+                                     headers={"Authorization": f"Bearer {control['token']}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            data = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("services"), list):
+        return None
+    return data
+
+
     from ._up import read_up_record, remove_up_record
 
     state_dir = _state_dir(args)

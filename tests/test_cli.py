@@ -443,3 +443,60 @@ def test_attach_to_unhealthy_environment_is_clear(project: Path, running: dict[s
         assert "service 'api' of the running environment is unhealthy (timed out)" in result.stdout + result.stderr
     finally:
         os.kill(running["services"]["api"]["pid"], signal.SIGCONT)
+
+
+STUCK = f"""
+[launcher]
+state_dir = "state"
+[services.plain]
+command = ["{PY}", "{TCP}", "${{port}}"]
+[services.stuck]            # never becomes healthy: it sleeps before it listens
+command = ["{PY}", "{TCP}", "${{port}}", "--delay", "600"]
+health = {{ tcp = true }}
+startup_timeout = 60
+depends_on = ["plain"]
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_signal_while_a_service_starts_stops_up(tmp_path: Path, sig: signal.Signals, no_orphans: None) -> None:
+    """Ctrl-C or SIGTERM to `up` while a service's health check cannot pass cancels the start,
+    stops what started and exits (it waited out the whole startup_timeout first)."""
+    (tmp_path / "launcher.toml").write_text(STUCK)
+    out = tmp_path / "up.out"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up"], cwd=tmp_path, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
+    try:
+        _wait(lambda: "stuck: starting" in out.read_text())
+        stuck = [p for p in psutil.process_iter(["cmdline"]) if "600" in (p.info["cmdline"] or [])
+                 and TCP in (p.info["cmdline"] or [])]
+        assert len(stuck) == 1
+        proc.send_signal(sig)
+        code = proc.wait(timeout=50)  # well under the service's 60 s startup_timeout
+    finally:
+        if proc.poll() is None:  # old code: it stops by itself once the startup_timeout has passed
+            proc.wait(timeout=120)
+    text = out.read_text()
+    assert code == 130 if sig == signal.SIGINT else code == 143, text
+    assert "Traceback" not in text, text
+    assert not psutil_exists(stuck[0].pid)
+    assert not (tmp_path / "state" / "up.json").exists()
+
+
+def test_status_shows_failed_services_and_exits_1_when_degraded(project: Path, running: dict[str, Any]) -> None:
+    """A service that failed under `up` is listed as failed by `status`, which then exits 1 like
+    the control API's `degraded` (it listed only the healthy ones and exited 0)."""
+    base, token = running["control"]["url"], running["control"]["token"]
+    assert cli(project, "status").returncode == 0
+    # A restart that cannot come up: the app now fails at import.
+    web = project / "web.py"
+    web.write_text(web.read_text() + "\nraise SystemExit('broken on purpose')\n")
+    code, _ = http(f"{base}/services/api/restart", token, "POST", {"reason": "test"})
+    services = json.loads(http(f"{base}/services", token)[1])
+    assert services["status"] == "degraded", services
+    status = cli(project, "status")
+    assert status.returncode == 1, status.stdout + status.stderr
+    rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:] if line.split()}
+    assert rows.get("api") == "failed" and rows.get("plain") == "running", status.stdout
+    assert "degraded" in status.stdout
