@@ -12,8 +12,10 @@ import asyncio
 import functools
 import importlib
 import inspect
+import re
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,6 +176,62 @@ def wrap(app: Any, kind: Interface) -> Any:
 def is_django(obj: Any) -> bool:
     """Whether ``obj`` is one of Django's own handlers (WSGIHandler, ASGIHandler)."""
     return type(obj).__module__.startswith("django.")
+
+
+#: Why a Django app cannot run in a process where pytest-django guards the database.
+DJANGO_GUARD = "pytest-django blocks database access in the test process"
+_IMPORTS_DJANGO = re.compile(rb"^[ \t]*(?:from[ \t]+django[ \t.]|import[ \t]+django\b)", re.MULTILINE)
+
+
+def pytest_django_guard() -> bool:
+    """Whether pytest-django guards the database in this process: it is loaded and has Django
+    configured (it blocks ``ensure_connection`` for every thread outside ``django_db`` tests)."""
+    conf = sys.modules.get("django.conf")
+    if "pytest_django.plugin" not in sys.modules or conf is None:
+        return False
+    try:
+        return bool(conf.settings.configured)
+    except Exception:  # a broken settings module: pytest-django reports that itself
+        return False
+
+
+def is_django_app(target: str, app_dir: Path | None = None, env: dict[str, str] | None = None) -> bool:
+    """Whether ``"module:attribute"`` is a Django app, judged without importing it: the module is
+    Django's own, the service sets DJANGO_SETTINGS_MODULE, or the module's source imports django."""
+    module_name = target.partition(":")[0]
+    if module_name == "django" or module_name.startswith("django.") or "DJANGO_SETTINGS_MODULE" in (env or {}):
+        return True
+    from importlib.machinery import PathFinder
+
+    path = [str(app_dir)] if app_dir is not None else []
+    spec = None
+    parts = module_name.split(".")
+    for i in range(len(parts)):
+        try:
+            spec = PathFinder.find_spec(".".join(parts[: i + 1]), path + (sys.path if i == 0 else []))
+        except (ImportError, ValueError):
+            return False
+        if spec is None:
+            return False
+        path = list(spec.submodule_search_locations or [])
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return False
+    try:
+        with open(spec.origin, "rb") as fh:
+            return _IMPORTS_DJANGO.search(fh.read(1 << 20)) is not None
+    except OSError:
+        return False
+
+
+def django_guard_reason(services: Iterable[Any], app_dir: Path | None) -> str | None:
+    """Why app services must run as subprocesses here: the first Django app, when pytest-django
+    guards this process's database (in-process it would answer every request 500); else None."""
+    if not pytest_django_guard():
+        return None
+    for svc in sorted(services, key=lambda s: s.name):
+        if svc.kind == "app" and svc.app and is_django_app(svc.app, app_dir, svc.env):
+            return f"app '{svc.name}' is a Django app, and {DJANGO_GUARD}"
+    return None
 
 
 def bind(host: str, port: int) -> socket.socket:

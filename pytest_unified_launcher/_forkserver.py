@@ -37,6 +37,8 @@ PRELOAD = (
     "uvicorn.protocols.websockets.websockets_impl", "uvicorn.protocols.websockets.wsproto_impl",
     "uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.loops.uvloop", "uvicorn.middleware.proxy_headers",
     "uvicorn.middleware.message_logger", "asyncio", "logging.config", "argparse",
+    # what serving a WSGI or an ASGI 2 app adds (_asgi.wrap)
+    "a2wsgi", "uvicorn.middleware.asgi2",
 )
 MAX_FDS = 4
 log = logging.getLogger(__name__)

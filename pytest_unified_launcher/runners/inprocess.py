@@ -69,7 +69,10 @@ class InProcessRunner(Runner):
         return ServiceStartupError(self.svc.name, cause, log_tail=self.logs(20), **kwargs)
 
     async def start(self, deadline: float) -> None:
-        from .._asgi import AppImportError, AppServer, LifespanFailed, bind, load_app
+        from .._asgi import (
+            DJANGO_GUARD, AppImportError, AppServer, LifespanFailed, bind, import_target, is_django,
+            pytest_django_guard, resolve_app, wrap,
+        )
 
         svc = self.svc
         assert svc.app is not None and svc.port is not None
@@ -80,7 +83,7 @@ class InProcessRunner(Runner):
         os.environ.update(svc.env)
         self.spawned_at = _timing.monotonic()
         try:
-            app = load_app(svc.app, self.ctx.root, getattr(svc, "interface", None))
+            app, interface = resolve_app(import_target(svc.app, self.ctx.root), svc.app, getattr(svc, "interface", None))
         except AppImportError as exc:
             raise self._fail(str(exc)) from None
         except Exception as exc:
@@ -89,6 +92,10 @@ class InProcessRunner(Runner):
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 traceback.print_exc(file=fh)
             raise self._fail(f"importing {svc.app!r} raised {type(exc).__name__}: {exc}") from None
+        if is_django(app) and pytest_django_guard():  # what auto's look at the source could not see
+            raise self._fail(f"{svc.app!r} is a Django app, and {DJANGO_GUARD}, so it would answer every request "
+                             'with an error; run it as a subprocess: mode = "multi_process"')
+        app = wrap(app, interface)
         imported_in = _timing.monotonic() - self.spawned_at
         if _timing.monotonic() > deadline:
             # The import ran on the launcher's loop, as under uvicorn, so nothing could cut it short.

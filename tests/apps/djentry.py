@@ -1,0 +1,5 @@
+"""A project's own entry module that re-exports the Django handler (its source never names django)."""
+
+from djproj.asgi import application as app
+
+__all__ = ["app"]
