@@ -204,6 +204,7 @@ class UnifiedLauncher:
         self._active_starts = 0
         self._window_t0 = 0.0
         self._state_file: Any = None
+        self._sentinel: Any = None  # reaps at once if this process is killed (see _sentinel)
         self._ctx: Any = None
         self._reaped = False
         self._stopping = False
@@ -329,6 +330,7 @@ class UnifiedLauncher:
         """Leave every service running and hand them over (``--launcher-keep``, xdist workers)."""
         if self._state_file is not None:
             self._state_file.close()
+            self._sentinel.disarm()
         self._thread.run(self._forget())
         # The loop thread is left to die with the process: closing it now would make asyncio's
         # child watcher complain about the processes we deliberately leave running.
@@ -440,13 +442,16 @@ class UnifiedLauncher:
                 self.config.state_dir, self.id, owner_pid=self._owner_pid, tmp_root=self.config.tmp_root,
                 stops={name: (svc.stop_signal, svc.stop_timeout) for name, svc in self.config.services.items()},
             )
+            from ._sentinel import Sentinel
+
+            self._sentinel = Sentinel(self.config.state_dir, self.id, log_path=self.log_dir / "_sentinel.log")
             self._ctx = RunContext(
                 launcher_id=self.id,
                 root=self.config.root,
                 log_dir=self.log_dir,
                 base_env=self._base_env,
                 log_level=self.config.log_level if self.config.log_level != "info" else "warning",
-                on_spawn=self._state_file.add,
+                on_spawn=self._sentinel.arming(self._state_file.add),
                 on_exit=self._state_file.remove,
             )
             if (not self.in_process_apps and self.config.spawner == "preimport"
@@ -659,6 +664,7 @@ class UnifiedLauncher:
                 self._ctx.forkserver = self._new_forkserver()
         if self._state_file is not None:
             self._state_file.close()
+            self._sentinel.disarm()
         remove_scratch(self.config.tmp_root)
 
 

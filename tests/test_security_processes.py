@@ -7,6 +7,8 @@ that nothing of the victim's was touched: owners, modes, contents, processes ali
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -247,3 +249,153 @@ def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: s
         asyncio.run(go())
     finally:
         client.unlink()
+
+
+# --------------------------------------------------------------------------- reap at once (the sentinel)
+
+
+CLAIMS = Path("/tmp/unified-launcher-ports")
+
+
+def leftovers(pids: list[int], roots: list[Path], ports: list[int], state: Path, owner: int) -> list[str]:
+    """What a killed launcher left: live processes, scratch folders, bound ports, run files, port claims."""
+    from pytest_unified_launcher._ports import is_free
+
+    left = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append(f"pid {pid}")
+        except psutil.NoSuchProcess:
+            pass
+    left += [str(root) for root in roots if root.exists()]
+    left += [f"port {port}" for port in ports if not is_free("127.0.0.1", port)]
+    left += [str(p) for p in (state / "run").glob("*.json")]
+    left += [str(p) for p in CLAIMS.glob(f"{owner}-*.json")]
+    return left
+
+
+def scratch_roots(pid: int) -> list[Path]:
+    """The session's scratch roots (on disk and in /dev/shm), read from a service's ``--term-file ${tmp}/...``."""
+    argv = psutil.Process(pid).cmdline()
+    tmp = Path(argv[argv.index("--term-file") + 1]).parent
+    return [tmp.parent, Path(tempfile.gettempdir()) / tmp.parent.name]
+
+
+def gone_without_a_later_run(pids: list[int], roots: list[Path], ports: list[int], state: Path, owner: int) -> None:
+    assert roots[0].exists() and pids
+    wait_for(lambda: not leftovers(pids, roots, ports, state, owner), deadline=30)
+    left = leftovers(pids, roots, ports, state, owner)
+    if left:  # a failure must not leave them to the rest of the suite
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+    assert not left, f"left after SIGKILL, with no later run: {left}"
+
+
+SENTINEL_CONFIG = f"""
+[launcher]
+state_dir = "state"
+[services.svc]
+command = ["{PY}", "{TCP}", "${{port}}", "--term-file", "${{tmp}}/term"]
+tmpfs = true
+"""
+
+
+def test_sigkill_of_pytest_mid_session_leaves_nothing(pytester: pytest.Pytester) -> None:
+    """kill -9 of a pytest session: its services, ${tmp} in /dev/shm, run file and port claims go at once, with no later run."""
+    pytester.makefile(".toml", launcher=SENTINEL_CONFIG)
+    pytester.makepyfile("""
+        import json, os, time
+        import pytest
+
+        @pytest.mark.services("svc")
+        def test_hang(services):
+            handle = services["svc"]
+            with open("ready.tmp", "w") as fh:
+                json.dump({"pid": handle.pid, "port": handle.port}, fh)
+            os.rename("ready.tmp", "ready.json")
+            time.sleep(300)
+    """)
+    with open(pytester.path / "out.txt", "wb") as out:
+        proc = subprocess.Popen([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pytester.path,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (pytester.path / "ready.json").exists() or proc.poll() is not None, 120), "never ready"
+        assert proc.poll() is None, (pytester.path / "out.txt").read_text()
+        ready = json_load(pytester.path / "ready.json")
+        roots = scratch_roots(ready["pid"])
+    finally:
+        proc.kill()
+        proc.wait()
+    gone_without_a_later_run([ready["pid"]], roots, [ready["port"]], pytester.path / "state", proc.pid)
+
+
+def json_load(path: Path) -> dict[str, int]:
+    return dict(json.loads(path.read_text()))
+
+
+def test_sigkill_during_a_setup_step_leaves_nothing(pytester: pytest.Pytester) -> None:
+    """kill -9 of pytest while a setup step (an initdb) runs: the step and its /dev/shm folder go at once, with no later run."""
+    pytester.makefile(".toml", launcher=SENTINEL_CONFIG.replace("tmpfs = true", textwrap.dedent("""
+        tmpfs = true
+        startup_timeout = 600
+        setup = [["/bin/sh", "-c", "sleep 300; true", "${tmp}"]]
+    """)))
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("svc")
+        def test_it(services):
+            pass
+    """)
+
+    def setup_step() -> psutil.Process | None:
+        for child in psutil.Process(proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "sleep 300; true" in child.cmdline():
+                    return child
+        return None
+
+    with open(pytester.path / "out.txt", "wb") as out:
+        proc = subprocess.Popen([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pytester.path,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: setup_step() is not None or proc.poll() is not None, 120), "the setup never ran"
+        step = setup_step()
+        assert step is not None, (pytester.path / "out.txt").read_text()
+        assert wait_for(lambda: bool(step.children()))  # the shell has started its sleep
+        pids = [step.pid] + [c.pid for c in step.children()]
+        tmp = Path(step.cmdline()[-1])
+        roots = [tmp.parent, Path(tempfile.gettempdir()) / tmp.parent.name]
+    finally:
+        proc.kill()
+        proc.wait()
+    gone_without_a_later_run(pids, roots, [], pytester.path / "state", proc.pid)
+
+
+def test_sigkill_of_up_leaves_nothing(tmp_path: Path) -> None:
+    """kill -9 of `unified-launcher up`: its services, ${tmp} folders, run file and port claims go at once, with no later run."""
+    (tmp_path / "launcher.toml").write_text(SENTINEL_CONFIG)
+    record = tmp_path / "state" / "up.json"
+
+    def service() -> dict[str, int] | None:
+        try:
+            return dict(json.loads(record.read_text())["services"]["svc"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    with open(tmp_path / "out.txt", "wb") as out:
+        proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up"], cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: service() is not None or proc.poll() is not None, 120), "up never got ready"
+        svc = service()
+        assert svc is not None and proc.poll() is None, (tmp_path / "out.txt").read_text()
+        roots = scratch_roots(svc["pid"])
+    finally:
+        proc.kill()
+        proc.wait()
+    gone_without_a_later_run([svc["pid"]], roots, [svc["port"]], tmp_path / "state", proc.pid)

@@ -1,0 +1,180 @@
+"""The per-session sentinel: what a killed launcher leaves is reaped at once, not on the next run.
+
+A launcher killed outright (``kill -9`` of pytest, of ``unified-launcher up``, of an xdist
+controller) runs no teardown: its services, their ``${tmp}`` folders and its port claims stay
+until some later run reaps its run file. Like testcontainers' Ryuk, a tiny helper process in a
+session of its own watches it instead: it holds the read end of a pipe whose only write end the
+launcher holds, so the launcher's death (any death) is an end of file. It then runs the same
+reaping as the next run would (:func:`pytest_unified_launcher._state.reap`).
+
+It is started lazily, with the first subprocess a launcher records (one interpreter start, off
+the launcher's critical path: the launcher does not wait for it), and told to go by closing the
+pipe when the launcher releases its services normally: its run file is gone then, so it reaps
+nothing and exits. A run file whose owner is another living process (an xdist worker's names its
+controller) is reaped when that owner dies.
+
+Helper side: ``python -m pytest_unified_launcher._sentinel FD STATE_DIR LAUNCHER_ID PARENT_PID
+[LOG]`` (it imports nothing heavy until there is something to reap).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+#: What a launcher's children carry (see ``_process``); the sentinel is none of them.
+_MARKERS = ("UNIFIED_LAUNCHER_OWNER", "UNIFIED_LAUNCHER_SERVICE")
+
+
+class Sentinel:
+    """The launcher's handle: :meth:`arm` once something can outlive it, :meth:`disarm` at release."""
+
+    def __init__(self, state_dir: Path, launcher_id: str, *, log_path: Path | None = None) -> None:
+        self.state_dir = state_dir
+        self.launcher_id = launcher_id
+        self.log_path = log_path
+        self.pid: int | None = None
+        self._fd: int | None = None
+
+    def arming(self, record: Callable[[str, int], None]) -> Callable[[str, int], None]:
+        """``record`` (the run file's ``add``), then arm: a process is on record before it is watched."""
+
+        def on_spawn(name: str, pid: int) -> None:
+            record(name, pid)
+            self.arm()
+
+        return on_spawn
+
+    def arm(self) -> None:
+        """Start the sentinel, unless it runs. Best effort: without it, the next run still reaps."""
+        if self._fd is not None:
+            return
+        _collect()
+        import subprocess
+
+        read_fd, write_fd = os.pipe()  # both close-on-exec: no service inherits the write end
+        env = {k: v for k, v in os.environ.items() if k not in _MARKERS}
+        argv = [sys.executable, "-m", "pytest_unified_launcher._sentinel", str(read_fd), str(self.state_dir),
+                self.launcher_id, str(os.getpid())] + ([str(self.log_path)] if self.log_path else [])
+        try:
+            proc = subprocess.Popen(
+                argv, pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, env=env, cwd="/",
+            )
+        except OSError:
+            os.close(write_fd)
+            return
+        finally:
+            os.close(read_fd)
+        _started.append(proc)
+        self.pid = proc.pid
+        self._fd = write_fd
+
+    def disarm(self) -> None:
+        """Let it go (the run file is closed already, so it reaps nothing); a later spawn re-arms."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.pid = None
+
+
+#: Sentinels this process started, collected once they exit (no zombies, no ResourceWarning).
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def _collect() -> None:
+    _started[:] = [proc for proc in _started if proc.poll() is None]
+
+
+# --------------------------------------------------------------------------- helper side
+
+
+def _read_owner(path: Path) -> tuple[int, str] | None:
+    """The run file's owner (pid, start token), or None when there is no (sane) run file."""
+    import json
+
+    try:
+        owner = json.loads(path.read_text())["owner"]
+        return int(owner["pid"]), str(owner["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _wait_gone(pid: int, token: str) -> None:
+    """Block until ``pid`` no longer names the process started at ``token``."""
+    from ._process import process_token
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = -1
+    try:
+        while process_token(pid) == token:
+            if fd >= 0:
+                import select
+
+                select.select([fd], [], [], 5.0)
+            else:
+                import time
+
+                time.sleep(0.1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def watch(fd: int, state_dir: Path, launcher_id: str, parent: int, log_path: Path | None) -> None:
+    """Wait for the launcher to go, then reap what it left (nothing when it released normally)."""
+    while True:
+        try:
+            if not os.read(fd, 64):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    os.close(fd)
+    owner = _read_owner(state_dir / "run" / f"{launcher_id}.json")
+    if owner is None:
+        return  # released normally (or handed over: --launcher-keep): nothing of ours to reap
+    import logging
+
+    if log_path is not None:
+        try:
+            logging.basicConfig(filename=str(log_path), level=logging.INFO,
+                                format="%(asctime)s sentinel: %(message)s")
+        except OSError:
+            pass
+    _wait_gone(*owner)
+    from . import _ports
+    from ._state import reap
+
+    try:
+        reap(state_dir)
+    except Exception:
+        logging.getLogger(__name__).exception("reaping %s failed", state_dir)
+    try:
+        with _ports.reserver():  # reading the claims under the lock removes the dead launcher's
+            pass
+    except OSError:
+        pass
+
+
+def main(argv: list[str]) -> None:
+    try:
+        with open("/proc/self/comm", "w") as fh:
+            fh.write("ul-sentinel")
+    except OSError:
+        pass
+    fd, state_dir, launcher_id, parent = int(argv[0]), Path(argv[1]), argv[2], int(argv[3])
+    watch(fd, state_dir, launcher_id, parent, Path(argv[4]) if len(argv) > 4 else None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
