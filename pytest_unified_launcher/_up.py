@@ -1,16 +1,20 @@
 """``<state_dir>/up.json``: the environment `unified-launcher up` (or ``--launcher-keep``) left
 running, which ``status``, ``down`` and ``pytest --launcher-attach`` read. Mode 0600.
+
+It is read only from a state dir of ours that no other user can write, only as a regular file of
+ours, and only in the shape we write (else one clear line, and it is removed); ``down`` signals
+only processes :func:`~pytest_unified_launcher._state.provably_ours` (SPEC 7).
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
 from ._process import process_token
-from ._state import write_private
+from ._state import check_state_dir, marker_of, provably_ours, read_private, uid_of, write_private
 from .errors import AttachError
 
 
@@ -19,7 +23,7 @@ def up_path(state_dir: Path) -> Path:
 
 
 def write_up_record(launcher: Any, *, owner_pid: int | None = None, control: dict[str, Any] | None = None) -> Path:
-    """Record every running service of ``launcher`` (pid, start token, address)."""
+    """Record every running service of ``launcher`` (pid, start token, uid, marker, address)."""
     services: dict[str, Any] = {}
     for name, handle in launcher.services.items():
         if handle.state not in ("running", "completed"):
@@ -30,6 +34,8 @@ def write_up_record(launcher: Any, *, owner_pid: int | None = None, control: dic
             "url": handle.url, "host": handle.host, "port": handle.port, "runner": handle.runner,
             "level": handle.level, "startup_seconds": handle.startup_seconds,
             "log_path": str(handle.log_path) if handle.log_path else None,
+            # Whose marker it carries (an xdist worker's launcher, for a kept environment).
+            "owner": (marker_of(pid) or launcher.id) if pid else None, "uid": uid_of(pid) if pid else None,
         }
     record = {
         "config": str(launcher.config.source),
@@ -48,20 +54,94 @@ def write_up_record(launcher: Any, *, owner_pid: int | None = None, control: dic
     return path
 
 
+def _of(value: Any, *kinds: type) -> bool:
+    """isinstance, where an int is never a bool and None stands for NoneType."""
+    types = tuple(type(None) if k is None else k for k in kinds)
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+_FIELDS: dict[str, tuple[Any, ...]] = {
+    "config": (str,), "mode": (str,), "profile": (str, None), "launcher_id": (str, None),
+    "owner_pid": (int, None), "owner_token": (str, None), "tmp_root": (str, None), "ports": (dict, None),
+    "control": (dict, None), "services": (dict,),
+}
+_SERVICE_FIELDS: dict[str, tuple[Any, ...]] = {
+    "state": (str,), "pid": (int, None), "token": (str, None), "url": (str, None), "host": (str, None),
+    "port": (int, None), "runner": (str, None), "level": (int, None), "startup_seconds": (int, float, None),
+    "log_path": (str, None), "owner": (str, None), "uid": (int, None),
+}
+
+
+def up_record_problem(data: Any) -> str | None:
+    """What makes ``data`` not an up record (None when it is one): every field the readers use."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    for key, kinds in _FIELDS.items():
+        if (key in data or None not in kinds) and not _of(data.get(key), *kinds):
+            return f"'{key}' is missing or of the wrong type"
+    for name, entry in data["services"].items():
+        if not isinstance(entry, dict):
+            return f"service '{name}' is not an object"
+        for key, kinds in _SERVICE_FIELDS.items():
+            if (key in entry or None not in kinds) and not _of(entry.get(key), *kinds):
+                return f"service '{name}': '{key}' is missing or of the wrong type"
+    if not all(_of(port, int) for port in (data.get("ports") or {}).values()):
+        return "'ports' is not a map of ports"
+    return None
+
+
 def read_up_record(state_dir: Path) -> dict[str, Any]:
+    """The record, from a trusted state dir and file of ours, in the shape we write; else one
+    clear line (:class:`AttachError`, or :class:`StateDirError` naming the fix), and a malformed
+    file of ours is removed."""
     path = up_path(state_dir)
+    if not os.path.lexists(state_dir):
+        raise AttachError(f"no environment is running: {path} does not exist; start one with "
+                          "`unified-launcher up --detach`")
+    check_state_dir(state_dir)
     try:
-        data = json.loads(path.read_text())
+        data = read_private(path)
+        problem = up_record_problem(data)
     except FileNotFoundError:
         raise AttachError(
             f"no environment is running: {path} does not exist; start one with "
             "`unified-launcher up --detach`"
         ) from None
-    except (OSError, ValueError) as exc:
-        raise AttachError(f"the state file {path} is unreadable ({exc}); run `unified-launcher down`") from None
-    if not isinstance(data, dict) or "services" not in data:
-        raise AttachError(f"the state file {path} is not a launcher record; remove it")
-    return data
+    except OSError as exc:
+        why = "it is a link" if exc.errno == errno.ELOOP else exc.strerror
+        raise AttachError(f"the state file {path} is unusable ({why}); remove it") from None
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is None:
+        return data  # type: ignore[no-any-return]
+    removed = _remove_if_mine(path)
+    raise AttachError(f"the state file {path} is not a launcher record ({problem}); "
+                      + ("removed it: nothing is running from it" if removed else "remove it"))
+
+
+def _remove_if_mine(path: Path) -> bool:
+    try:
+        if os.lstat(path).st_uid != os.geteuid():
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def owner_alive(record: dict[str, Any]) -> bool:
+    """Whether the record's supervisor (`up`) still runs: its start time, and one of our uid."""
+    pid = record.get("owner_pid")
+    return (isinstance(pid, int) and pid > 1 and process_token(pid) == record.get("owner_token")
+            and uid_of(pid) == os.geteuid())
+
+
+def service_is_ours(record: dict[str, Any], name: str) -> bool:
+    """Whether the record's service ``name`` is still the process its launcher started."""
+    entry = record["services"][name]
+    pid = entry.get("pid")
+    return bool(pid) and provably_ours(pid, entry.get("token"), owner=entry.get("owner") or record.get("launcher_id") or "",
+                                       service=name, uid=entry.get("uid"))
 
 
 def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:

@@ -315,9 +315,11 @@ def _detach(args: argparse.Namespace, config: Any) -> int:
         if getattr(args, opt, None):
             argv += [f"--{opt}", str(getattr(args, opt))]
     argv += ["up", *args.services, "--daemon-fd", str(write_fd)] + (["--dev"] if args.dev else [])
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    from ._state import ensure_state_dir
+
+    ensure_state_dir(config.state_dir, source=str(config.source))  # 0700, ours, tagged (or a clear error)
     log_path = config.state_dir / "up.log"
-    with open(log_path, "ab") as log:
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=[write_fd],
                                 start_new_session=True, cwd=os.getcwd())
     os.close(write_fd)
@@ -341,10 +343,9 @@ def _detach(args: argparse.Namespace, config: Any) -> int:
 
 
 def _owner_alive(record: dict[str, Any]) -> bool:
-    from ._process import process_token
+    from ._up import owner_alive
 
-    pid = record.get("owner_pid")
-    return isinstance(pid, int) and process_token(pid) == record.get("owner_token")
+    return owner_alive(record)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -358,15 +359,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         supervisor = "no supervisor (left running by pytest --launcher-keep; stop it with `unified-launcher down`)"
     elif _owner_alive(record):
         supervisor = f"supervisor pid {record['owner_pid']}: running"
-    else:
         live = _ask_supervisor(record)
         if live is None:
             supervisor += " (its control API does not answer: the states below are from up.json)"
         else:  # the supervisor's own view: failed and stopped services too, not only the recorded ones
             overall = live["status"]
             services = {s["name"]: s | {"token": services.get(s["name"], {}).get("token")} for s in live["services"]}
+    else:
         supervisor = f"supervisor pid {record['owner_pid']}: gone (services may be orphaned; run `unified-launcher down`)"
-    print(f"environment of {record['config']} (profile {record.get('profile') or '-'}, mode {record['mode']}); "
     healthy = overall not in ("degraded", "failed")
     for entry in services.values():
         pid = entry.get("pid")
@@ -377,12 +377,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         overall = "running" if healthy else "degraded"
     elif not healthy and overall == "running":
         overall = "degraded"
+    print(f"environment of {record['config']} (profile {record.get('profile') or '-'}, mode {record['mode']}); "
           f"{supervisor}; status {overall}")
     _print_table(services)
     return 0 if healthy else 1
 
 
-def cmd_down(args: argparse.Namespace) -> int:
 def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
     """Every service's state as `up` itself sees it (GET /services), or None if it does not answer."""
     import urllib.request
@@ -402,6 +402,7 @@ def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
     return data
 
 
+def cmd_down(args: argparse.Namespace) -> int:
     from ._up import read_up_record, remove_up_record
 
     state_dir = _state_dir(args)
@@ -422,12 +423,11 @@ def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
 
     full = _load(args, pinned_ports=record.get("ports", {}), tmp_root=record.get("tmp_root"))
     launcher = UnifiedLauncher(full, subprocess_apps_because=KEEP)  # what it adopts are processes
-    for name, entry in record["services"].items():
-        if name in launcher.services and entry.get("pid"):
-            from ._process import process_token
+    from ._up import service_is_ours
 
-            if process_token(entry["pid"]) == entry.get("token"):
-                launcher.adopt(name, pid=entry["pid"], token=entry["token"])
+    for name, entry in record["services"].items():
+        if name in launcher.services and entry.get("pid") and service_is_ours(record, name):
+            launcher.adopt(name, pid=entry["pid"], token=entry["token"])
     launcher.stop_blocking()
     remove_up_record(state_dir)
     print(f"stopped {len(record['services'])} services")

@@ -73,13 +73,14 @@ class Runner:
         follows the name (`up`, `tail -F`) sees the restart even when the new output is exactly
         as long as the old.
         """
+        from .._state import make_private_dir
         from ..errors import ServiceStartupError
 
         path = self.ctx.log_dir / f"{self.svc.name}.log"
-        try:
-            self.ctx.log_dir.mkdir(parents=True, exist_ok=True)
+        try:  # private: 0700 folders, a 0600 file, never opened through a link
+            make_private_dir(self.ctx.log_dir)
             path.unlink(missing_ok=True)
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ServiceStartupError(
                 self.svc.name,
