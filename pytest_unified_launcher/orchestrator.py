@@ -425,11 +425,12 @@ class UnifiedLauncher:
 
     def _context(self) -> Any:
         if self._ctx is None:
-            from ._state import StateFile, reap
+            from ._state import StateFile, ensure_state_dir, make_private_dir, reap
             from .runners import RunContext
 
-            try:  # logs and state files are private: 0700 (state files themselves are 0600)
-                self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:  # logs and state files are private: 0700 folders, 0600 files; a foreign state dir is refused
+                ensure_state_dir(self.config.state_dir, source=str(self.config.source))
+                make_private_dir(self.log_dir)
             except OSError:
                 pass  # reported by the runner that needs to write there, with the fix
             if not self._reaped:
