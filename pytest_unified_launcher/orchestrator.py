@@ -54,6 +54,16 @@ class _Service:
         self.error: ServiceStartupError | None = None
         self.attempts = 0
         self.startup_seconds: float | None = None
+        #: Its row in the current run (its first start there), which the summary shows.
+        self.timing: ServiceTiming | None = None
+
+    def mark_died(self) -> None:
+        """Note in the report that its process ended on its own (before any stop of ours)."""
+        runner = self.runner
+        if self.timing is not None and runner is not None and self.timing.died is None:
+            from .runners.subprocess import describe_exit
+
+            self.timing.died = describe_exit(runner.exit_code)
 
     @property
     def state(self) -> str:
@@ -305,7 +315,7 @@ class UnifiedLauncher:
             self._run = RunTiming()
             self._runs.append(self._run)
             self._run_t0 = _timing.monotonic()
-        self._run.services.setdefault(name, ServiceTiming(
+        svc.timing = self._run.services.setdefault(name, ServiceTiming(
             level=svc.level, runner=self._runner_kind(svc.config), depends_on=tuple(self._graph[name])))
         svc.machine.begin()
         svc.machine.complete() if completed else svc.machine.ready()
@@ -487,15 +497,20 @@ class UnifiedLauncher:
             self._run = RunTiming()
             self._runs.append(self._run)
             self._run_t0 = _timing.monotonic()
-        if self._active_starts == 0:
-            self._window_t0 = _timing.monotonic()
-        self._active_starts += 1
+        # The environment's startup is the time spent bringing services up for the first time: a
+        # test's restart() of a service that was up is not startup (it would count against the budget).
+        counted = any(not self._started_once(n) for n in wanted)
+        if counted:
+            if self._active_starts == 0:
+                self._window_t0 = _timing.monotonic()
+            self._active_starts += 1
         try:
             results = await asyncio.gather(*(self._ensure(n) for n in wanted), return_exceptions=True)
         finally:
-            self._active_starts -= 1
-            if self._active_starts == 0 and self._run is not None:
-                self._run.total_startup_seconds += _timing.monotonic() - self._window_t0
+            if counted:
+                self._active_starts -= 1
+                if self._active_starts == 0 and self._run is not None:
+                    self._run.total_startup_seconds += _timing.monotonic() - self._window_t0
         for result in results:
             if isinstance(result, asyncio.CancelledError):
                 raise result
@@ -503,6 +518,11 @@ class UnifiedLauncher:
         if errors:
             raise _root_cause(errors, self._services)
         return {name: self._handles[name] for name in wanted}
+
+    def _started_once(self, name: str) -> bool:
+        """Whether this run already brought ``name`` up (a start now is a restart)."""
+        timing = self._run.services.get(name) if self._run is not None else None
+        return timing is not None and timing.ready_at is not None
 
     async def _ensure(self, name: str) -> None:
         svc = self._services[name]
@@ -515,6 +535,7 @@ class UnifiedLauncher:
             from .runners.subprocess import describe_exit
 
             svc.error = ServiceDiedError(name, describe_exit(svc.runner.exit_code), log_tail=svc.runner.logs(20))
+            svc.mark_died()
             svc.machine.fail()
             raise svc.error
 
@@ -522,6 +543,16 @@ class UnifiedLauncher:
         name = svc.config.name
         deps = self._graph[name]
         timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config), depends_on=deps)
+
+        def record() -> None:
+            """The first start is the run's row; a later one is listed among its restarts."""
+            assert self._run is not None
+            if self._started_once(name):
+                self._run.services[name].restarts.append(timing)
+            else:
+                self._run.services[name] = timing
+            svc.timing = self._run.services[name]
+
         if deps:
             results = await asyncio.gather(*(self._ensure(d) for d in deps), return_exceptions=True)
             for dep, result in zip(deps, results, strict=True):
@@ -534,10 +565,10 @@ class UnifiedLauncher:
                         svc.error.log_tail = result.log_tail
                     if self._run is not None:  # the summary lists it, as not started
                         timing.failed, timing.blocked_by = True, _first_failure(dep, self._services)
-                        self._run.services[name] = timing
+                        record()
                     raise svc.error
         assert self._run is not None
-        self._run.services[name] = timing
+        record()
         began = _timing.monotonic()
         timing.started_at = began - self._run_t0
         ctx = self._context()
@@ -577,7 +608,9 @@ class UnifiedLauncher:
                 timing.failed = True
                 svc.error = exc
                 raise
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) and svc.timing is not None:
+                    svc.timing.interrupted = True
                 await asyncio.shield(self._quiet_stop(runner))
                 svc.machine.fail()
                 raise
@@ -633,6 +666,7 @@ class UnifiedLauncher:
             self._run = None
             for svc in self._services.values():
                 svc.error = None
+                svc.timing = None
             await self._release()
 
     async def _stop_service(self, svc: _Service) -> None:
@@ -647,10 +681,13 @@ class UnifiedLauncher:
         runner = svc.runner
         if svc.state == "stopped" or runner is None:
             return
+        died = svc.state == "running" and _ended(runner)
         t0 = _timing.monotonic()
         svc.machine.halt()
         try:
             await runner.stop()
+            if died:  # after the stop, which collected its exit code
+                svc.mark_died()
         finally:
             svc.machine.finish()
             svc.start_task = None
@@ -667,6 +704,13 @@ class UnifiedLauncher:
             self._state_file.close()
             self._sentinel.disarm()
         remove_scratch(self.config.tmp_root)
+
+
+def _ended(runner: Any) -> bool:
+    """Whether the runner's process ended on its own: gone, or a zombie not yet collected."""
+    from ._process import process_token
+
+    return not runner.alive() or (runner.pid is not None and process_token(runner.pid) == "?")
 
 
 def _first_failure(dep: str, services: Mapping[str, _Service]) -> str:

@@ -673,7 +673,7 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
         return state.launcher.report() if state.launcher is not None else None
     if not state.worker_reports:
         return None
-    from .report import RunTiming, ServiceTiming, build_report
+    from .report import RunTiming, build_report, timing_from_json
 
     merged = RunTiming()
     for rep in state.worker_reports:
@@ -683,13 +683,10 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
                 # A worker that started it wins over one that saw it fail or never start it.
                 known = merged.services.get(name)
                 if known is None or (known.startup_seconds is None and s["startup_seconds"] is not None):
-                    merged.services[name] = ServiceTiming(
-                        level=s["level"], runner=s["runner"], started_at=s["started_at"],
-                        spawned_at=s.get("spawned_at"), ready_at=s["ready_at"],
-                        startup_seconds=s["startup_seconds"], teardown_seconds=s["teardown_seconds"],
-                        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())),
-                        failed=s.get("failed", False), blocked_by=s.get("blocked_by"),
-                    )
+                    merged.services[name] = timing_from_json(s)
+                elif s.get("died") or s.get("interrupted"):  # any worker that saw it die or cut short says so
+                    known.died = known.died or s.get("died")
+                    known.interrupted = known.interrupted or s.get("interrupted", False)
     teardown = state.teardown_report
     if teardown and teardown["runs"]:
         run = teardown["runs"][-1]
@@ -697,6 +694,7 @@ def _combined_report(state: _Session) -> dict[str, Any] | None:
         for name, s in run["services"].items():
             if name in merged.services:
                 merged.services[name].teardown_seconds = s["teardown_seconds"]
+                merged.services[name].died = merged.services[name].died or s.get("died")
     first = state.worker_reports[0]
     if state.shared is None:
         # per_worker: every worker had its own environment; each one's startup counts once.

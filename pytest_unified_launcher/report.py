@@ -28,6 +28,21 @@ class ServiceTiming:
     failed: bool = False
     #: The dependency whose failure kept this service from starting at all.
     blocked_by: str | None = None
+    #: How it ended, when it ended on its own before its stop ("exited with code 3").
+    died: str | None = None
+    #: Its start was cut short (Ctrl-C, or the session ended while it was starting).
+    interrupted: bool = False
+    #: Later starts of this service (a test's restart()), apart from the first, which is the one
+    #: the waterfall draws and the total counts.
+    restarts: list[ServiceTiming] = field(default_factory=list)
+
+    def result(self) -> str:
+        """The summary's word for it: ok, FAILED, interrupted, DIED (...), and its restarts."""
+        if self.blocked_by:
+            return f"not started: {self.blocked_by} failed"
+        word = ("FAILED" if self.failed else f"DIED ({self.died})" if self.died
+                else "interrupted" if self.interrupted else "ok")
+        return word + (f", restarted {len(self.restarts)}x" if self.restarts else "")
 
 
 @dataclass
@@ -80,10 +95,28 @@ def run_to_json(run: RunTiming) -> dict[str, Any]:
                 "depends_on": list(t.depends_on),
                 "failed": t.failed,
                 "blocked_by": t.blocked_by,
+                "died": t.died,
+                "interrupted": t.interrupted,
+                "restarts": [{"started_at": _r(r.started_at), "ready_at": _r(r.ready_at),
+                              "startup_seconds": _r(r.startup_seconds)} for r in t.restarts],
+                "result": t.result(),
             }
             for name, t in sorted(run.services.items())
         },
     }
+
+
+def timing_from_json(s: Mapping[str, Any]) -> ServiceTiming:
+    """The inverse of :func:`run_to_json` for one service (xdist workers send their runs as JSON)."""
+    return ServiceTiming(
+        level=s["level"], runner=s["runner"], started_at=s["started_at"], spawned_at=s.get("spawned_at"),
+        ready_at=s["ready_at"], startup_seconds=s["startup_seconds"], teardown_seconds=s["teardown_seconds"],
+        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())), failed=s.get("failed", False),
+        blocked_by=s.get("blocked_by"), died=s.get("died"), interrupted=s.get("interrupted", False),
+        restarts=[ServiceTiming(level=s["level"], runner=s["runner"], started_at=r["started_at"],
+                                ready_at=r["ready_at"], startup_seconds=r["startup_seconds"])
+                  for r in s.get("restarts", ())],
+    )
 
 
 def build_report(
@@ -159,7 +192,7 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
     run = runs[-1]
     rows = []
     for name, s in sorted(run["services"].items(), key=lambda kv: (kv[1]["level"], kv[0])):
-        result = f"not started: {s['blocked_by']} failed" if s.get("blocked_by") else "FAILED" if s["failed"] else "ok"
+        result = s.get("result") or timing_from_json(s).result()
         rows.append([name, str(s["level"]), s["runner"], _fmt(s["startup_seconds"]),
                      _fmt(s["teardown_seconds"]), str(s["attempts"]), result])
     lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", "result"], rows)
@@ -167,8 +200,10 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
     budget = report["budget_seconds"]
     verdict = "within" if total <= budget else "EXCEEDS"
     failed = sorted(name for name, s in run["services"].items() if s["failed"] and not s.get("blocked_by"))
+    died = sorted(name for name, s in run["services"].items() if s.get("died"))
     lines.append(f"total startup {total:.3f} s {verdict} the budget of {budget:g} s"
                  + (f", but FAILED to start: {', '.join(failed)}" if failed else "")
+                 + (f"; DIED while running: {', '.join(died)}" if died else "")
                  + (f"; teardown {run['total_teardown_seconds']:.3f} s" if run["total_teardown_seconds"] is not None else ""))
     lines.append(f"mode: {report['mode']} ({report['mode_reason']})")
     return lines
@@ -269,7 +304,8 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
             f'height="{row_h - 10}" fill="{colour}" opacity="0.35"/>'
             f'<rect class="phase-health" x="{x(spawned):.1f}" y="{y + 5}" width="{max(x(ready) - x(spawned), 1):.1f}" '
             f'height="{row_h - 10}" fill="{colour}"/>{outline}'
-            f'<text x="{x(ready) + 4:.1f}" y="{y + 17}" fill="#333">{(s["startup_seconds"] or 0):.3f} s</text>'
+            f'<text x="{x(ready) + 4:.1f}" y="{y + 17}" fill="#333">{(s["startup_seconds"] or 0):.3f} s'
+            f'{_bar_note(s)}</text>'
             f'</g>'
         )
     if show_budget:
@@ -280,6 +316,16 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
         out.append(f'<text x="{width - right}" y="{top - 10}" text-anchor="end" fill="#080">budget {budget_seconds:g} s (off the scale)</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _bar_note(s: Mapping[str, Any]) -> str:
+    """What the waterfall says beside a bar besides its time: restarts, death, interruption."""
+    notes = [f"restarted {len(s['restarts'])}x"] if s.get("restarts") else []
+    if s.get("died"):
+        notes.append("died")
+    if s.get("interrupted"):
+        notes.append("interrupted")
+    return escape(" (" + ", ".join(notes) + ")") if notes else ""
 
 
 def _ticks(span: float) -> list[float]:

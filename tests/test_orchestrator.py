@@ -533,3 +533,43 @@ async def test_taken_auto_port_moves_when_nothing_refers_to_it(tmp_path: Path, n
     finally:
         for sock in squatters:
             sock.close()
+
+
+async def test_report_keeps_the_first_start_and_names_death_and_interruption(tmp_path: Path, no_orphans: None) -> None:
+    """The run keeps a restarted service's first start (restarts apart, not counted as startup),
+    marks one that died before its stop as died, and one whose start was cut short as interrupted."""
+    import os
+    import signal
+
+    from pytest_unified_launcher._process import process_token
+
+    path = write_config(tmp_path, """
+        [services.svc]
+        command = ["{PY}", "{TCP}", "${port}"]
+        [services.slow]
+        command = ["{PY}", "-c", "import time; time.sleep(60)"]
+        port = "auto"
+        health = { tcp = true }
+        startup_timeout = 60
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handle = (await launcher.start(["svc"]))["svc"]
+        first = launcher.report()["runs"][0]
+        await handle.arestart()
+        assert launcher.report()["runs"][0]["total_startup_seconds"] == first["total_startup_seconds"]
+        assert handle.pid is not None
+        os.kill(handle.pid, signal.SIGKILL)
+        while process_token(handle.pid) != "?":  # dead (a zombie until the launcher collects it)
+            await asyncio.sleep(0.01)
+        starting = asyncio.ensure_future(launcher.start(["slow"]))
+        while launcher.services["slow"].pid is None:
+            await asyncio.sleep(0.01)
+        await launcher.stop(close=False)
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        run = launcher.report()["runs"][0]
+    svc = run["services"]["svc"]
+    assert svc["started_at"] == first["services"]["svc"]["started_at"]
+    assert len(svc["restarts"]) == 1 and svc["restarts"][0]["started_at"] > svc["ready_at"]
+    assert svc["died"] == "was killed by SIGKILL"
+    assert run["services"]["slow"]["interrupted"] is True

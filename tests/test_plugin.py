@@ -793,3 +793,24 @@ def test_launcher_fixture_status_is_a_method(project: pytest.Pytester, no_orphan
     """)
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]])
+def test_summary_names_a_service_that_died_mid_session(project: pytest.Pytester, xdist: list[str],
+                                                       no_orphans: None) -> None:
+    """A service killed during the session is DIED in the summary (it showed 'ok'), also when the
+    xdist controller stops the shared environment."""
+    project.makepyfile("""
+        import os, signal, time
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_kill(services):
+            os.kill(services["plain"].pid, signal.SIGKILL)
+            time.sleep(0.2)
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *xdist)
+    result.assert_outcomes(passed=1)
+    # The controller did not start it (a worker did), so it cannot know how it ended, only that it did.
+    how = "exited" if xdist else "was killed by SIGKILL"
+    result.stdout.fnmatch_lines([f"plain *DIED ({how})", "*DIED while running: plain*"])

@@ -118,3 +118,46 @@ def test_svg_waterfall() -> None:
     outlined = {str(g.get("data-service")) for g in bars if g.find(f"{ns}rect[@class='critical']") is not None}
     assert outlined == {"db", "gw"}  # the critical path, each outline spanning the whole bar
     assert "budget 0.6 s" in svg
+
+
+def _one(**fields: object) -> RunTiming:
+    timing = ServiceTiming(level=0, runner="subprocess", started_at=0.0, spawned_at=0.0, ready_at=0.2,
+                           startup_seconds=0.2, teardown_seconds=0.01, attempts=1)
+    for key, value in fields.items():
+        setattr(timing, key, value)
+    return RunTiming(total_startup_seconds=0.2, total_teardown_seconds=0.01, services={"svc": timing})
+
+
+@pytest.mark.parametrize(("fields", "result"), [
+    ({}, "ok"),
+    ({"died": "exited with code 3"}, "DIED (exited with code 3)"),
+    ({"interrupted": True, "ready_at": None, "startup_seconds": None}, "interrupted"),
+    ({"failed": True}, "FAILED"),
+    ({"restarts": [ServiceTiming(level=0, runner="subprocess", started_at=5.0, ready_at=5.2, startup_seconds=0.2)]},
+     "ok, restarted 1x"),
+    ({"died": "was killed by SIGKILL",
+      "restarts": [ServiceTiming(level=0, runner="subprocess", started_at=5.0, ready_at=5.2, startup_seconds=0.2)]},
+     "DIED (was killed by SIGKILL), restarted 1x"),
+])
+def test_summary_result_column(fields: dict[str, object], result: str) -> None:
+    """The summary's result says died, interrupted, failed or ok, and how often it was restarted
+    (a service that died mid-session, or was cut short by Ctrl-C, showed 'ok')."""
+    report = build_report([_one(**fields)], profile=None, mode="multi_process", mode_reason="asked",
+                          budget_seconds=25)
+    row = next(line for line in session_summary(report) if line.startswith("svc "))
+    assert row.split("  ")[-1].strip() == result
+    assert report["runs"][0]["services"]["svc"]["died"] == fields.get("died")
+
+
+def test_waterfall_draws_the_first_start_and_lists_restarts() -> None:
+    """A restarted service is drawn at its first start (not at its restart, after its dependents),
+    with its restarts noted beside the bar."""
+    restart = ServiceTiming(level=0, runner="subprocess", started_at=5.0, ready_at=5.2, startup_seconds=0.2)
+    report = build_report([_one(restarts=[restart])], profile=None, mode="multi_process", mode_reason="asked",
+                          budget_seconds=25)
+    run = report["runs"][0]
+    assert run["services"]["svc"]["restarts"] == [{"started_at": 5.0, "ready_at": 5.2, "startup_seconds": 0.2}]
+    svg = render_svg(run, budget_seconds=25)
+    bar = next(g for g in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}g") if g.get("data-service") == "svc")
+    assert "restarted 1x" in "".join(bar.itertext())
+    assert float(bar[0].get("x", "0")) < 200  # drawn at 0 s, not 5 s
