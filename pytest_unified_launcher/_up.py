@@ -157,7 +157,8 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
                 "restart it with `unified-launcher down` then `unified-launcher up --detach`"
             )
         launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed",
-                       log_path=Path(entry["log_path"]) if entry.get("log_path") else None)
+                       log_path=Path(entry["log_path"]) if entry.get("log_path") else None,
+                       startup_seconds=entry.get("startup_seconds"))
     running = [n for n, e in record["services"].items() if n in launcher.services and e["state"] == "running"]
     for name, reason in sorted(launcher.probe(running).items()):
         if reason is not None:

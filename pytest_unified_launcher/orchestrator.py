@@ -294,13 +294,15 @@ class UnifiedLauncher:
         return all(self._handles[n].state in ("running", "completed") and self._handles[n].alive for n in names)
 
     def adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool = False,
-              log_path: Path | None = None) -> None:
+              log_path: Path | None = None, startup_seconds: float | None = None) -> None:
         """Take over a service another process started (xdist ``shared``, ``--launcher-attach``);
-        ``log_path``: where that process writes its log, if not in this launcher's log folder."""
-        self._thread.run(self._adopt(name, pid=pid, token=token, completed=completed, log_path=log_path))
+        ``log_path``: where that process writes its log, if not in this launcher's log folder;
+        ``startup_seconds``: how long its start took there (its handle shows it as if started here)."""
+        self._thread.run(self._adopt(name, pid=pid, token=token, completed=completed, log_path=log_path,
+                                     startup_seconds=startup_seconds))
 
     async def _adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool,
-                     log_path: Path | None = None) -> None:
+                     log_path: Path | None = None, startup_seconds: float | None = None) -> None:
         from .runners.attached import AttachedRunner
 
         svc = self._services[name]
@@ -308,6 +310,7 @@ class UnifiedLauncher:
             svc.state == "running" and svc.runner is not None and svc.runner.pid == pid and svc.runner.alive()
         ):
             return
+        svc.startup_seconds = startup_seconds
         if svc.state == "running":
             svc.machine.fail()
         svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token, log_path=log_path)

@@ -69,7 +69,8 @@ class SharedEnvironment:
                 pid = entry.get("pid")
                 if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):
                     launcher.adopt(name, pid=pid, token=entry.get("token"),
-                                   completed=entry["state"] == "completed")
+                                   completed=entry["state"] == "completed",
+                                   startup_seconds=entry.get("startup_seconds"))
                     continue
                 # It died since it was recorded: report it once for all, never restart silently.
                 from ._process import tail
@@ -94,6 +95,7 @@ class SharedEnvironment:
                 pid = handle.pid
                 record[name] = {
                     "state": handle.state, "pid": pid, "token": process_token(pid) if pid else None,
+                    "startup_seconds": handle.startup_seconds,
                 }
         self.write(record)
 

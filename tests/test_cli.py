@@ -149,6 +149,8 @@ def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytes
         "def test_uses_running(services):\n"
         f"    assert services['api'].url == {api_url!r}\n"
         f"    assert services['plain'].pid == {running['services']['plain']['pid']}\n"
+        # Every handle field is filled as if this session had started it (startup_seconds was None).
+        f"    assert services['plain'].startup_seconds == {running['services']['plain']['startup_seconds']}\n"
     )
     result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach", "test_attached.py"],
                             cwd=project, capture_output=True, text=True, timeout=120)

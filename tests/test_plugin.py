@@ -814,3 +814,23 @@ def test_summary_names_a_service_that_died_mid_session(project: pytest.Pytester,
     # The controller did not start it (a worker did), so it cannot know how it ended, only that it did.
     how = "exited" if xdist else "was killed by SIGKILL"
     result.stdout.fnmatch_lines([f"plain *DIED ({how})", "*DIED while running: plain*"])
+
+
+def test_handles_of_services_another_worker_started_are_complete(project: pytest.Pytester, no_orphans: None) -> None:
+    """Under xdist `shared`, the worker that adopted a service another worker started sees every
+    ServiceHandle field as that worker does (startup_seconds was None)."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_fields(services):
+            for name in ("api", "plain"):
+                handle = services[name]
+                assert handle.startup_seconds is not None and handle.startup_seconds > 0, name
+                assert handle.pid is not None and handle.runner == "subprocess", name
+                assert handle.level == (1 if name == "api" else 0) and handle.port and handle.url, name
+                assert handle.state == "running" and handle.log_path is not None, name
+    """)
+    # --dist each: the test runs on both workers, so one starts the services and the other adopts them.
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "each")
+    result.assert_outcomes(passed=2)
