@@ -41,6 +41,7 @@ class Sentinel:
         self.log_path = log_path
         self.pid: int | None = None
         self._fd: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def arming(self, record: Callable[[str, int], None]) -> Callable[[str, int], None]:
         """``record`` (the run file's ``add``), then arm: a process is on record before it is watched."""
@@ -55,7 +56,6 @@ class Sentinel:
         """Start the sentinel, unless it runs. Best effort: without it, the next run still reaps."""
         if self._fd is not None:
             return
-        _collect()
         import subprocess
 
         read_fd, write_fd = os.pipe()  # both close-on-exec: no service inherits the write end
@@ -72,24 +72,24 @@ class Sentinel:
             return
         finally:
             os.close(read_fd)
-        _started.append(proc)
+        self._proc = proc
         self.pid = proc.pid
         self._fd = write_fd
 
     def disarm(self) -> None:
-        """Let it go (the run file is closed already, so it reaps nothing); a later spawn re-arms."""
+        """Let it go (the run file is closed already, so it reaps nothing); a later spawn re-arms.
+
+        Its exit is collected by a daemon thread, so it leaves no zombie and nobody waits for it.
+        """
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
             self.pid = None
+        if self._proc is not None:
+            import threading
 
-
-#: Sentinels this process started, collected once they exit (no zombies, no ResourceWarning).
-_started: list[subprocess.Popen[bytes]] = []
-
-
-def _collect() -> None:
-    _started[:] = [proc for proc in _started if proc.poll() is None]
+            threading.Thread(target=self._proc.wait, name="ul-sentinel-wait", daemon=True).start()
+            self._proc = None
 
 
 # --------------------------------------------------------------------------- helper side
