@@ -2,21 +2,33 @@
 
 FastAPI on 127.0.0.1 only. Every request needs ``Authorization: Bearer <JWT>``, an HS256 token
 signed with a per-environment secret kept in the 0600 state file; a missing, expired, forged
-or ``alg=none`` token is 401.
+or ``alg=none`` token is 401. The token is checked from the headers, before any of the body is
+read, and a body over :data:`MAX_BODY` is 413 (announced or streamed): no caller can make the
+supervisor buffer more than that.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import jwt
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 ALGORITHM = "HS256"
 ISSUER = "unified-launcher"
+#: The largest request body the API reads; its bodies are a short JSON reason.
+MAX_BODY = 16 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def make_token(secret: str, *, ttl_seconds: float = 7 * 24 * 3600) -> str:
@@ -75,23 +87,9 @@ def service_view(handle: Any) -> dict[str, Any]:
     }
 
 
-def create_app(env: Any, secret: str, metrics: Metrics) -> FastAPI:
+def create_app(env: Any, secret: str, metrics: Metrics) -> ASGIApp:
     """The API over a running :class:`~pytest_unified_launcher._environment.Environment`."""
-
-    def authorize(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(status_code=401, detail="missing bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-        try:
-            check_token(token, secret)
-        except jwt.InvalidTokenError as exc:
-            raise HTTPException(status_code=401, detail=f"invalid token: {exc}",
-                                headers={"WWW-Authenticate": "Bearer"}) from None
-
-    app = FastAPI(title="unified-launcher control API", dependencies=[Depends(authorize)],
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="unified-launcher control API", docs_url=None, redoc_url=None, openapi_url=None)
 
     def handle_or_404(name: str) -> Any:
         if name not in env.launcher.services:
@@ -125,4 +123,76 @@ def create_app(env: Any, secret: str, metrics: Metrics) -> FastAPI:
         metrics.refresh(env.launcher)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    return app
+    return Guard(app, secret)
+
+
+def token_problem(header: str, secret: str) -> str | None:
+    """Why an ``Authorization`` header does not grant access (None: it does)."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return "missing bearer token"
+    try:
+        check_token(token.strip(), secret)
+    except jwt.InvalidTokenError as exc:
+        return f"invalid token: {exc}"
+    return None
+
+
+class _BodyTooLarge(Exception):
+    """Raised into the app's read of a body that went past the cap (the 413 is already sent)."""
+
+
+class Guard:
+    """ASGI middleware in front of the API: the token first, then at most ``max_body`` bytes.
+
+    FastAPI resolves a route's body before its dependencies, so a token check done as a
+    dependency came after reading (and validating) a body of any size.
+    """
+
+    def __init__(self, app: ASGIApp, secret: str, *, max_body: int = MAX_BODY) -> None:
+        self.app, self.secret, self.max_body = app, secret, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        problem = token_problem(headers.get(b"authorization", b"").decode("latin-1"), self.secret)
+        if problem is not None:
+            await _answer(send, 401, problem, [(b"www-authenticate", b"Bearer")])
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.max_body):
+            await _answer(send, 413, f"request body over {self.max_body} bytes")
+            return
+        received = 0
+        refused = False
+
+        async def capped_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:  # streamed (chunked) past the cap
+                    refused = True
+                    await _answer(send, 413, f"request body over {self.max_body} bytes")
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:  # after our 413 the app's own error response goes nowhere
+                await send(message)
+
+        try:
+            await self.app(scope, capped_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+
+
+async def _answer(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON ``{"detail": ...}`` response, as FastAPI gives its own errors."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close"), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
