@@ -156,17 +156,20 @@ class ServiceHandle:
 
     def start(self) -> ServiceHandle:
         with self._launcher.guard():
+            self._launcher.refresh([self.name])
             self._launcher.start_blocking([self.name], retry_failed=True)
             self._launcher.on_change([self.name])
         return self
 
     def stop(self) -> None:
         with self._launcher.guard():
+            self._launcher.refresh([self.name])
             self._launcher.stop_blocking([self.name])
             self._launcher.on_change([self.name])
 
     def restart(self) -> ServiceHandle:
         with self._launcher.guard():
+            self._launcher.refresh([self.name])
             self._launcher.stop_blocking([self.name])
             self._launcher.start_blocking([self.name], retry_failed=True)
             self._launcher.on_change([self.name])
@@ -221,6 +224,10 @@ class UnifiedLauncher:
         #: Called (from the caller's thread) after a handle's start/stop changed services, so a
         #: shared environment's record can follow (the xdist plugin sets it).
         self.on_change: Callable[[list[str]], None] = lambda names: None
+        #: Called holding :attr:`guard` before a handle's start/stop/restart: brings this
+        #: launcher's view of those services up to date with a shared environment's record
+        #: (another xdist worker may have started or replaced them meanwhile).
+        self.refresh: Callable[[list[str]], None] = lambda names: None
         #: Held around a handle's start/stop (the xdist plugin makes it the shared file lock).
         self.guard: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
         self._closed = False

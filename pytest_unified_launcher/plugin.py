@@ -276,6 +276,7 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
         if session.shared is not None and session.role == "worker":
             shared, launcher = session.shared, session.launcher
             launcher.on_change = lambda names: shared.update(launcher, names)
+            launcher.refresh = lambda names: shared.adopt_recorded(launcher, names)
             launcher.guard = shared.lock
         if session.attach:
             _attach(session)
@@ -437,6 +438,7 @@ class LauncherFacade:
             names = [names]
         names = list(names) if names is not None else sorted(self._launcher.graph)
         with self._launcher.guard():
+            self._launcher.refresh(names)
             self._launcher.stop_blocking(names)
             self._launcher.on_change(names)
 

@@ -99,6 +99,20 @@ class SharedEnvironment:
                 }
         self.write(record)
 
+    def adopt_recorded(self, launcher: Any, names: Iterable[str]) -> None:
+        """Adopt the recorded instance of each of ``names`` that is alive (called holding
+        :meth:`lock`), so that a handle's start() finds the instance another worker started
+        instead of starting a second one on its port, and stop() stops the current one."""
+        record = self.read()
+        for name in names:
+            entry = record.get(name)
+            if not entry or entry.get("state") not in ("running", "completed"):
+                continue
+            pid = entry.get("pid")
+            if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):
+                launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed",
+                               startup_seconds=entry.get("startup_seconds"))
+
     def update(self, launcher: Any, names: Iterable[str]) -> None:
         """Record what a test's stop()/start() changed (called holding :meth:`lock`)."""
         record = self.read()

@@ -834,3 +834,39 @@ def test_handles_of_services_another_worker_started_are_complete(project: pytest
     # --dist each: the test runs on both workers, so one starts the services and the other adopts them.
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "each")
     result.assert_outcomes(passed=2)
+
+
+def test_shared_stop_then_start_adopts_what_another_worker_started(project: pytest.Pytester,
+                                                                    no_orphans: None) -> None:
+    """Under xdist `shared`, worker A stops a service, worker B then needs it (and starts it), then
+    A's start() adopts B's instance instead of failing on its port ("already in use by pid P")."""
+    project.makepyfile("""
+        import os, time
+        from pathlib import Path
+
+        def wait_for(path):
+            deadline = time.monotonic() + 60
+            while not path.exists():
+                assert time.monotonic() < deadline, f"never saw {path}"
+                time.sleep(0.02)
+
+        def test_race(launcher, pytestconfig):
+            here = pytestconfig.rootpath
+            if os.environ["PYTEST_XDIST_WORKER"] == "gw0":
+                handle = launcher.start("plain")["plain"]
+                handle.stop()
+                (here / "stopped").touch()
+                wait_for(here / "b_started")
+                handle.start()
+                assert handle.pid == int((here / "b_pid").read_text()) and handle.alive
+                (here / "a_done").touch()
+            else:
+                wait_for(here / "stopped")
+                handle = launcher.start("plain")["plain"]
+                (here / "b_pid").write_text(str(handle.pid))
+                (here / "b_started").touch()
+                wait_for(here / "a_done")
+                assert handle.alive
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "each")
+    result.assert_outcomes(passed=2)
