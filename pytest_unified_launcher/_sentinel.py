@@ -13,8 +13,9 @@ pipe when the launcher releases its services normally: its run file is gone then
 nothing and exits. A run file whose owner is another living process (an xdist worker's names its
 controller) is reaped when that owner dies.
 
-Helper side: ``python -m pytest_unified_launcher._sentinel FD STATE_DIR LAUNCHER_ID PARENT_PID
-[LOG]`` (it imports nothing heavy until there is something to reap).
+Helper side: ``python -S -c _BOOT FD PACKAGE_PARENT STATE_DIR LAUNCHER_ID PARENT_PID [LOG]``
+(it imports nothing until the end of file); ``python -m pytest_unified_launcher._sentinel FD
+STATE_DIR LAUNCHER_ID PARENT_PID [LOG]`` does the same in one step.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class Sentinel:
 
         read_fd, write_fd = os.pipe()  # both close-on-exec: no service inherits the write end
         env = {k: v for k, v in os.environ.items() if k not in _MARKERS}
-        argv = [sys.executable, "-m", "pytest_unified_launcher._sentinel", str(read_fd), str(self.state_dir),
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        argv = [sys.executable, "-S", "-c", _BOOT, str(read_fd), package_parent, str(self.state_dir),
                 self.launcher_id, str(os.getpid())] + ([str(self.log_path)] if self.log_path else [])
         try:
             proc = subprocess.Popen(
@@ -93,6 +95,32 @@ class Sentinel:
 
 
 # --------------------------------------------------------------------------- helper side
+
+#: The sentinel's idle life: an interpreter without ``site`` (a third of the start-up cost) that
+#: imports nothing and blocks in one read. Only at the end of file does it load site-packages and
+#: this module, to reap.
+_BOOT = """\
+import os, sys
+try:
+    with open("/proc/self/comm", "w") as fh:
+        fh.write("ul-sentinel")
+except OSError:
+    pass
+fd = int(sys.argv[1])
+while True:
+    try:
+        if not os.read(fd, 64):
+            break
+    except InterruptedError:
+        continue
+    except OSError:
+        break
+import site
+site.main()
+sys.path.insert(0, sys.argv[2])
+from pytest_unified_launcher._sentinel import main
+main([sys.argv[1]] + sys.argv[3:])
+"""
 
 
 def _read_owner(path: Path) -> tuple[int, str] | None:
@@ -140,6 +168,10 @@ def watch(fd: int, state_dir: Path, launcher_id: str, parent: int, log_path: Pat
         except OSError:
             break
     os.close(fd)
+    _sweep(state_dir, launcher_id, parent, log_path)
+
+
+def _sweep(state_dir: Path, launcher_id: str, parent: int, log_path: Path | None) -> None:
     owner = _read_owner(state_dir / "run" / f"{launcher_id}.json")
     if owner is None:
         return  # released normally (or handed over: --launcher-keep): nothing of ours to reap
@@ -167,11 +199,6 @@ def watch(fd: int, state_dir: Path, launcher_id: str, parent: int, log_path: Pat
 
 
 def main(argv: list[str]) -> None:
-    try:
-        with open("/proc/self/comm", "w") as fh:
-            fh.write("ul-sentinel")
-    except OSError:
-        pass
     fd, state_dir, launcher_id, parent = int(argv[0]), Path(argv[1]), argv[2], int(argv[3])
     watch(fd, state_dir, launcher_id, parent, Path(argv[4]) if len(argv) > 4 else None)
 
