@@ -13,9 +13,8 @@ pipe when the launcher releases its services normally: its run file is gone then
 nothing and exits. A run file whose owner is another living process (an xdist worker's names its
 controller) is reaped when that owner dies.
 
-Helper side: ``python -S -c _BOOT FD PACKAGE_PARENT STATE_DIR LAUNCHER_ID PARENT_PID [LOG]``
-(it imports nothing until the end of file); ``python -m pytest_unified_launcher._sentinel FD
-STATE_DIR LAUNCHER_ID PARENT_PID [LOG]`` does the same in one step.
+Helper side: ``python -S -c _BOOT FD PACKAGE_PARENT OWNER_PID STATE_DIR LAUNCHER_ID PARENT_PID
+[LOG]`` (it imports nothing until the end of file or the owner's death).
 """
 
 from __future__ import annotations
@@ -36,8 +35,12 @@ _MARKERS = ("UNIFIED_LAUNCHER_OWNER", "UNIFIED_LAUNCHER_SERVICE")
 class Sentinel:
     """The launcher's handle: :meth:`arm` once something can outlive it, :meth:`disarm` at release."""
 
-    def __init__(self, state_dir: Path, launcher_id: str, *, log_path: Path | None = None) -> None:
+    def __init__(self, state_dir: Path, launcher_id: str, *, log_path: Path | None = None,
+                 owner_pid: int | None = None) -> None:
         self.state_dir = state_dir
+        #: The run file's owner when it is not this process (an xdist worker's names its
+        #: controller): its death is watched too.
+        self.owner_pid = owner_pid if owner_pid != os.getpid() else None
         self.launcher_id = launcher_id
         self.log_path = log_path
         self.pid: int | None = None
@@ -62,7 +65,8 @@ class Sentinel:
         read_fd, write_fd = os.pipe()  # both close-on-exec: no service inherits the write end
         env = {k: v for k, v in os.environ.items() if k not in _MARKERS}
         package_parent = str(Path(__file__).resolve().parent.parent)
-        argv = [sys.executable, "-S", "-c", _BOOT, str(read_fd), package_parent, str(self.state_dir),
+        argv = [sys.executable, "-S", "-c", _BOOT, str(read_fd), package_parent, str(self.owner_pid or 0),
+                str(self.state_dir),
                 self.launcher_id, str(os.getpid())] + ([str(self.log_path)] if self.log_path else [])
         try:
             proc = subprocess.Popen(
@@ -106,11 +110,20 @@ try:
         fh.write("ul-sentinel")
 except OSError:
     pass
-fd = int(sys.argv[1])
+import select
+fd, owner = int(sys.argv[1]), int(sys.argv[3])
+waits = [fd]
+if owner:
+    try:
+        waits.append(os.pidfd_open(owner))
+    except OSError:
+        pass
 while True:
     try:
+        if fd not in select.select(waits, [], [])[0]:
+            break  # the run file's owner (an xdist controller) died
         if not os.read(fd, 64):
-            break
+            break  # the launcher died, or let us go
     except InterruptedError:
         continue
     except OSError:
@@ -119,7 +132,7 @@ import site
 site.main()
 sys.path.insert(0, sys.argv[2])
 from pytest_unified_launcher._sentinel import main
-main([sys.argv[1]] + sys.argv[3:])
+main(sys.argv[4:])
 """
 
 
@@ -157,21 +170,8 @@ def _wait_gone(pid: int, token: str) -> None:
             os.close(fd)
 
 
-def watch(fd: int, state_dir: Path, launcher_id: str, parent: int, log_path: Path | None) -> None:
-    """Wait for the launcher to go, then reap what it left (nothing when it released normally)."""
-    while True:
-        try:
-            if not os.read(fd, 64):
-                break
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-    os.close(fd)
-    _sweep(state_dir, launcher_id, parent, log_path)
-
-
-def _sweep(state_dir: Path, launcher_id: str, parent: int, log_path: Path | None) -> None:
+def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
+    """The launcher is gone (or let us go): reap what it left, if anything."""
     owner = _read_owner(state_dir / "run" / f"{launcher_id}.json")
     if owner is None:
         return  # released normally (or handed over: --launcher-keep): nothing of ours to reap
@@ -199,9 +199,5 @@ def _sweep(state_dir: Path, launcher_id: str, parent: int, log_path: Path | None
 
 
 def main(argv: list[str]) -> None:
-    fd, state_dir, launcher_id, parent = int(argv[0]), Path(argv[1]), argv[2], int(argv[3])
-    watch(fd, state_dir, launcher_id, parent, Path(argv[4]) if len(argv) > 4 else None)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    """``STATE_DIR LAUNCHER_ID PARENT_PID [LOG]``, once the watch in :data:`_BOOT` ended."""
+    sweep(Path(argv[0]), argv[1], Path(argv[3]) if len(argv) > 3 else None)

@@ -465,7 +465,8 @@ class UnifiedLauncher:
             )
             from ._sentinel import Sentinel
 
-            self._sentinel = Sentinel(self.config.state_dir, self.id, log_path=self.log_dir / "_sentinel.log")
+            self._sentinel = Sentinel(self.config.state_dir, self.id, log_path=self.log_dir / "_sentinel.log",
+                                      owner_pid=self._owner_pid)
             self._ctx = RunContext(
                 launcher_id=self.id,
                 root=self.config.root,

@@ -399,3 +399,40 @@ def test_sigkill_of_up_leaves_nothing(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     gone_without_a_later_run([svc["pid"]], roots, [svc["port"]], tmp_path / "state", proc.pid)
+
+
+def test_sigkill_of_an_xdist_controller_leaves_nothing(pytester: pytest.Pytester) -> None:
+    """kill -9 of an xdist controller (-n 2, shared services): the services its workers started go at once, with no later run."""
+    pytester.makefile(".toml", launcher=SENTINEL_CONFIG)
+    pytester.makepyfile("""
+        import json, os, time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(2))
+        @pytest.mark.services("svc")
+        def test_hang(services, i):
+            handle = services["svc"]
+            with open(f"ready{i}.tmp", "w") as fh:
+                json.dump({"pid": handle.pid, "port": handle.port}, fh)
+            os.rename(f"ready{i}.tmp", f"ready{i}.json")
+            time.sleep(300)
+    """)
+    with open(pytester.path / "out.txt", "wb") as out:
+        proc = subprocess.Popen([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"], cwd=pytester.path,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+    try:
+        assert wait_for(lambda: (pytester.path / "ready0.json").exists() or proc.poll() is not None, 120), "never ready"
+        assert proc.poll() is None, (pytester.path / "out.txt").read_text()
+        ready = json_load(pytester.path / "ready0.json")
+        roots = scratch_roots(ready["pid"])
+        workers = psutil.Process(proc.pid).children()
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        gone_without_a_later_run([ready["pid"]], roots, [ready["port"]], pytester.path / "state", proc.pid)
+    finally:
+        for worker in workers:  # they may sleep on in their test: not what is checked here
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
