@@ -172,7 +172,7 @@ def _take_lock(lock_fd: int, path: Path) -> bool:
             if time.monotonic() >= deadline:
                 break
             time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.01)  # short: a launcher holds it for a millisecond or two
     log.warning("the port claims lock %s is held by %s for more than %.1f s: reserving ports without it "
                 "(a launcher starting at the same moment may pick the same port; it then moves to another)",
                 path, _lock_holders(lock_fd), _lock_wait)
