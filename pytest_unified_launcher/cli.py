@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         _shared(p)
         return p
 
-    add("check", "validate the config and print the start order level by level")
+    check = add("check", "validate the config and print the start order level by level")
+    check.add_argument("--no-import", action="store_true",
+                       help="do not import the apps (check imports each in its own interpreter)")
     up = add("up", "start services (with dependencies) and keep them running until Ctrl-C or `down`")
     up.add_argument("services", nargs="*", help="services to start (default: all)")
     up.add_argument("--dev", action="store_true", help="restart a service and its dependents when its files change")
@@ -165,10 +167,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     count = len(config.services)
     from ._serve import check_apps
 
-    apps, not_apps = check_apps([s for s in config.services.values() if s.kind == "app"], config.root, dict(os.environ))
-    if not_apps:  # an import-string mistake, or neither ASGI nor WSGI
-        name, problem = min(not_apps.items())
-        raise ConfigError(problem, source=str(config.source), service=name, key="app")
+    problems = _missing_programs(config) + _busy_ports(config)
+    apps = ["apps not imported (--no-import)"] if args.no_import else []
+    if not args.no_import:
+        apps, not_apps = check_apps([s for s in config.services.values() if s.kind == "app"], config.root,
+                                    dict(os.environ))
+        # an import-string mistake, or neither ASGI nor WSGI
+        problems += [ConfigError(problem, source=str(config.source), service=name, key="app")
+                     for name, problem in sorted(not_apps.items())]
+    if problems:  # every one at once: a start would fail on each
+        for problem in problems:
+            print(f"error: {redact(str(problem))}", file=sys.stderr)
+        return max(problem.exit_code for problem in problems)
     print(f"{config.source}: OK ({count} service{'' if count == 1 else 's'}"
           + (f", profile {config.profile}" if config.profile else "") + f"; mode {mode}: {reason})")
     from .report import render_table
@@ -197,6 +207,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in apps:
         print(redact(line))
     return 0
+
+
+def _missing_programs(config: Any) -> list[LauncherError]:
+    """Each command or setup program that cannot be found or run (every start would fail on it)."""
+    import shutil
+
+    problems: list[LauncherError] = []
+    for svc in config.services.values():
+        steps = [("setup", step) for step in svc.setup] + ([("command", svc.command)] if svc.command else [])
+        for key, argv in steps:
+            program = argv[0]
+            if "/" in program:  # a path: relative to the service's folder, as it is run
+                path = svc.cwd / program
+                problem = (None if path.is_file() and os.access(path, os.X_OK) else
+                           f"program '{program}' is not executable" if path.is_file() else
+                           f"program '{program}' does not exist in {svc.cwd}")
+                fix = f"chmod +x {path}" if path.is_file() else "fix the path (it is relative to the config's folder)"
+            else:
+                search = svc.env.get("PATH", os.environ.get("PATH", os.defpath))
+                problem = None if shutil.which(program, path=search) else f"program '{program}' not found on PATH"
+                fix = "install it, or give its full path"
+            if problem:
+                problems.append(ConfigError(problem, source=str(config.source), service=svc.name, key=key, fix=fix))
+    return problems
+
+
+def _busy_ports(config: Any) -> list[LauncherError]:
+    """Each fixed port something else listens on now (an automatic one is chosen free at start)."""
+    from ._ports import is_free
+    from .runners.subprocess import port_holder
+
+    problems: list[LauncherError] = []
+    for svc in config.services.values():
+        if svc.is_external or svc.port is None or svc.port_auto or is_free(svc.host, svc.port):
+            continue
+        holder = port_holder(svc.port) or "another process"
+        problems.append(LauncherError(
+            f"{config.source}: service '{svc.name}': its port {svc.port} on {svc.host} is in use by {holder}, "
+            f"so every start would fail; stop that process, or set port = \"auto\""))
+    return problems
 
 
 # --------------------------------------------------------------------------- up / status / down

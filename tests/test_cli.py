@@ -502,3 +502,43 @@ def test_status_shows_failed_services_and_exits_1_when_degraded(project: Path, r
     rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:] if line.split()}
     assert rows.get("api") == "failed" and rows.get("plain") == "running", status.stdout
     assert "degraded" in status.stdout
+
+
+def test_check_reports_a_missing_program(project: Path) -> None:
+    """check names a command or setup program that does not exist (it passed, and every start
+    failed), as a config error (exit 2) with the fix."""
+    (project / "launcher.toml").write_text(
+        CONFIG + '[services.gone]\ncommand = ["no-such-program-ul", "--flag"]\n'
+        '[services.local]\nsetup = [["bin/missing-init"]]\ncommand = ["true"]\ntask = true\n')
+    result = cli(project, "check")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "service 'gone', key 'command': program 'no-such-program-ul' not found on PATH" in result.stderr
+    assert f"service 'local', key 'setup': program 'bin/missing-init' does not exist in {project}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_a_busy_fixed_port(project: Path) -> None:
+    """check says a fixed port is already taken (every start would fail on it), naming the holder."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        (project / "launcher.toml").write_text(CONFIG.replace('"${port}"]\n', f'"${{port}}"]\nport = {port}\n', 1))
+        result = cli(project, "check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"service 'plain': its port {port} on 127.0.0.1 is in use by pid {os.getpid()}" in result.stderr
+    assert 'port = "auto"' in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_reports_a_wrong_app_unless_no_import(project: Path) -> None:
+    """check imports each app and names a missing attribute with the closest name; --no-import
+    skips importing apps (whose import may need a running database)."""
+    (project / "launcher.toml").write_text(CONFIG.replace('app = "web:app"', 'app = "web:ap"'))
+    result = cli(project, "check")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "service 'api'" in result.stderr and "did you mean 'app'?" in result.stderr
+    skipped = cli(project, "check", "--no-import")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "apps not imported (--no-import)" in skipped.stdout
