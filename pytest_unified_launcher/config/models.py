@@ -1,0 +1,269 @@
+"""The config's shapes: the pydantic models of the file as written, and the frozen resolved config.
+
+The raw models validate types and keys; :class:`ServiceConfig` and :class:`LauncherConfig` are what
+the rest of the launcher reads, with every placeholder expanded and every path absolute.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import ConfigError
+
+#: What ``mode`` (and --launcher-mode, --mode, LAUNCHER_MODE) accepts; ``auto_detect`` is ``auto``.
+ModeSetting = Literal["single_process", "multi_process", "auto", "auto_detect"]
+#: The mode after resolving the alias (what :class:`LauncherConfig` holds).
+Mode = Literal["single_process", "multi_process", "auto"]
+XdistSetting = Literal["shared", "per_worker"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+Spawner = Literal["preimport", "plain"]
+MODE_CHOICES: tuple[str, ...] = get_args(ModeSetting)
+XDIST_CHOICES: tuple[str, ...] = get_args(XdistSetting)
+Kind = Literal["app", "command", "url"]
+PortAllocator = Callable[[str, str], int]
+#: Builds the ConfigError for one place in the config: ``where(problem, fix=..., key=...)``.
+Where = Callable[..., ConfigError]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_BUDGET = 25.0
+
+
+# --------------------------------------------------------------------------- raw models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class HealthModel(_Strict):
+    """``health = {...}``: exactly one probe kind, plus an optional per-probe timeout."""
+
+    http: str | None = None
+    tcp: bool | None = None
+    command: list[str] | str | None = None
+    log: str | None = None
+    notify: bool | None = None
+    timeout: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthModel:
+        kinds = [k for k in ("http", "tcp", "command", "log", "notify") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError(
+                "set exactly one of http, tcp, command, log, notify"
+                + (f" (got {', '.join(kinds)})" if kinds else "")
+            )
+        if self.log is not None:
+            try:
+                re.compile(self.log)
+            except re.error as exc:
+                raise ValueError(f"log pattern {self.log!r} is not a valid regex: {exc}") from None
+        return self
+
+
+EnvValue = str | int | float | bool
+
+
+class ServiceModel(_Strict):
+    """One ``[services.NAME]`` table, as written."""
+
+    app: str | None = None
+    command: list[str] | str | None = None
+    url: str | None = None
+    depends_on: list[str] = Field(default_factory=list, alias="dependencies")
+    port: int | Literal["auto"] | None = None
+    host: str = "127.0.0.1"
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    cwd: str | None = None
+    setup: list[list[str] | str] = Field(default_factory=list)
+    user: str | None = None
+    task: bool = False
+    tmpfs: bool = False
+    health: HealthModel | None = None
+    startup_timeout: float | None = Field(default=None, gt=0)
+    stop_signal: str | int = "SIGTERM"
+    stop_timeout: float = Field(default=10.0, ge=0)
+    retries: int = Field(default=1, ge=1)
+    watch: list[str] = Field(default_factory=list)
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 1 <= value <= 65535:
+            raise ValueError(f"port {value} is outside 1-65535")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ServiceModel:
+        kinds = [k for k in ("app", "command", "url") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "set exactly one of app (an ASGI app), command (a subprocess) or url "
+                f"(an external service){' (got ' + ', '.join(kinds) + ')' if kinds else ''}"
+            )
+        if self.task and self.command is None:
+            raise ValueError("task = true needs a command")
+        return self
+
+
+class LauncherModel(_Strict):
+    """The ``[launcher]`` table."""
+
+    mode: ModeSetting = "auto"
+    startup_timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
+    startup_budget: float = Field(default=DEFAULT_BUDGET, gt=0)
+    xdist: XdistSetting = "shared"
+    state_dir: str = ".launcher"
+    log_level: LogLevel = "info"
+    auto_restart: bool = True
+    dev_mode: bool = False
+    spawner: Spawner = "preimport"
+    preload: list[str] = Field(default_factory=list)
+    test_env: dict[str, EnvValue] = Field(default_factory=dict)
+
+    @field_validator("preload")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"{name!r} is not a module name (write it as in an import: 'psycopg', 'redis.asyncio')")
+        return value
+
+
+class FileModel(_Strict):
+    """The whole file (profiles are validated after they are merged)."""
+
+    launcher: LauncherModel = Field(default_factory=LauncherModel)
+    services: dict[str, ServiceModel] = Field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+_MODELS_BY_SECTION: dict[str, type[BaseModel]] = {
+    "launcher": LauncherModel,
+    "services": ServiceModel,
+    "health": HealthModel,
+}
+
+
+# --------------------------------------------------------------------------- resolved config
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A resolved probe: ``kind`` plus its expanded target."""
+
+    kind: Literal["http", "tcp", "command", "log", "notify", "alive", "exit"]
+    timeout: float = 1.0
+    url: str | None = None
+    argv: tuple[str, ...] = ()
+    pattern: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            return f"http GET {self.url}"
+        if self.kind == "command":
+            return "command " + shlex.join(self.argv)
+        if self.kind == "log":
+            return f"log /{self.pattern}/"
+        if self.kind == "alive":
+            return "alive for 0.5 s"
+        if self.kind == "exit":
+            return "exits 0 (task)"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service with every placeholder expanded and every path absolute."""
+
+    name: str
+    kind: Kind
+    host: str
+    port: int | None
+    url: str | None
+    app: str | None = None
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path = Path(".")
+    setup: tuple[tuple[str, ...], ...] = ()
+    user: str | None = None
+    task: bool = False
+    health: HealthCheck = HealthCheck("alive")
+    startup_timeout: float = DEFAULT_TIMEOUT
+    stop_signal: int = int(signal.SIGTERM)
+    stop_timeout: float = 10.0
+    retries: int = 1
+    watch: tuple[Path, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    tmp: Path = Path("/tmp")
+    #: ``tmpfs = true`` was asked for (``tmp`` is under MEMORY_TMP unless that had no room).
+    tmpfs: bool = False
+    port_auto: bool = False
+    #: Set when the port is automatic and no other service or test_env names this service's
+    #: address: ``rebind(port)`` is the same service on another port (retried after a clash).
+    rebind: Callable[[int], ServiceConfig] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_external(self) -> bool:
+        return self.kind == "url"
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """The whole resolved config; build it with :func:`load_config` or :func:`parse`."""
+
+    source: Path
+    root: Path
+    profile: str | None
+    mode: Mode
+    startup_timeout: float
+    startup_budget: float
+    xdist: XdistSetting
+    state_dir: Path
+    log_level: str
+    auto_restart: bool
+    dev_mode: bool
+    services: Mapping[str, ServiceConfig]
+    test_env: Mapping[str, str]
+    tmp_root: Path
+    profiles: tuple[str, ...] = ()
+    spawner: Spawner = "preimport"
+    #: Third-party modules the pre-imported spawner imports too (``[launcher] preload``).
+    preload: tuple[str, ...] = ()
+
+    @property
+    def graph(self) -> dict[str, tuple[str, ...]]:
+        """``name -> dependencies`` to start (an external service's own are never started)."""
+        return {
+            name: () if svc.is_external else svc.depends_on for name, svc in self.services.items()
+        }
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {n: s.port for n, s in self.services.items() if s.port is not None}
+
+    def with_mode(self, mode: Mode) -> LauncherConfig:
+        return replace(self, mode=mode)
+
+
+# --------------------------------------------------------------------------- addresses
+
+#: A server bound to every interface is reached by its clients on loopback.
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def client_url(host: str, port: int) -> str:
+    """The ``http://`` URL a client uses for a server bound to ``host:port``: a wildcard bind is
+    reached on loopback, and an IPv6 address is bracketed (``http://[::1]:8000``)."""
+    connect = _WILDCARD_TO_LOOPBACK.get(host, host)
+    return f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"

@@ -1,0 +1,440 @@
+"""``parse(mapping, source=...)``: the raw TOML mapping to a frozen :class:`LauncherConfig`.
+
+Pure apart from the port allocator it is given: profiles and overrides are merged, the models
+validate, then addresses are fixed first so every placeholder is known before it is expanded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import graph as graph_mod
+from ..errors import ConfigError
+from .models import (
+    _MODELS_BY_SECTION,
+    NAME_RE,
+    FileModel,
+    HealthCheck,
+    LauncherConfig,
+    PortAllocator,
+    ServiceConfig,
+    ServiceModel,
+    Where,
+    client_url,
+)
+from .placeholders import _referenced_services, _Scope, _uses_port
+from .profiles import _check_tables, _env_overrides, apply_profile
+from .scratch import memory_root
+
+# --------------------------------------------------------------------------- validation errors
+
+
+def _validation_error(exc: ValidationError, source: str) -> ConfigError:
+    """The first pydantic error as one message: where, what is wrong, and the fix."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    service = None
+    section = "file"
+    if loc and loc[0] == "services" and len(loc) >= 2:
+        service = loc[1]
+        section = "services"
+        path = loc[2:]
+    elif loc and loc[0] == "launcher":
+        section = "launcher"
+        path = loc[1:]
+    else:
+        path = loc
+    if "health" in path[:1]:
+        section = "health"
+    # pydantic appends the union member tried ("list[str]", "str") to the loc; drop those.
+    path = [p for p in path if not re.match(r"^(list|dict|str|int|float|bool|literal)\b", p)]
+    key = ".".join(path) if path else None
+    if service is None and section == "launcher" and key:
+        key = f"launcher.{key}"
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        model = _MODELS_BY_SECTION.get(section, FileModel)
+        bad = path[-1] if path else loc[-1]
+        fields = sorted(
+            f.alias or n for n, f in model.model_fields.items()
+        ) + [n for n in model.model_fields if model.model_fields[n].alias]
+        close = difflib.get_close_matches(bad, fields, n=1)
+        fix = (f"did you mean '{close[0]}'? " if close else "") + "valid keys: " + ", ".join(
+            sorted(set(fields))
+        )
+        return ConfigError(f"unknown key '{bad}'", source=source, service=service, key=key, fix=fix)
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+        return ConfigError(msg, source=source, service=service, key=key)
+    got = err.get("input")
+    return ConfigError(
+        f"wrong value {got!r}: {msg}",
+        source=source,
+        service=service,
+        key=key,
+        fix="see the config reference in the README",
+    )
+
+
+def _argv(value: list[str] | str, where: Where | None = None, key: str = "command") -> list[str]:
+    if not isinstance(value, str):
+        return list(value)
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise (where or ConfigError)(
+            f"cannot split {value!r} into arguments: {exc}",
+            fix="balance the quotes, or write the command as a list of strings", key=key,
+        ) from None
+    if not argv:
+        raise (where or ConfigError)("the command is empty", fix="give the program to run", key=key)
+    return argv
+
+
+def _signal_number(value: str | int, where: Where) -> int:
+    if isinstance(value, int):
+        return value
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise where(f"unknown signal {value!r}", fix="use a signal name such as SIGTERM, SIGINT or SIGQUIT") from None
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def parse(
+    data: Mapping[str, Any],
+    *,
+    source: str | os.PathLike[str] = "launcher.toml",
+    profile: str | None = None,
+    mode: str | None = None,
+    xdist: str | None = None,
+    budget: float | None = None,
+    timeout: float | None = None,
+    ini: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    allocate_port: PortAllocator | None = None,
+    pinned_ports: Mapping[str, int] | None = None,
+    tmp_root: str | os.PathLike[str] | None = None,
+) -> LauncherConfig:
+    """Validate and resolve a config mapping; pure apart from ``allocate_port``.
+
+    Precedence, highest first: the keyword arguments (command-line options) > ``LAUNCHER_*``
+    in ``environ`` > ``ini`` (keys of ``[launcher]``) > the profile > the file > defaults.
+    """
+    src = str(source)
+    environ = dict(os.environ if environ is None else environ)
+    env = _env_overrides(environ, src)
+    profile = profile or env.get("profile") or (ini or {}).get("profile") or None
+    if not isinstance(data, Mapping):
+        raise ConfigError("the config must be a table", source=src)
+    for key in data:
+        if key not in ("launcher", "services", "profiles"):
+            close = difflib.get_close_matches(str(key), ["launcher", "services", "profiles"], n=1)
+            raise ConfigError(
+                f"unknown top-level table '{key}'",
+                source=src,
+                key=str(key),
+                fix=(f"did you mean '{close[0]}'? " if close else "")
+                + "valid tables: launcher, services, profiles",
+            )
+    _check_tables(data, src)
+    profile_names = tuple(sorted(data.get("profiles") or {}))
+    for name in profile_names:
+        if not NAME_RE.match(name):
+            raise ConfigError(
+                f"profile name '{name}' may only use letters, digits, '_' and '-'",
+                source=src,
+                key=f"profiles.{name}",
+            )
+    merged = apply_profile(data, profile, src)
+    launcher = dict(merged.get("launcher") or {})
+    for key in ("mode", "xdist"):
+        if (ini or {}).get(key):
+            launcher[key] = ini[key]  # type: ignore[index]
+    if (ini or {}).get("budget"):
+        launcher["startup_budget"] = (ini or {})["budget"]
+    for key in ("mode", "log_level", "dev_mode", "auto_restart"):
+        if key in env:
+            launcher[key] = env[key]
+    if mode:
+        launcher["mode"] = mode
+    if xdist:
+        launcher["xdist"] = xdist
+    if budget is not None:
+        launcher["startup_budget"] = budget
+    timeout = timeout if timeout is not None else env.get("timeout")
+    if timeout is not None:
+        launcher["startup_timeout"] = timeout
+    merged["launcher"] = launcher
+    try:
+        model = FileModel.model_validate(merged)
+    except ValidationError as exc:
+        raise _validation_error(exc, src) from None
+    for name in model.services:
+        if not NAME_RE.match(name):
+            raise ConfigError(
+                f"service name '{name}' may only use letters, digits, '_' and '-'",
+                source=src,
+                service=name,
+                fix="rename it; names appear in placeholders and on command lines",
+            )
+    return _resolve(
+        model,
+        source=Path(src),
+        profile=profile,
+        profile_names=profile_names,
+        timeout_override=timeout,
+        environ=environ,
+        allocate_port=allocate_port,
+        pinned_ports=pinned_ports or {},
+        tmp_root=Path(tmp_root) if tmp_root else None,
+    )
+
+
+def _resolve(
+    model: FileModel,
+    *,
+    source: Path,
+    profile: str | None,
+    profile_names: tuple[str, ...],
+    timeout_override: float | None,
+    environ: Mapping[str, str],
+    allocate_port: PortAllocator | None,
+    pinned_ports: Mapping[str, int],
+    tmp_root: Path | None,
+) -> LauncherConfig:
+    src = str(source)
+    root = source.parent.resolve() if source.parent != Path("") else Path.cwd()
+    deps = {name: tuple(svc.depends_on) for name, svc in model.services.items()}
+    graph_mod.validate(deps, source=src)
+    if tmp_root is None:
+        import secrets
+        import tempfile
+
+        tmp_root = Path(tempfile.gettempdir()) / f"ul-{secrets.token_hex(4)}"
+
+    # Addresses first, so every placeholder is known before anything is expanded.
+    addresses: dict[str, dict[str, str]] = {}
+    ports: dict[str, int | None] = {}
+    auto: dict[str, bool] = {}
+    for name in sorted(model.services):
+        raw = model.services[name]
+        if raw.url is not None:
+            from urllib.parse import urlsplit
+
+            def url_error(problem: str, fix: str | None = None, name: str = name, **_: Any) -> ConfigError:
+                return ConfigError(problem, source=src, service=name, key="url", fix=fix)
+
+            # Only ${env.VAR} and ${name} can be known yet: the url is what gives it an address.
+            url = _Scope({"name": name}, environ, url_error, [], {}).expand(raw.url)
+            try:
+                parts = urlsplit(url)
+                port_of_url = parts.port
+            except ValueError as exc:
+                raise url_error(f"url {url!r} is not valid: {exc}") from None
+            ports[name] = port_of_url or (443 if parts.scheme == "https" else 80)
+            addresses[name] = {"host": parts.hostname or raw.host, "port": str(ports[name]), "url": url.rstrip("/")}
+            continue
+        needs_port = raw.port is not None or raw.app is not None or (not raw.task and _uses_port(raw))
+        if raw.task:
+            needs_port = raw.port is not None or _uses_port(raw)
+        if not needs_port:
+            ports[name] = None
+            addresses[name] = {"host": raw.host}
+            continue
+        if isinstance(raw.port, int):
+            ports[name] = raw.port
+        elif name in pinned_ports:
+            ports[name] = pinned_ports[name]
+        else:
+            if allocate_port is None:
+                raise ConfigError(
+                    "needs an automatic port but no port allocator was given",
+                    source=src,
+                    service=name,
+                    key="port",
+                    fix="use load_config(), which reserves ports, or set a fixed port",
+                )
+            ports[name] = allocate_port(name, raw.host)
+            auto[name] = True
+        port = ports[name]
+        assert port is not None
+        addresses[name] = {"host": raw.host, "port": str(port), "url": client_url(raw.host, port)}
+
+    closures = {name: graph_mod.closure(deps, [name]) - {name} for name in deps}
+    raw_services = model.services
+    def build(name: str, port: int | None) -> ServiceConfig:
+        """One service, every placeholder expanded, with ``port`` as its own port."""
+        own_address = dict(addresses[name])
+        if port is not None and raw_services[name].url is None:
+            own_address.update(port=str(port), url=client_url(own_address["host"], port))
+        raw = raw_services[name]
+        current_key = ["?"]
+
+        def where(problem: str, fix: str | None = None, key: str | None = None,
+                  name: str = name, current_key: list[str] = current_key) -> ConfigError:
+            return ConfigError(problem, source=src, service=name, key=key or current_key[0], fix=fix)
+
+        tmp = ((raw.tmpfs and memory_root(tmp_root)) or tmp_root) / name
+        own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable}
+        for attr in ("port", "url"):
+            if attr in own_address:
+                own[attr] = own_address[attr]
+        scope = _Scope(own, environ, where, sorted(closures[name]), addresses)
+
+        def ex(key: str, text: str, scope: _Scope = scope, current_key: list[str] = current_key) -> str:
+            current_key[0] = key
+            return scope.expand(text)
+
+        url = raw.url and ex("url", raw.url)
+        if url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if not parts.scheme or not parts.hostname:
+                raise ConfigError(
+                    f"url {url!r} needs a scheme and a host",
+                    source=src,
+                    service=name,
+                    key="url",
+                    fix='write it like "http://127.0.0.1:9000"',
+                )
+        else:
+            url = own_address.get("url")
+        command = tuple(ex("command", a) for a in _argv(raw.command, where)) if raw.command is not None else ()
+        if raw.command is not None and not command:
+            raise where("the command is empty", fix="give the program to run", key="command")
+        setup = tuple(
+            tuple(ex(f"setup[{i}]", a) for a in _argv(step, where, f"setup[{i}]")) for i, step in enumerate(raw.setup)
+        )
+        if any(not step for step in setup):
+            raise where("a setup step is empty", fix="remove it or give the program to run", key="setup")
+        env_values = {
+            k: ex(f"env.{k}", str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in raw.env.items()
+        }
+        cwd_text = ex("cwd", raw.cwd) if raw.cwd else None
+        cwd = (root / cwd_text).resolve() if cwd_text else root
+        health = _resolve_health(raw, name, port, own_address["host"], url, ex, where)
+        current_key[0] = "stop_signal"
+        stop_signal = _signal_number(raw.stop_signal, where)
+        watch = tuple((root / w).resolve() for w in raw.watch)
+        return ServiceConfig(
+            name=name,
+            kind="app" if raw.app else "url" if raw.url is not None else "command",
+            host=own_address["host"],
+            port=port,
+            url=url,
+            app=raw.app,
+            command=command,
+            env=env_values,
+            cwd=cwd,
+            setup=setup,
+            user=raw.user,
+            task=raw.task,
+            health=health,
+            startup_timeout=timeout_override or raw.startup_timeout or model.launcher.startup_timeout,
+            stop_signal=stop_signal,
+            stop_timeout=raw.stop_timeout,
+            retries=raw.retries,
+            watch=watch,
+            depends_on=tuple(raw.depends_on),
+            tmp=tmp,
+            tmpfs=raw.tmpfs,
+            port_auto=auto.get(name, False),
+        )
+
+    referenced = _referenced_services(model)
+    services: dict[str, ServiceConfig] = {}
+    for name in sorted(model.services):
+        services[name] = build(name, ports[name])
+        if auto.get(name) and name not in referenced:
+            # Nothing else names its address: a clash at start may move it to another port.
+            services[name] = replace(services[name], rebind=functools.partial(build, name))
+
+    def test_env_where(problem: str, fix: str | None = None, key: str | None = None) -> ConfigError:
+        return ConfigError(problem, source=src, key=key or "launcher.test_env", fix=fix)
+
+    test_scope = _Scope({}, environ, test_env_where, None, addresses)
+    test_env = {
+        k: test_scope.expand(str(v).lower() if isinstance(v, bool) else str(v))
+        for k, v in model.launcher.test_env.items()
+    }
+    mode = "auto" if model.launcher.mode == "auto_detect" else model.launcher.mode
+    return LauncherConfig(
+        source=source,
+        root=root,
+        profile=profile,
+        mode=mode,
+        startup_timeout=timeout_override or model.launcher.startup_timeout,
+        startup_budget=model.launcher.startup_budget,
+        xdist=model.launcher.xdist,
+        state_dir=(root / model.launcher.state_dir).resolve(),
+        log_level=model.launcher.log_level,
+        auto_restart=model.launcher.auto_restart,
+        dev_mode=model.launcher.dev_mode,
+        services=services,
+        test_env=test_env,
+        tmp_root=tmp_root,
+        profiles=profile_names,
+        spawner=model.launcher.spawner,
+        preload=tuple(model.launcher.preload),
+    )
+
+
+def _resolve_health(
+    raw: ServiceModel,
+    name: str,
+    port: int | None,
+    host: str,
+    url: str | None,
+    ex: Callable[[str, str], str],
+    where: Where,
+) -> HealthCheck:
+    if raw.task:
+        if raw.health is not None:
+            raise where("a task has no health probe: it is ready when it exits 0",
+                        fix="remove health, or drop task = true for a long-running service", key="health")
+        return HealthCheck("exit")
+    h = raw.health
+    if h is None:
+        return HealthCheck("tcp") if port is not None else HealthCheck("alive")
+    if h.http is not None:
+        target = ex("health.http", h.http)
+        if target.startswith("/"):
+            if url is None:
+                raise where(f"http path {target!r} needs a port",
+                            fix="give the service a port, or write a full URL", key="health.http")
+            target = url.rstrip("/") + target
+        return HealthCheck("http", timeout=h.timeout, url=target)
+    if h.tcp:
+        if port is None:
+            raise where("a tcp probe needs a port", fix='set port = "auto" or use ${port} in the command',
+                        key="health.tcp")
+        return HealthCheck("tcp", timeout=h.timeout)
+    if h.command is not None:
+        argv = tuple(ex("health.command", a) for a in _argv(h.command, where, "health.command"))
+        if not argv:
+            raise where("the probe command is empty", fix="give the program to run", key="health.command")
+        return HealthCheck("command", timeout=h.timeout, argv=argv)
+    if h.log is not None:
+        return HealthCheck("log", timeout=h.timeout, pattern=ex("health.log", h.log))
+    return HealthCheck("notify", timeout=h.timeout)
