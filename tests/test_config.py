@@ -200,6 +200,10 @@ ERRORS = [
     ("[services.a]\ncommand = ['x']\n", {"environ": {"LAUNCHER_MODE": "turbo"}}, ["LAUNCHER_MODE", "'turbo'"]),
     ("[services.a]\ncommand = ['x']\n[profiles.ci.services.b]\nport = 1\n", {"profile": "ci"},
      ["profile 'ci' overrides service 'b'"]),
+    ("[services.a]\ncommand = ['x']\ninterface = 'wsgi'\n", {},
+     ["service 'a'", "key 'interface'", "only for app services", "remove interface"]),
+    ("[services.a]\nurl = 'http://127.0.0.1:9'\ninterface = 'asgi'\n", {}, ["key 'interface'", "a url"]),
+    ("[services.a]\napp = 'm:app'\ninterface = 'rsgi'\n", {}, ["service 'a'", "key 'interface'", "'rsgi'"]),
 ]
 
 
@@ -383,3 +387,23 @@ def test_python_placeholder_is_the_launchers_interpreter() -> None:
 
     cfg = build("[services.t]\ncommand = ['${python}', '-m', 'tool']\ntask = true\n")
     assert cfg.services["t"].command == (sys.executable, "-m", "tool")
+
+
+@pytest.mark.parametrize(("line", "expected"), [("", None), ("interface = 'asgi'", "asgi"),
+                                                 ("interface = 'wsgi'", "wsgi")])
+def test_interface_of_an_app(line: str, expected: str | None) -> None:
+    """interface = "asgi" | "wsgi" is kept on the app's ServiceConfig; unset it is None (detected)."""
+    cfg = build(f"[services.web]\napp = 'flaskapp:app'\n{line}\n")
+    assert cfg.services["web"].interface == expected
+
+
+def test_profile_that_makes_an_app_external_drops_its_interface() -> None:
+    """A profile that turns an app into a url service drops interface with app (no error)."""
+    cfg = build("""
+        [services.web]
+        app = 'flaskapp:app'
+        interface = 'wsgi'
+        [profiles.staging.services.web]
+        url = 'http://127.0.0.1:9000'
+    """, profile="staging")
+    assert cfg.services["web"].kind == "url" and cfg.services["web"].interface is None

@@ -28,6 +28,8 @@ Spawner = Literal["preimport", "plain"]
 MODE_CHOICES: tuple[str, ...] = get_args(ModeSetting)
 XDIST_CHOICES: tuple[str, ...] = get_args(XdistSetting)
 Kind = Literal["app", "command", "url"]
+#: How an ``app`` is served: ``asgi`` (uvicorn) or ``wsgi`` (through an adapter); None: detected.
+Interface = Literal["asgi", "wsgi"]
 PortAllocator = Callable[[str, str], int]
 #: Builds the ConfigError for one place in the config: ``where(problem, fix=..., key=...)``.
 Where = Callable[..., ConfigError]
@@ -78,6 +80,7 @@ class ServiceModel(_Strict):
     """One ``[services.NAME]`` table, as written."""
 
     app: str | None = None
+    interface: Interface | None = None
     command: list[str] | str | None = None
     url: str | None = None
     depends_on: list[str] = Field(default_factory=list, alias="dependencies")
@@ -192,6 +195,8 @@ class ServiceConfig:
     port: int | None
     url: str | None
     app: str | None = None
+    #: ``interface = "asgi" | "wsgi"`` as written; None: detect it when the app is imported.
+    interface: Interface | None = None
     command: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path = Path(".")

@@ -41,6 +41,10 @@ def resolve_mode(
         user_app = next(((n, s.user) for n, s in sorted(config.services.items()) if s.kind == "app" and s.user), None)
         if user_app:
             subprocess_apps_because = f"app '{user_app[0]}' runs as user {user_app[1]}, which only a subprocess can"
+    if not subprocess_apps_because:  # pytest-django's database guard would break a Django app in this process
+        from .._asgi import django_guard_reason
+
+        subprocess_apps_because = django_guard_reason(config.services.values(), config.root)
     conflict = inprocess_env_conflict(config)
     if config.mode == "multi_process":
         return "multi_process", "mode = multi_process was asked for", True

@@ -196,6 +196,16 @@ def parse(
                 service=name,
                 fix="rename it; names appear in placeholders and on command lines",
             )
+        raw = model.services[name]
+        if raw.interface is not None and raw.app is None:
+            raise ConfigError(
+                f"interface = {raw.interface!r} is only for app services (this one has "
+                f"{'a command' if raw.command is not None else 'a url'})",
+                source=src,
+                service=name,
+                key="interface",
+                fix="remove interface, or serve a Python app with app = \"module:attribute\"",
+            )
     return _resolve(
         model,
         source=Path(src),
@@ -344,6 +354,7 @@ def _resolve(
             port=port,
             url=url,
             app=raw.app,
+            interface=raw.interface,
             command=command,
             env=env_values,
             cwd=cwd,

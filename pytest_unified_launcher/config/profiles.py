@@ -58,7 +58,7 @@ def _env_overrides(environ: Mapping[str, str], source: str) -> dict[str, Any]:
 
 
 _KIND_KEYS = {
-    "app": ("app",),
+    "app": ("app", "interface"),
     "command": ("command", "setup", "user", "task"),
     "url": ("url",),
 }
