@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import textwrap
 import tomllib
 from pathlib import Path
@@ -193,6 +194,13 @@ ERRORS = [
     ("[servics.a]\ncommand = ['x']\n", {}, ["unknown top-level table 'servics'", "did you mean 'services'"]),
     ("[services.a]\ncommand = ['x', '${env.UL_UNSET_VAR}']\n", {}, ["UL_UNSET_VAR is not set", ":-value"]),
     ("[services.a]\ncommand = ['x']\nstop_signal = 'SIGFOO'\n", {}, ["unknown signal 'SIGFOO'"]),
+    # A number that is no signal: the stop raised EINVAL and orphaned the service (issue 11 item 10).
+    ("[services.a]\ncommand = ['x']\nstop_signal = 99\n", {},
+     ["service 'a'", "key 'stop_signal'", "99 is not a signal", "SIGTERM", "15"]),
+    ("[services.a]\ncommand = ['x']\nstop_signal = 0\n", {}, ["key 'stop_signal'", "0 is not a signal"]),
+    ("[services.a]\ncommand = ['x']\nstop_signal = -15\n", {}, ["key 'stop_signal'", "-15 is not a signal"]),
+    ("[services.a]\ncommand = ['x']\nstop_signal = 'SIG_DFL'\n", {}, ["key 'stop_signal'", "unknown signal"]),
+    ("[services.a]\ncommand = ['x']\nstop_signal = true\n", {}, ["key 'stop_signal'"]),
     ("[services.a]\ncommand = ['x']\nhealth = { tcp = true }\n", {}, ["tcp probe needs a port"]),
     ("[services.a]\ncommand = ['x']\nhealth = { http = '/h', tcp = true }\n", {}, ["set exactly one of http"]),
     ("[services.a]\ncommand = ['x']\nhealth = { log = '([' }\n", {}, ["not a valid regex"]),
@@ -387,6 +395,16 @@ def test_python_placeholder_is_the_launchers_interpreter() -> None:
 
     cfg = build("[services.t]\ncommand = ['${python}', '-m', 'tool']\ntask = true\n")
     assert cfg.services["t"].command == (sys.executable, "-m", "tool")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("'SIGINT'", signal.SIGINT), ("'int'", signal.SIGINT), ("'sigquit'", signal.SIGQUIT),
+    ("2", signal.SIGINT), ("'SIGRTMIN'", signal.SIGRTMIN), (str(int(signal.SIGRTMAX)), signal.SIGRTMAX),
+])
+def test_stop_signal_names_and_numbers(value: str, expected: int) -> None:
+    """stop_signal takes a name (any case, SIG optional) or the number of a real signal."""
+    cfg = build(f"[services.a]\ncommand = ['x']\nstop_signal = {value}\n")
+    assert cfg.services["a"].stop_signal == int(expected)
 
 
 @pytest.mark.parametrize(("line", "expected"), [("", None), ("interface = 'asgi'", "asgi"),

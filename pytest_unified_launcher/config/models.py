@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from ..errors import ConfigError
 
@@ -94,7 +94,7 @@ class ServiceModel(_Strict):
     tmpfs: bool = False
     health: HealthModel | None = None
     startup_timeout: float | None = Field(default=None, gt=0)
-    stop_signal: str | int = "SIGTERM"
+    stop_signal: StrictStr | StrictInt = "SIGTERM"  # strict: true is not SIGHUP
     stop_timeout: float = Field(default=10.0, ge=0)
     retries: int = Field(default=1, ge=1)
     watch: list[str] = Field(default_factory=list)

@@ -105,7 +105,11 @@ def _argv(value: list[str] | str, where: Where | None = None, key: str = "comman
 
 
 def _signal_number(value: str | int, where: Where) -> int:
+    """The number of a real signal: one the kernel refuses (EINVAL at stop) would orphan the service."""
+    fix = "use a signal name such as SIGTERM, SIGINT or SIGQUIT, or its number (15, 2, 3)"
     if isinstance(value, int):
+        if value not in signal.valid_signals():
+            raise where(f"{value} is not a signal", fix=fix)
         return value
     name = value.upper()
     if not name.startswith("SIG"):
@@ -113,7 +117,7 @@ def _signal_number(value: str | int, where: Where) -> int:
     try:
         return int(signal.Signals[name])
     except KeyError:
-        raise where(f"unknown signal {value!r}", fix="use a signal name such as SIGTERM, SIGINT or SIGQUIT") from None
+        raise where(f"unknown signal {value!r}", fix=fix) from None
 
 
 # --------------------------------------------------------------------------- parse
