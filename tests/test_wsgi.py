@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -217,3 +218,24 @@ def test_django_wsgi_app_serves_in_both_modes(pytester: pytest.Pytester, mode: s
     _pytester_project(pytester, "djproj.wsgi:application", mode)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:django")
     result.assert_outcomes(passed=1)
+
+
+def test_interface_key_serves_what_detection_cannot_tell(tmp_path: Path, no_orphans: None) -> None:
+    """interface = "wsgi" in launcher.toml serves a WSGI callable hidden behind *args (single_process;
+    check reports it WSGI too), which without the key fails as neither."""
+    path = project(tmp_path, """
+        [services.star]
+        app = "wsgi_shapes:star_wsgi"
+        interface = "wsgi"
+        health = { http = "/" }
+    """)
+
+    async def serve() -> tuple[int, str]:
+        async with UnifiedLauncher(load_config(path, mode="single_process", environ={})) as launcher:
+            handles = await launcher.start()
+            return get(handles["star"].url, "/")
+
+    assert asyncio.run(serve()) == (200, "plain wsgi")
+    result = subprocess.run([PY, "-m", "pytest_unified_launcher", "check"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert "app star: wsgi_shapes:star_wsgi is WSGI (served through a2wsgi)" in result.stdout, result.stderr

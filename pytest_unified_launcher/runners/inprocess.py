@@ -83,7 +83,7 @@ class InProcessRunner(Runner):
         os.environ.update(svc.env)
         self.spawned_at = _timing.monotonic()
         try:
-            app, interface = resolve_app(import_target(svc.app, self.ctx.root), svc.app, getattr(svc, "interface", None))
+            app, interface = resolve_app(import_target(svc.app, self.ctx.root), svc.app, svc.interface)
         except AppImportError as exc:
             raise self._fail(str(exc)) from None
         except Exception as exc:

@@ -72,3 +72,8 @@ class NotAnApp:
 
 not_an_app = NotAnApp()
 four_args = two_things
+
+
+def star_wsgi(*args: Any) -> Iterable[bytes]:
+    """WSGI behind *args (an undecorated wrapper): detection cannot tell, interface = "wsgi" can."""
+    return plain_wsgi(*args)
