@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -100,11 +101,18 @@ async def spawn(
     log_file: int,
     ids: tuple[int, int] | None = None,
     pass_fds: Sequence[int] = (),
+    cgroup: Cgroup | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` in its own session with its output appended to ``log_file``."""
+    """Start ``argv`` in its own session with its output appended to ``log_file``.
+
+    With ``cgroup``, the child joins it before it runs ``argv`` (through ``/bin/sh``'s ``echo`` and
+    ``exec``: same pid, nothing forked before it is inside), so nothing it forks escapes it.
+    """
     kwargs: dict[str, object] = {}
     if ids is not None:
         kwargs.update(user=ids[0], group=ids[1], extra_groups=[])
+    if cgroup is not None:
+        argv = cgroup.wrap(argv, env=env, cwd=cwd, ids=ids)
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -254,3 +262,136 @@ async def run_to_end(
     finally:
         if on_exit is not None:
             on_exit(proc.pid)
+
+
+#: Where each subprocess service gets a cgroup of its own (cgroup v1's ``pids`` hierarchy).
+CGROUP_ROOT = Path("/sys/fs/cgroup/pids")
+
+
+class Cgroup:
+    """A service's own cgroup, as systemd's ``KillMode=control-group``: every process it forks
+    stays in it, a daemon that double-forks into a new session and clears its environment too,
+    so the stop reaches them all. Only where one can be made (root, a mounted ``pids``
+    hierarchy); elsewhere the process group and the marker variables are the best effort.
+
+    Named after the service's pid and start token, so whoever stops it (an adopting launcher,
+    the sentinel) finds it; a process joins at spawn (a fork in its first instants escapes).
+    """
+
+    _made = 0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def path_for(pid: int, token: str | None) -> Path:
+        return CGROUP_ROOT / f"unified-launcher-{pid}-{token}"
+
+    @classmethod
+    def create(cls) -> Cgroup | None:
+        """A new empty cgroup for the next spawn; None where none can be made (not root, no v1 pids)."""
+        if os.geteuid() != 0:
+            return None
+        cls._made += 1
+        path = CGROUP_ROOT / f"unified-launcher-new-{os.getpid()}-{cls._made}"
+        try:
+            os.mkdir(path, 0o755)
+        except OSError:
+            return None
+        return cls(path)
+
+    def wrap(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
+             ids: tuple[int, int] | None) -> list[str]:
+        """``argv`` run by ``/bin/sh``, which first moves itself into this cgroup, then execs it.
+
+        The program is resolved here as ``exec`` would (PATH of ``env``), so a missing or
+        non-executable one still raises FileNotFoundError/PermissionError at the spawn.
+        """
+        import shutil
+
+        program = argv[0]
+        if "/" in program:
+            path = cwd / program
+            if not path.exists():
+                raise FileNotFoundError(2, os.strerror(2), program)
+            if path.is_dir() or not os.access(path, os.X_OK):
+                raise PermissionError(13, os.strerror(13), program)
+        else:
+            found = shutil.which(program, path=env.get("PATH", os.defpath))
+            if found is None:
+                raise FileNotFoundError(2, os.strerror(2), program)
+            program = found
+        procs = self.path / "cgroup.procs"
+        if ids is not None:
+            try:
+                os.chown(procs, ids[0], -1)  # a process may move itself only with write access here
+            except OSError:
+                pass
+        return ["/bin/sh", "-c", 'echo 0 2>/dev/null >"$0"; exec "$@"', str(procs), program, *argv[1:]]
+
+    def name_after(self, pid: int, token: str | None) -> None:
+        """Rename it after its service's pid and start token, so any stopper (or the sentinel) finds it."""
+        target = self.path_for(pid, token)
+        try:
+            os.rename(self.path, target)
+        except OSError:
+            return
+        self.path = target
+
+    @classmethod
+    def adopt(cls, pid: int, token: str | None) -> Cgroup | None:
+        """Move a running ``pid`` into a new cgroup of its own (what it forked before stays out)."""
+        if token is None or os.geteuid() != 0:
+            return None
+        path = cls.path_for(pid, token)
+        try:
+            os.mkdir(path, 0o755)
+            with open(path / "cgroup.procs", "w") as fh:
+                fh.write(str(pid))
+        except OSError:
+            cls(path).remove()
+            return None
+        return cls(path)
+
+    def pids(self) -> list[int]:
+        try:
+            with open(self.path / "cgroup.procs") as fh:
+                return [int(line) for line in fh if line.strip()]
+        except (OSError, ValueError):
+            return []
+
+    async def stop(self, stop_signal: int, stop_timeout: float) -> list[int]:
+        """``stop_signal`` to what is left in it, SIGKILL after ``stop_timeout``; then remove it.
+        Returns the pids that were left (an escaped daemon, say). Every pid in the cgroup is ours:
+        membership is of living processes, so no reused pid can be in it."""
+        left = self.pids()
+        if left:
+            kill_pids(left, stop_signal)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + stop_timeout
+            while self.pids() and loop.time() < deadline:  # noqa: ASYNC110 - no event tells when they are gone
+                await asyncio.sleep(0.02)
+            self.kill()
+        self.remove()
+        return left
+
+    def kill(self) -> None:
+        """SIGKILL everything in it, with new forks refused meanwhile (bounded)."""
+        try:
+            with open(self.path / "pids.max", "w") as fh:
+                fh.write("0")
+        except OSError:
+            pass
+        for _ in range(100):
+            pids = self.pids()
+            if not pids:
+                return
+            kill_pids(pids)
+            time.sleep(0.002)
+
+    def remove(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+

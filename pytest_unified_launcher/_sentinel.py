@@ -136,14 +136,16 @@ main(sys.argv[4:])
 """
 
 
-def _read_owner(path: Path) -> tuple[int, str] | None:
-    """The run file's owner (pid, start token), or None when there is no (sane) run file."""
+def _read_run_file(path: Path) -> tuple[tuple[int, str], list[tuple[int, str]]] | None:
+    """The run file's owner and processes (pid, start token), or None when there is no (sane) one."""
     import json
 
     try:
-        owner = json.loads(path.read_text())["owner"]
-        return int(owner["pid"]), str(owner["token"])
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(path.read_text())
+        owner = data["owner"]
+        processes = [(int(pid), str(info["token"])) for pid, info in data["processes"].items()]
+        return (int(owner["pid"]), str(owner["token"])), processes
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -172,9 +174,10 @@ def _wait_gone(pid: int, token: str) -> None:
 
 def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
     """The launcher is gone (or let us go): reap what it left, if anything."""
-    owner = _read_owner(state_dir / "run" / f"{launcher_id}.json")
-    if owner is None:
+    run_file = _read_run_file(state_dir / "run" / f"{launcher_id}.json")
+    if run_file is None:
         return  # released normally (or handed over: --launcher-keep): nothing of ours to reap
+    owner, processes = run_file
     import logging
 
     if log_path is not None:
@@ -191,6 +194,12 @@ def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
         reap(state_dir)
     except Exception:
         logging.getLogger(__name__).exception("reaping %s failed", state_dir)
+    from ._process import Cgroup
+
+    for pid, token in processes:  # what escaped group and marker (a daemon with a cleared environment)
+        cgroup = Cgroup(Cgroup.path_for(pid, token))
+        cgroup.kill()
+        cgroup.remove()
     try:
         with _ports.reserver():  # reading the claims under the lock removes the dead launcher's
             pass

@@ -436,3 +436,36 @@ def test_sigkill_of_an_xdist_controller_leaves_nothing(pytester: pytest.Pytester
         for worker in workers:  # they may sleep on in their test: not what is checked here
             with contextlib.suppress(psutil.Error):
                 worker.kill()
+
+
+# --------------------------------------------------------------------------- item 18: cgroups
+
+
+def test_a_daemon_that_clears_its_environment_is_stopped_with_its_cgroup(tmp_path: Path) -> None:
+    """A daemon that leaves its group, its parent and its marker (`(setsid env -i ... &)`) is stopped with the service's cgroup."""
+    if not os.access("/sys/fs/cgroup/pids", os.W_OK):
+        pytest.skip("no writable cgroup v1 pids hierarchy here")
+    tag = f"{secrets.randbelow(900) + 100}.{secrets.randbelow(900) + 100}"  # a sleep nobody else runs
+    config = load_config(write(tmp_path, f"""
+        [services.svc]
+        command = ["/bin/sh", "-c", "(setsid env -i sleep {tag} &); exec {{PY}} {{TCP}} $0", "${{port}}"]
+    """), environ={})
+
+    def daemon() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if proc.info["cmdline"] == ["sleep", tag]:
+                found.append(proc)
+        return found
+
+    async def go() -> None:
+        async with UnifiedLauncher(config) as launcher:
+            await launcher.start()
+            assert await asyncio.to_thread(wait_for, lambda: bool(daemon()))
+
+    try:
+        asyncio.run(go())
+        assert wait_for(lambda: not daemon(), deadline=10), f"the daemon outlived its service: {daemon()}"
+    finally:
+        for proc in daemon():
+            proc.kill()

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .._process import kill_pids, owns_group, process_token
+from .._process import Cgroup, kill_pids, owns_group, process_token
 from . import Runner
 
 
@@ -47,7 +47,11 @@ class AttachedRunner(Runner):
 
     async def stop(self) -> None:
         pid = self._pid
-        if pid is None or self.svc.task or not self.alive():
+        if pid is None or self.svc.task:
+            return
+        cgroup = Cgroup(Cgroup.path_for(pid, self._token))
+        if not self.alive():
+            await cgroup.stop(self.svc.stop_signal, self.svc.stop_timeout)  # what it left, if anything
             return
         self._signal(pid, self.svc.stop_signal)
         loop = asyncio.get_running_loop()
@@ -57,6 +61,7 @@ class AttachedRunner(Runner):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
         self._signal(pid, signal.SIGKILL)
+        await cgroup.stop(self.svc.stop_signal, self.svc.stop_timeout)
         self.ctx.on_exit(self.svc.name, pid)
 
     def _signal(self, pid: int, sig: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from .. import _timing
 from .._process import (
     OWNER_VAR,
+    Cgroup,
     SERVICE_VAR,
     cannot_run,
     marked_pids,
@@ -116,6 +117,7 @@ class SubprocessRunner(Runner):
         super().__init__(*args, **kwargs)
         self.proc: Any = None  # asyncio.subprocess.Process, or a forked RemoteProcess
         self._token: str | None = None  # the process's start time at spawn: pids get reused
+        self._cgroup: Cgroup | None = None
         self._spawning: asyncio.Future[Any] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._log_fd: int | None = None
@@ -243,20 +245,27 @@ class SubprocessRunner(Runner):
             self._spawning = asyncio.ensure_future(forkserver.spawn(
                 self._argv(None)[3:], env=env, cwd=svc.cwd, log_fd=self._log_fd, ready_fd=write_fd))
         else:
-            self._spawning = asyncio.ensure_future(
-                spawn(self._argv(write_fd), env=env, cwd=svc.cwd, log_file=self._log_fd, ids=ids, pass_fds=pass_fds)
-            )
+            self._cgroup = Cgroup.create()
+            self._spawning = asyncio.ensure_future(spawn(
+                self._argv(write_fd), env=env, cwd=svc.cwd, log_file=self._log_fd, ids=ids, pass_fds=pass_fds,
+                cgroup=self._cgroup))
         try:
             # Shielded: if we are cancelled (Ctrl-C), the spawn still completes and stop() reaps it.
             self.proc = await asyncio.shield(self._spawning)
         except (FileNotFoundError, PermissionError) as exc:
+            self._drop_cgroup()
             raise self._fail(cannot_run("command", self._argv(None)[0], exc, svc.cwd)) from None
         except ConnectionError as exc:
+            self._drop_cgroup()
             raise self._fail(f"{exc}; set [launcher] spawner = \"plain\" to spawn apps directly") from None
         finally:
             if write_fd is not None:
                 os.close(write_fd)
         self._token = getattr(self.proc, "token", None) or start_time(self.proc.pid)
+        if self._cgroup is not None:
+            self._cgroup.name_after(self.proc.pid, self._token)
+        else:  # a forked app: it joins now (it forks nothing before its app is imported)
+            self._cgroup = Cgroup.adopt(self.proc.pid, self._token)
         self.ctx.on_spawn(svc.name, self.proc.pid)
         self._exited = asyncio.ensure_future(self.proc.wait())
 
@@ -281,6 +290,11 @@ class SubprocessRunner(Runner):
             ) from None
         if code != 0:
             raise self._fail(f"setup command `{shlex.join(step)}` {describe_exit(code)}", exit_code=code)
+
+    def _drop_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
 
     def _on_ready_pipe(self) -> None:
         assert self._ready_fd is not None
@@ -400,5 +414,11 @@ class SubprocessRunner(Runner):
                     log.warning("%s left processes outside its group (it daemonizes?): stopping pids %s",
                                 self.svc.name, escaped)
                     await stop_marked(escaped, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout)
+            if self._cgroup is not None:
+                left = await self._cgroup.stop(self.svc.stop_signal, self.svc.stop_timeout)
+                if left:
+                    log.warning("%s left processes outside its group and without its marker (a daemon that "
+                                "cleared its environment?): stopped pids %s with its cgroup", self.svc.name, left)
+                self._cgroup = None
         finally:
             self.detach()
