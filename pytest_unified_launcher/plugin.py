@@ -45,6 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--launcher-attach", dest="launcher_attach", action="store_true", default=None,
                     help="use the environment `unified-launcher up` is running")
     parser.addini("launcher_attach", "use the environment `unified-launcher up` runs", type="bool", default=False)
+    parser.addini("launcher_log_lines", "log lines per service shown under a failing test (0: none)",
+                  type="string", default="20")
 
 
 def _opt(config: pytest.Config, name: str, namespace: Any = None) -> Any:
@@ -399,20 +401,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and report.when in ("setup", "call"):
         state = item.config.stash.get(_KEY, None)
         if state is not None and state.launcher is not None:
-            try:
-                wanted = state.launcher.closure(_marked_services(item))
-            except LauncherError:  # a wrong marker or name: its own error says so
-                wanted = []
-            from ._redact import redact
-
-            for name in wanted:
-                handle = state.launcher.services[name]
-                if report.when == "setup" and handle.error is not None:
-                    continue  # its own failure message already ends with this tail
-                text = handle.logs(20)
-                if text:
-                    report.sections.append((f"unified-launcher log: {name} (last 20 lines)", redact(text)))
+            _add_log_sections(item, report, state.launcher)
     return report
+
+
+def _log_lines(config: pytest.Config) -> int:
+    value = config.getini("launcher_log_lines")
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise pytest.UsageError(f"ini key launcher_log_lines: {value!r} is not a whole number of lines; e.g. 20") from None
+
+
+def _add_log_sections(item: pytest.Item, report: pytest.TestReport, launcher: UnifiedLauncher) -> None:
+    """Log tails under a failing test: a service that died first, then the services the test
+    marked; their dependencies only with -v (a healthy database's chatter hides the cause)."""
+    lines = _log_lines(item.config)
+    if lines == 0:
+        return
+    try:
+        marked = _marked_services(item)
+        wanted = launcher.closure(marked)
+    except LauncherError:  # a wrong marker or name: its own error says so
+        return
+    handles = launcher.services
+
+    def died(name: str) -> bool:
+        return handles[name].state == "running" and not handles[name].alive
+
+    broken = [n for n in wanted if died(n)]
+    shown = broken + [n for n in marked if n not in broken]
+    if item.config.get_verbosity() > 0:
+        shown += [n for n in wanted if n not in shown]
+    from ._redact import redact
+
+    for name in shown:
+        handle = handles[name]
+        if report.when == "setup" and handle.error is not None:
+            continue  # its own failure message already ends with this tail
+        text = handle.logs(lines)
+        if text:
+            how = "died; " if name in broken else ""
+            report.sections.append((f"unified-launcher log: {name} ({how}last {lines} lines)", redact(text)))
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -870,3 +870,49 @@ def test_shared_stop_then_start_adopts_what_another_worker_started(project: pyte
     """)
     result = project.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "each")
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(("args", "ini", "sections"), [
+    ([], "", ["plain (died; last 20 lines)", "api (last 20 lines)"]),
+    (["-v"], "", ["plain (died; last 20 lines)", "api (last 20 lines)"]),
+    ([], "launcher_log_lines = 5\n", ["plain (died; last 5 lines)", "api (last 5 lines)"]),
+    ([], "launcher_log_lines = 0\n", []),
+])
+def test_failing_test_shows_the_broken_service_first(project: pytest.Pytester, args: list[str], ini: str,
+                                                      sections: list[str], no_orphans: None) -> None:
+    """A failing test shows the tail of a service that died first, then the services it marked;
+    their dependencies' tails only with -v (a dependency that is fine is noise: initdb's chatter);
+    launcher_log_lines sets how many lines (0: none)."""
+    project.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n" + ini)
+    project.makepyfile("""
+        import os, signal, time
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_fails(services):
+            os.kill(services["plain"].pid, signal.SIGKILL)
+            time.sleep(0.2)
+            assert False, "the test's own failure"
+    """)
+    # multi_process: the app's output is a log file (in-process apps' records are best effort).
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=multi_process", *args)
+    result.assert_outcomes(failed=1)
+    shown = [line.split("unified-launcher log: ")[1].rstrip(" -") for line in result.stdout.lines
+             if "unified-launcher log: " in line]
+    assert shown == sections
+
+
+def test_verbose_failing_test_shows_every_service_it_needs(project: pytest.Pytester, no_orphans: None) -> None:
+    """With -v, a failing test shows the tails of its services' dependencies too, after its own."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("api")
+        def test_fails(services):
+            assert False
+    """)
+    quiet = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=multi_process")
+    verbose = project.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=multi_process", "-v")
+    assert "unified-launcher log: plain" not in quiet.stdout.str()
+    verbose.stdout.fnmatch_lines(["*unified-launcher log: api (last 20 lines)*",
+                                  "*unified-launcher log: plain (last 20 lines)*"])
