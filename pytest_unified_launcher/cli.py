@@ -556,6 +556,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        if text.startswith("#!"):  # a script the config runs (bin/pg-init)
+            path.chmod(0o755)
         print(f"wrote {path}")
     print(f"next: unified-launcher check --config {target}")
     return 0

@@ -362,6 +362,7 @@ def test_init_writes_a_config_that_checks(tmp_path: Path) -> None:
 
 def test_init_project_tests_pass(tmp_path: Path, no_orphans: None) -> None:
     """The starter's own tests pass as written, the app's through its URL."""
+    tmp_path.chmod(0o755)  # as a project folder is: its bin/pg-init runs as the service user `postgres`
     assert cli(tmp_path, "init", "--with", "postgres,redis,fastapi").returncode == 0
     (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=tmp_path, capture_output=True,
