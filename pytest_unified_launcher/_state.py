@@ -12,6 +12,7 @@ made (``CACHEDIR.TAG``) and refuses one that holds other files: it deletes files
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -102,6 +103,22 @@ def _tagged(fd: int) -> bool:
         return False
     with os.fdopen(tag, "rb") as fh:
         return stat.S_ISREG(os.fstat(tag).st_mode) and b"pytest-unified-launcher" in fh.read(4096)
+
+
+def claim_log_dir(logs: Path, launcher_id: str) -> tuple[Path, int | None]:
+    """The log folder for one environment: ``logs`` itself while no other live launcher holds it
+    (a lock held for the launcher's life), else ``logs/<launcher_id>`` (two pytest sessions of one
+    project ran at once and replaced each other's logs). Returns the folder and the lock's fd."""
+    make_private_dir(logs)
+    fd = os.open(logs / ".lock", os.O_RDWR | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        own = logs / launcher_id
+        make_private_dir(own)
+        return own, None
+    return logs, fd
 
 
 def ensure_state_dir(state_dir: Path, *, source: str | None = None) -> None:

@@ -199,6 +199,9 @@ class UnifiedLauncher:
         #: Where its services' logs go: ``<state_dir>/logs``, or a folder of its own when other
         #: launchers start the same services next to it (an xdist per_worker worker, ``up``).
         self.log_dir = log_dir or config.state_dir / "logs"
+        #: A launcher given no log folder shares ``logs/`` unless another live one holds it.
+        self._claims_log_dir = log_dir is None
+        self._log_lock: int | None = None
         self.mode, self.mode_reason, apps_as_subprocesses = resolve_mode(
             config, subprocess_apps_because=subprocess_apps_because, as_root=os.geteuid() == 0
         )
@@ -424,6 +427,9 @@ class UnifiedLauncher:
         if not self._closed:
             self._closed = True
             self._thread.close()
+            if self._log_lock is not None:
+                os.close(self._log_lock)
+                self._log_lock = None
 
     async def __aenter__(self) -> UnifiedLauncher:
         return self
@@ -445,11 +451,14 @@ class UnifiedLauncher:
 
     def _context(self) -> Any:
         if self._ctx is None:
-            from ._state import StateFile, ensure_state_dir, make_private_dir, reap
+            from ._state import StateFile, claim_log_dir, ensure_state_dir, make_private_dir, reap
             from .runners import RunContext
 
             try:  # logs and state files are private: 0700 folders, 0600 files; a foreign state dir is refused
                 ensure_state_dir(self.config.state_dir, source=str(self.config.source))
+                if self._claims_log_dir:
+                    self.log_dir, self._log_lock = claim_log_dir(self.log_dir, self.id)
+                    self._claims_log_dir = False
                 make_private_dir(self.log_dir)
             except OSError:
                 pass  # reported by the runner that needs to write there, with the fix

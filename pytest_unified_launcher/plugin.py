@@ -75,6 +75,9 @@ class _Session:
         self.previous_handlers: dict[int, Any] = {}
         #: Attached under xdist: ``service -> pid`` of `up`'s own processes (never ours to stop).
         self.up_pids: dict[str, int | None] = {}
+        #: The xdist controller's log folder for its workers, and the lock that claims it.
+        self.log_dir: Path | None = None
+        self.log_lock: int | None = None
 
     @property
     def active(self) -> bool:
@@ -190,6 +193,7 @@ def _assign_role(
     if workers < 1:
         return
     session.role = "controller"
+    _claim_logs_for_workers(session, lconfig)
     if lconfig.xdist == "per_worker" and session.keep and not session.attach:
         raise pytest.UsageError(
             "--launcher-keep with --launcher-xdist=per_worker: every worker has an environment of its "
@@ -213,6 +217,27 @@ def _assign_role(
         session.shared = SharedEnvironment(folder)
         if session.attach:
             session.up_pids = _share_up_services(session.shared, lconfig.state_dir)
+
+
+#: The log folder the xdist controller claimed for its workers (they inherit it).
+LOGS_VAR = "UNIFIED_LAUNCHER_LOGS"
+
+
+def _claim_logs_for_workers(session: _Session, lconfig: LauncherConfig) -> None:
+    """One log folder for this xdist session's environment(s), held for the session: `logs/`, or
+    `logs/<id>/` while another session holds that. Shared workers write there, per_worker ones
+    in `<it>/gw0/`, `<it>/gw1/`... (two sessions of one project replaced each other's logs)."""
+    from ._state import claim_log_dir, ensure_state_dir
+
+    try:
+        ensure_state_dir(lconfig.state_dir, source=str(lconfig.source))
+        session.log_dir, session.log_lock = claim_log_dir(lconfig.state_dir / "logs", f"xdist-{os.getpid()}")
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise pytest.UsageError(f"cannot write the launcher's logs under {lconfig.state_dir} ({exc.strerror}); "
+                                "set [launcher] state_dir to a writable folder") from None
+    os.environ[LOGS_VAR] = str(session.log_dir)
 
 
 def _share_up_services(shared: SharedEnvironment, state_dir: Path) -> dict[str, int | None]:
@@ -267,13 +292,16 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
         from .orchestrator import UnifiedLauncher
 
         worker = os.environ.get("PYTEST_XDIST_WORKER")
-        own_environment = session.role == "worker" and session.shared is None  # per_worker
+        log_dir = None  # a plain session claims logs/ itself
+        if session.role == "worker" and worker:
+            claimed = Path(os.environ.get(LOGS_VAR) or session.lconfig.state_dir / "logs")
+            # per_worker: every worker runs the same services; gw0/, gw1/ keep them apart.
+            log_dir = claimed if session.shared is not None else claimed / worker
         session.launcher = UnifiedLauncher(
             session.lconfig,
             subprocess_apps_because=SHARED_WORKERS if session.shared is not None else KEEP if session.keep else None,
             owner_pid=session.shared_payload["controller_pid"] if session.shared_payload else None,
-            # per_worker: every worker runs the same services; logs/gw0/, logs/gw1/ keep them apart.
-            log_dir=session.lconfig.state_dir / "logs" / worker if own_environment and worker else None,
+            log_dir=log_dir,
         )
         if session.shared is not None and session.role == "worker":
             shared, launcher = session.shared, session.launcher
@@ -668,7 +696,7 @@ def _finish_controller(state: _Session) -> None:
     if state.keep or state.attach:
         reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
     record = state.shared.read()
-    launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS)
+    launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS, log_dir=state.log_dir)
     for name, entry in record.items():
         if name not in launcher.services or entry.get("state") not in ("running", "completed"):
             continue

@@ -573,3 +573,22 @@ async def test_report_keeps_the_first_start_and_names_death_and_interruption(tmp
     assert len(svc["restarts"]) == 1 and svc["restarts"][0]["started_at"] > svc["ready_at"]
     assert svc["died"] == "was killed by SIGKILL"
     assert run["services"]["slow"]["interrupted"] is True
+
+
+async def test_two_environments_of_one_project_log_apart(tmp_path: Path, no_orphans: None) -> None:
+    """Two launchers of one config running at once (two pytest sessions in one project) write
+    separate logs: the second one's go to logs/<its id>/ (they replaced each other's)."""
+    path = write_config(tmp_path, """
+        [launcher]
+        state_dir = "state"
+        [services.plain]
+        command = ["{PY}", "{TCP}", "${port}"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as first, \
+            UnifiedLauncher(load_config(path, environ={})) as second:
+        one = (await first.start())["plain"]
+        two = (await second.start())["plain"]
+        assert one.log_path == tmp_path / "state" / "logs" / "plain.log"
+        assert two.log_path == tmp_path / "state" / "logs" / second.id / "plain.log"
+        assert str(one.port) in one.logs() and str(two.port) not in one.logs()
+        assert str(two.port) in two.logs()

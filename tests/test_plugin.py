@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -916,3 +917,40 @@ def test_verbose_failing_test_shows_every_service_it_needs(project: pytest.Pytes
     assert "unified-launcher log: plain" not in quiet.stdout.str()
     verbose.stdout.fnmatch_lines(["*unified-launcher log: api (last 20 lines)*",
                                   "*unified-launcher log: plain (last 20 lines)*"])
+
+
+def test_two_sessions_of_one_project_keep_their_logs_apart(project: pytest.Pytester, no_orphans: None) -> None:
+    """A plain session and an xdist session of one project run at once: each service's logs() is
+    its own environment's (the second session replaced logs/plain.log, so a failure could show
+    "listening on" another port)."""
+    project.makepyfile(test_a="""
+        import os, time
+        import pytest
+
+        def wait_for(path):
+            deadline = time.monotonic() + 60
+            while not path.exists():
+                assert time.monotonic() < deadline, f"never saw {path}"
+                time.sleep(0.02)
+
+        @pytest.mark.services("plain")
+        def test_logs(services, pytestconfig):
+            here = pytestconfig.rootpath
+            if os.environ.get("ROLE") == "first":
+                (here / "first_up").touch()
+                wait_for(here / "second_done")
+            else:
+                wait_for(here / "first_up")
+            time.sleep(0.1)
+            assert f"listening on {services['plain'].port}" in services["plain"].logs()
+            if os.environ.get("ROLE") != "first":
+                (here / "second_done").touch()
+    """)
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    first = subprocess.Popen(base, cwd=project.path, env={**os.environ, "ROLE": "first"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.run([*base, "-n", "2"], cwd=project.path, env={**os.environ, "ROLE": "second"},
+                            capture_output=True, text=True, timeout=120)
+    out, _ = first.communicate(timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert first.returncode == 0, out
