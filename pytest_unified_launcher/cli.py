@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import re
@@ -320,9 +321,7 @@ async def _run_up(config: Any, names: list[str] | None, *, dev: bool,
     A signal during the start cancels it at once (it used to wait out the startup_timeout of a
     service whose health check could not pass); what had started is then stopped as usual.
     """
-    from ._environment import Environment
-
-    env = Environment(config, names, dev=dev, follow_logs=follow_logs)
+    env = _up_environment(config, names, dev=dev, follow_logs=follow_logs)
     received: list[int] = []
 
     def on_signal(sig: int) -> None:
@@ -349,12 +348,52 @@ async def _run_up(config: Any, names: list[str] | None, *, dev: bool,
         except LauncherError as exc:
             on_ready(env, exc)
             return exc.exit_code
+        except OSError as exc:  # one of up's own (the control API's socket, a file): said, not a trace
+            on_ready(env, OSError(f"up could not start: {exc}"))
+            return 1
         on_ready(env, None)
         await env.run()
         return 0
     finally:
         await env.shutdown()
         env.launcher.close()
+
+
+def _up_environment(config: Any, names: list[str] | None, *, dev: bool, follow_logs: bool) -> Any:
+    """`up`'s environment, whose record (up.json) may fail to be written (disk full, permissions).
+
+    The first write failing is a start failure (nothing could find the environment); a later one
+    is said once, its temp file removed, and supervision goes on (it died silently, and with it
+    every later restart); the record is right again at the next write that succeeds.
+    """
+    from ._environment import Environment
+    from ._up import up_path
+
+    class UpEnvironment(Environment):
+        recorded = False
+        failing = False
+
+        def record(self) -> Path:
+            path = up_path(self.config.state_dir)
+            try:
+                written: Path = super().record()
+            except OSError as exc:
+                path.with_name(f"{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+                problem = f"cannot update {path} ({exc.strerror or exc})"
+                if not self.recorded:
+                    fix = "free some space there" if exc.errno == errno.ENOSPC else "make it writable"
+                    raise LauncherError(f"{problem}; {fix}, or set another state_dir") from None
+                if not self.failing:
+                    self.say(f"up: {problem}; the services stay supervised, and `unified-launcher status` "
+                             "asks this process directly")
+                self.failing = True
+                return path
+            if self.failing:
+                self.say(f"up: {path} is up to date again")
+            self.recorded, self.failing = True, False
+            return written
+
+    return UpEnvironment(config, names, dev=dev, follow_logs=follow_logs)
 
 
 def _detach(args: argparse.Namespace, config: Any) -> int:

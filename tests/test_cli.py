@@ -543,3 +543,72 @@ def test_check_reports_a_wrong_app_unless_no_import(project: Path) -> None:
     skipped = cli(project, "check", "--no-import")
     assert skipped.returncode == 0, skipped.stderr
     assert "apps not imported (--no-import)" in skipped.stdout
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs at ``tmp_path/state`` (the state dir) and a way to fill it up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: needs root")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(state)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+    def fill() -> None:
+        fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    try:
+        yield fill
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def test_full_disk_while_up_restarts_keeps_supervising(project: Path, full_disk: Any, no_orphans: None) -> None:
+    """When up.json cannot be written (disk full), up says so in one line and goes on restarting
+    services that die; no temp file is left (supervision died silently at the first restart)."""
+    (project / "launcher.toml").write_text(CONFIG.split("[services.api]")[0])
+    out = project / "up.out"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up"], cwd=project, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
+    try:
+        _wait(lambda: (project / "state" / "up.json").exists())
+        control = json.loads((project / "state" / "up.json").read_text())["control"]
+        full_disk()
+
+        def pid() -> Any:
+            return json.loads(http(f"{control['url']}/services/plain", control["token"])[1])
+
+        for _ in range(2):  # the second death shows that supervision goes on after the failed write
+            old = pid()["pid"]
+            os.kill(old, signal.SIGKILL)
+            _wait(lambda old=old: pid()["pid"] not in (None, old) and pid()["state"] == "running", timeout=60)
+        assert not list((project / "state").glob("up.json*.tmp"))
+        text = out.read_text()
+        assert "cannot update" in text and "No space left on device" in text, text
+        assert "Traceback" not in text, text
+    finally:
+        (project / "state" / "filler").unlink(missing_ok=True)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def test_up_detach_that_cannot_record_says_why(project: Path, no_orphans: None) -> None:
+    """`up --detach` whose up.json cannot be written exits 1 naming the file and the reason (it
+    said "see up.log"), and leaves nothing running."""
+    (project / "launcher.toml").write_text(CONFIG.split("[services.api]")[0])
+    assert cli(project, "check").returncode == 0
+    (project / "state").mkdir(exist_ok=True)
+    (project / "state" / "up.json").mkdir()  # where the record goes: os.replace onto it fails
+    result = cli(project, "up", "--detach")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot update {project / 'state' / 'up.json'} (Is a directory); "
+                                    "make it writable, or set another state_dir"), result.stderr
