@@ -270,6 +270,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "services(*names): start these launcher services (and their dependencies) before the test",
     )
+    state = config.stash.get(_KEY, None)
+    if state is not None and state.active and config.pluginmanager.has_plugin("django"):
+        # Registered after pytest-django, so that its django_db_setup (the launcher's database) wins.
+        config.pluginmanager.import_plugin("pytest_unified_launcher._django")
 
 
 def _session(config: pytest.Config) -> _Session:

@@ -164,18 +164,12 @@ TEST_CELERY = """
 
 @pytest.fixture
 def django_env(pytester: pytest.Pytester) -> pytest.Pytester:
-    """The Django project on the launcher's PostgreSQL; the conftest does what plugin.py does for a
-    session with pytest-django (registers _django), nothing a user would write."""
+    """The Django project on the launcher's PostgreSQL, with no conftest: the plugin registers
+    _django itself when pytest-django is active."""
     shutil.copytree(APPS / "djproj", pytester.path / "djproj", ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3"))
     pytester.makefile(".toml", launcher=DJANGO_ENV)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
                      "DJANGO_SETTINGS_MODULE = djproj.settings\npythonpath = .\n")
-    if "_django" not in (APPS.parent.parent / "pytest_unified_launcher" / "plugin.py").read_text():
-        pytester.makeconftest("""
-            def pytest_configure(config):
-                if config.pluginmanager.has_plugin("django"):
-                    config.pluginmanager.import_plugin("pytest_unified_launcher._django")
-        """)
     pytester.makepyfile(test_shared_rows=TEST_SHARED_ROWS)
     return pytester
 

@@ -220,9 +220,10 @@ def test_django_wsgi_app_serves_in_both_modes(pytester: pytest.Pytester, mode: s
     result.assert_outcomes(passed=1)
 
 
-def test_interface_key_serves_what_detection_cannot_tell(tmp_path: Path, no_orphans: None) -> None:
-    """interface = "wsgi" in launcher.toml serves a WSGI callable hidden behind *args (single_process;
-    check reports it WSGI too), which without the key fails as neither."""
+@pytest.mark.parametrize("mode", MODES)
+def test_interface_key_serves_what_detection_cannot_tell(tmp_path: Path, mode: str, no_orphans: None) -> None:
+    """interface = "wsgi" in launcher.toml serves a WSGI callable hidden behind *args in both modes
+    (a subprocess app was not told the key); check reports it WSGI too."""
     path = project(tmp_path, """
         [services.star]
         app = "wsgi_shapes:star_wsgi"
@@ -231,7 +232,7 @@ def test_interface_key_serves_what_detection_cannot_tell(tmp_path: Path, no_orph
     """)
 
     async def serve() -> tuple[int, str]:
-        async with UnifiedLauncher(load_config(path, mode="single_process", environ={})) as launcher:
+        async with UnifiedLauncher(load_config(path, mode=mode, environ={})) as launcher:
             handles = await launcher.start()
             return get(handles["star"].url, "/")
 

@@ -160,6 +160,8 @@ class SubprocessRunner(Runner):
             "--host", self.svc.host, "--port", str(self.svc.port), "--app-dir", str(self.ctx.root),
             "--log-level", self.ctx.log_level,
         ]
+        if self.svc.interface:
+            argv += ["--interface", self.svc.interface]
         if ready_fd is not None:
             argv += ["--ready-fd", str(ready_fd)]
         return argv
