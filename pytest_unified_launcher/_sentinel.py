@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import subprocess
 
 #: What a launcher's children carry (see ``_process``); the sentinel is none of them.
 _MARKERS = ("UNIFIED_LAUNCHER_OWNER", "UNIFIED_LAUNCHER_SERVICE")
@@ -45,7 +42,9 @@ class Sentinel:
         self.log_path = log_path
         self.pid: int | None = None
         self._fd: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._armed = False
+        self._generation = 0
+        self._lock = threading.Lock()
 
     def arming(self, record: Callable[[str, int], None]) -> Callable[[str, int], None]:
         """``record`` (the run file's ``add``), then arm: a process is on record before it is watched."""
@@ -57,17 +56,30 @@ class Sentinel:
         return on_spawn
 
     def arm(self) -> None:
-        """Start the sentinel, unless it runs. Best effort: without it, the next run still reaps."""
-        if self._fd is not None:
-            return
+        """Start the sentinel, unless it runs. Best effort: without it, the next run still reaps.
+
+        Started from a thread of its own (the fork and exec take a few ms the launcher's loop
+        should not wait for), which then collects its exit: no zombie, nobody waits for it.
+        """
+        with self._lock:
+            if self._armed:
+                return
+            self._armed = True
+            self._generation += 1
+            generation = self._generation
+        import threading
+
+        threading.Thread(target=self._run, args=(generation,), name="ul-sentinel", daemon=True).start()
+
+    def _run(self, generation: int) -> None:
         import subprocess
 
         read_fd, write_fd = os.pipe()  # both close-on-exec: no service inherits the write end
         env = {k: v for k, v in os.environ.items() if k not in _MARKERS}
         package_parent = str(Path(__file__).resolve().parent.parent)
         argv = [sys.executable, "-S", "-c", _BOOT, str(read_fd), package_parent, str(self.owner_pid or 0),
-                str(self.state_dir),
-                self.launcher_id, str(os.getpid())] + ([str(self.log_path)] if self.log_path else [])
+                str(self.state_dir), self.launcher_id, str(os.getpid())]
+        argv += [str(self.log_path)] if self.log_path else []
         try:
             proc = subprocess.Popen(
                 argv, pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -75,27 +87,26 @@ class Sentinel:
             )
         except OSError:
             os.close(write_fd)
+            with self._lock:
+                if generation == self._generation:
+                    self._armed = False
             return
         finally:
             os.close(read_fd)
-        self._proc = proc
-        self.pid = proc.pid
-        self._fd = write_fd
+        with self._lock:
+            if generation == self._generation and self._armed:
+                self._fd, self.pid, write_fd = write_fd, proc.pid, -1
+        if write_fd >= 0:
+            os.close(write_fd)  # disarmed meanwhile: let it go at once
+        proc.wait()
 
     def disarm(self) -> None:
-        """Let it go (the run file is closed already, so it reaps nothing); a later spawn re-arms.
-
-        Its exit is collected by a daemon thread, so it leaves no zombie and nobody waits for it.
-        """
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self.pid = None
-        if self._proc is not None:
-            import threading
-
-            threading.Thread(target=self._proc.wait, name="ul-sentinel-wait", daemon=True).start()
-            self._proc = None
+        """Let it go (the run file is closed already, so it reaps nothing); a later spawn re-arms."""
+        with self._lock:
+            self._armed = False
+            fd, self._fd, self.pid = self._fd, None, None
+        if fd is not None:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- helper side
