@@ -4,6 +4,7 @@
 
 - import pytest_unified_launcher (timed inside a fresh interpreter)
 - load and validate a 200-service config
+- validate a dependency chain of 1,000 and of 10,000 services (the ratio shows it is linear)
 - an in-process app ready after its dependency is ready (modules already imported)
 - stopping 5 in-process apps
 - stopping subprocess services, against their own exit time
@@ -55,6 +56,34 @@ def bench_config(n: int = 15) -> str:
         load_config(path)
         times.append(time.perf_counter() - t)
     return median_ms(times)
+
+
+def _chain(n: int) -> dict[str, object]:
+    """``n`` services in one dependency chain, each naming its predecessor's address."""
+    services: dict[str, object] = {"s0": {"command": ["srv", "${port}"]}}
+    for i in range(1, n):
+        services[f"s{i}"] = {"command": ["srv", "${port}", f"${{services.s{i - 1}.url}}"],
+                             "depends_on": [f"s{i - 1}"]}
+    return {"launcher": {"state_dir": str(scratch_dir())}, "services": services}
+
+
+def bench_chain(n: int = 3) -> str:
+    """parse() of a 1k and a 10k chain (ports from a counter: no claims file in the way)."""
+    from pytest_unified_launcher import parse
+
+    def median_s(size: int) -> float:
+        data = _chain(size)
+        times = []
+        for _ in range(n):
+            ports = iter(range(20000, 65000))
+            t = time.perf_counter()
+            parse(data, source=HERE / "launcher.toml", environ={}, allocate_port=lambda a, b: next(ports),
+                  tmp_root="/tmp/ul-bench")
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    small, large = median_s(1_000), median_s(10_000)
+    return f"{small * 1000:.0f} ms vs {large * 1000:.0f} ms (x{large / small:.1f})"
 
 
 def _inprocess_config(n_apps: int) -> object:
@@ -146,6 +175,7 @@ def main() -> None:
     rows = [
         ("import pytest_unified_launcher", bench_import(), "< 100 ms"),
         ("load + validate a 200-service config", bench_config(), "< 50 ms"),
+        ("validate a 1k vs a 10k service chain", bench_chain(), "x10 (linear)"),
     ]
     after_dep, stop5 = bench_inprocess()
     rows.append(("in-process app ready after its dependency", after_dep, "< 15 ms"))

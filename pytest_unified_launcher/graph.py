@@ -55,30 +55,30 @@ def _known_fix(name: str, known: Iterable[str]) -> str:
 
 
 def find_cycle(graph: Graph) -> list[str] | None:
-    """The first cycle found, as ``[a, b, a]``, visiting names in sorted order; else None."""
+    """The first cycle found, as ``[a, b, a]``, visiting names in sorted order; else None.
+
+    Iterative (an explicit stack), so a chain of 10,000 services cannot hit the recursion limit.
+    """
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(graph, white)
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        color[node] = grey
-        stack.append(node)
-        for dep in sorted(graph[node]):
+    for root in sorted(graph):
+        if color[root] != white:
+            continue
+        path = [root]
+        todo = [iter(sorted(graph[root]))]
+        color[root] = grey
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                color[path.pop()] = black
+                todo.pop()
+                continue
             if color.get(dep) == grey:
-                return stack[stack.index(dep) :] + [dep]
+                return path[path.index(dep) :] + [dep]
             if color.get(dep) == white:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        color[node] = black
-        return None
-
-    for node in sorted(graph):
-        if color[node] == white:
-            found = visit(node)
-            if found:
-                return found
+                color[dep] = grey
+                path.append(dep)
+                todo.append(iter(sorted(graph[dep])))
     return None
 
 
@@ -133,6 +133,33 @@ def closure(graph: Graph, names: Iterable[str]) -> set[str]:
             seen.add(name)
             wanted.extend(graph[name])
     return seen
+
+
+class Reach:
+    """The transitive dependencies of one service, walked only as far as the questions need.
+
+    ``target in Reach(graph, name)`` answers whether ``name`` may name ``target`` in a placeholder.
+    A direct dependency is answered at once; the walk is shared by every question about ``name``,
+    so checking a whole config costs the edges actually walked, not a closure per service.
+    """
+
+    def __init__(self, graph: Graph, name: str) -> None:
+        self.graph = graph
+        self.direct = frozenset(graph[name])
+        self.found: set[str] = set()
+        self.todo = list(graph[name])
+
+    def __contains__(self, target: object) -> bool:
+        if target in self.direct or target in self.found:
+            return True
+        while self.todo:
+            dep = self.todo.pop()
+            if dep not in self.found:
+                self.found.add(dep)
+                self.todo.extend(self.graph[dep])
+                if dep == target:
+                    return True
+        return False
 
 
 def dependents_closure(graph: Graph, names: Iterable[str]) -> set[str]:

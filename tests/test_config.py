@@ -20,6 +20,7 @@ from pytest_unified_launcher.config import (
     parse,
     resolve_mode,
 )
+from pytest_unified_launcher import graph as graph_mod
 from pytest_unified_launcher.errors import ConfigError
 
 BASE = """
@@ -425,3 +426,90 @@ def test_profile_that_makes_an_app_external_drops_its_interface() -> None:
         url = 'http://127.0.0.1:9000'
     """, profile="staging")
     assert cfg.services["web"].kind == "url" and cfg.services["web"].interface is None
+
+
+def _plant(kind: str, path: Path) -> None:
+    """Make ``path`` one of the hostile config files of issue 11 item 11."""
+    if kind == "utf8":
+        path.write_bytes(b"[services.a]\ncommand = ['caf\xe9']\n")
+    elif kind == "inline_tables":
+        path.write_text("x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n")
+    elif kind == "arrays":
+        path.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    elif kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "huge":
+        path.write_text("# padding\n" * (11 * 1024 * 1024 // 10) + "[services.a]\ncommand = ['x']\n")
+
+
+BAD_FILES = [
+    # (what is planted, fragments of the one-line error)
+    ("utf8", ["is not UTF-8", "line 2", "save it as UTF-8"]),
+    ("inline_tables", ["nested more than", "line 1", "flatten"]),
+    ("arrays", ["nested more than", "line 1", "flatten"]),
+    ("dev_zero", ["not a regular file", "character device"]),
+    ("fifo", ["not a regular file", "FIFO"]),
+    ("directory", ["not a regular file", "directory"]),
+    ("huge", ["larger than 10 MiB"]),
+]
+
+
+@pytest.mark.parametrize(("kind", "fragments"), BAD_FILES, ids=[k for k, _ in BAD_FILES])
+def test_hostile_config_files_are_one_clear_error(tmp_path: Path, kind: str, fragments: list[str]) -> None:
+    """Bad encoding, deep nesting, special files and huge files are one ConfigError naming the file.
+
+    Run in a child with a deadline: on the old code a FIFO hung the read forever.
+    """
+    import subprocess
+    import sys
+
+    path = tmp_path / "launcher.toml"
+    _plant(kind, path)
+    code = ("import sys\nfrom pytest_unified_launcher.config import load_config\nfrom pytest_unified_launcher.errors "
+            "import ConfigError\ntry:\n    load_config(sys.argv[1], environ={})\nexcept ConfigError as exc:\n"
+            "    print(exc)\n    sys.exit(exc.exit_code)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading a {kind} config hung")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    message = done.stdout
+    assert message.startswith(f"launcher config error in {path}: "), message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_check_exits_2_on_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    """`unified-launcher check` on a non-UTF-8 file: exit 2 and one line, no traceback."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "launcher.toml"
+    _plant("utf8", path)
+    done = subprocess.run([sys.executable, "-m", "pytest_unified_launcher", "--config", str(path), "check"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "is not UTF-8" in done.stdout + done.stderr
+
+
+def test_a_10000_service_chain_parses() -> None:
+    """A 10,000-service dependency chain validates (no RecursionError; linear: see benchmarks/core.py)."""
+    services: dict[str, Any] = {"s0": {"command": ["srv", "${port}"]}}
+    for i in range(1, 10_000):
+        services[f"s{i}"] = {"command": ["srv", "${port}", f"${{services.s{i - 1}.url}}"], "depends_on": [f"s{i - 1}"]}
+    cfg = parse({"services": services}, source="launcher.toml", environ={},
+                allocate_port=_ports(), tmp_root="/tmp/ul-test")
+    assert cfg.services["s9999"].depends_on == ("s9998",)
+    assert cfg.services["s9999"].command[2] == cfg.services["s9998"].url
+
+
+def test_a_10000_service_cycle_is_spelled_out() -> None:
+    """A cycle through 10,000 services is found without recursion and named from its first service."""
+    graph = {f"s{i:05}": (f"s{(i + 1) % 10_000:05}",) for i in range(10_000)}
+    with pytest.raises(ConfigError, match=r"dependency cycle: s00000 -> s00001 -> .* -> s09999 -> s00000"):
+        graph_mod.validate(graph, source="launcher.toml")

@@ -293,7 +293,7 @@ def _resolve(
         assert port is not None
         addresses[name] = {"host": raw.host, "port": str(port), "url": client_url(raw.host, port)}
 
-    closures = {name: graph_mod.closure(deps, [name]) - {name} for name in deps}
+    reach = {name: graph_mod.Reach(deps, name) for name in deps}
     raw_services = model.services
     def build(name: str, port: int | None) -> ServiceConfig:
         """One service, every placeholder expanded, with ``port`` as its own port."""
@@ -312,7 +312,7 @@ def _resolve(
         for attr in ("port", "url"):
             if attr in own_address:
                 own[attr] = own_address[attr]
-        scope = _Scope(own, environ, where, sorted(closures[name]), addresses)
+        scope = _Scope(own, environ, where, reach[name], addresses)
 
         def ex(key: str, text: str, scope: _Scope = scope, current_key: list[str] = current_key) -> str:
             current_key[0] = key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping
 
 from .. import graph as graph_mod
 from ..errors import ConfigError
@@ -20,7 +20,7 @@ class _Scope:
         values: Mapping[str, str],
         environ: Mapping[str, str],
         where: Where,
-        allowed_services: Sequence[str] | None,
+        allowed_services: Container[str] | None,
         all_services: Mapping[str, Mapping[str, str]],
     ) -> None:
         self.values = values
