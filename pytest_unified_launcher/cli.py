@@ -339,10 +339,11 @@ async def _run_up(config: Any, names: list[str] | None, *, dev: bool,
         if not start.done():
             start.cancel()
             await asyncio.wait({start})
-            name = signal.Signals(received[0]).name if received else "a stop request"
-            on_ready(env, InterruptedError(f"interrupted by {name} while services were starting; "
-                                           "stopping what had started"))
-            return 128 + received[0] if received else 1
+            if not received:  # up stopped itself: its output's reader went away (`up | head -1`)
+                return 0
+            on_ready(env, InterruptedError(f"interrupted by {signal.Signals(received[0]).name} while services "
+                                           "were starting; stopping what had started"))
+            return 128 + received[0]
         try:
             start.result()
         except LauncherError as exc:
