@@ -33,6 +33,11 @@ MAX_BACKOFF = 30.0
 CHANGE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 
 
+#: How far `up` lets its display of a log fall behind before skipping ahead, and the most it
+#: reads at once: its memory stays bounded whatever a service writes.
+FOLLOW_MAX_BEHIND = 1024 * 1024
+
+
 def discard_output(stream: TextIO) -> None:
     """Point ``stream``'s file at /dev/null once its reader went away, so that Python's flush
     at exit does not fail (and print an "Exception ignored" trace) a second time."""
@@ -266,8 +271,21 @@ class Environment:
         partial: dict[str, bytes] = {}
 
         def show(name: str, fh: BinaryIO, *, final: bool = False) -> None:
-            data = partial.pop(name, b"") + fh.read()
+            # Bounded: a service that writes faster than the terminal shows is skipped ahead
+            # (said so), and a log rotated at its cap (truncated in place) is read from its start.
+            size, pos = os.fstat(fh.fileno()).st_size, fh.tell()
+            if size < pos:
+                fh.seek(0)
+            elif size - pos > FOLLOW_MAX_BEHIND:
+                fh.seek(size - FOLLOW_MAX_BEHIND)
+                partial.pop(name, None)
+                self.say(f"{self._prefix(name)} ... {size - pos - FOLLOW_MAX_BEHIND} bytes of output skipped "
+                         f"(written faster than shown; the whole log: {fh.name})")
+                fh.readline()  # to the next line start
+            data = partial.pop(name, b"") + fh.read(FOLLOW_MAX_BEHIND)
             cut = len(data) if final else data.rfind(b"\n") + 1
+            if cut == 0 and len(data) >= FOLLOW_MAX_BEHIND:
+                cut = len(data)  # a "line" that never ends is shown in pieces, not kept whole
             if cut < len(data):
                 partial[name] = data[cut:]
             for line in data[:cut].decode("utf-8", errors="replace").splitlines():

@@ -194,11 +194,18 @@ class UnifiedLauncher:
         owner_pid: int | None = None,
         base_env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        log_max_bytes: int | None = None,
     ) -> None:
         self.config = config
         #: Where its services' logs go: ``<state_dir>/logs``, or a folder of its own when other
         #: launchers start the same services next to it (an xdist per_worker worker, ``up``).
         self.log_dir = log_dir or config.state_dir / "logs"
+        from ._logs import LOG_MAX_BYTES
+
+        #: A running service's log is rotated past this size (``<name>.log.1`` keeps its last part).
+        self.log_max_bytes = log_max_bytes or LOG_MAX_BYTES
+        self.log_rotations = 0
+        self._log_capper: asyncio.Task[None] | None = None
         #: A launcher given no log folder shares ``logs/`` unless another live one holds it.
         self._claims_log_dir = log_dir is None
         self._log_lock: int | None = None
@@ -507,6 +514,8 @@ class UnifiedLauncher:
                     svc.error = None
                     svc.start_task = None
         ctx = self._context()
+        if self._log_capper is None or self._log_capper.done():
+            self._log_capper = asyncio.ensure_future(self._cap_logs())
         if ctx.forkserver is not None and any(self._services[n].config.kind == "app" for n in wanted):
             try:
                 await ctx.forkserver.start(self._base_env)
@@ -715,7 +724,24 @@ class UnifiedLauncher:
             if run is not None and svc.config.name in run.services:
                 run.services[svc.config.name].teardown_seconds = _timing.monotonic() - t0
 
+    async def _cap_logs(self) -> None:
+        """Keep every running service's log under :attr:`log_max_bytes` (see ``_logs``): one
+        ``stat`` per service and check, so a flood costs disk and memory nowhere."""
+        from ._logs import CHECK_SECONDS, cap_log
+
+        while True:
+            await asyncio.sleep(CHECK_SECONDS)
+            for svc in self._services.values():
+                runner = svc.runner
+                if runner is None or runner.pid is None or runner.log_path is None:
+                    continue  # in-process apps log through logging, a record at a time
+                if cap_log(runner.log_path, self.log_max_bytes):
+                    self.log_rotations += 1
+
     async def _release(self) -> None:
+        if self._log_capper is not None:
+            self._log_capper.cancel()
+            self._log_capper = None
         if self._ctx is not None:
             if self._ctx.forkserver is not None:
                 await self._ctx.forkserver.close()
