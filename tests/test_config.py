@@ -110,8 +110,8 @@ def test_url_placeholders_of_a_wildcard_and_an_ipv6_service() -> None:
         depends_on = ["a"]
         health = { http = "/health" }
     """)
-    assert cfg.services["a"].command == ("x", "--bind", "::", "http://[::1]:8001")
-    assert cfg.services["b"].command == ("y", "http://[::1]:8001")
+    assert cfg.services["a"].command == ("x", "--bind", "::", "tcp://[::1]:8001")  # not known to be http
+    assert cfg.services["b"].command == ("y", "tcp://[::1]:8001")
     assert cfg.services["b"].url == "http://127.0.0.1:8002"
     assert cfg.services["b"].health.url == "http://127.0.0.1:8002/health"
 
@@ -513,3 +513,74 @@ def test_a_10000_service_cycle_is_spelled_out() -> None:
     graph = {f"s{i:05}": (f"s{(i + 1) % 10_000:05}",) for i in range(10_000)}
     with pytest.raises(ConfigError, match=r"dependency cycle: s00000 -> s00001 -> .* -> s09999 -> s00000"):
         graph_mod.validate(graph, source="launcher.toml")
+
+
+URL_KINDS = [
+    # (service table, the scheme of its url and of ${services.x.url}); issue 19 item 5
+    ("app = 'm:app'", "http"),
+    ("app = 'm:app'\ninterface = 'wsgi'", "http"),
+    ("command = ['srv', '${port}']\nhealth = { http = '/health' }", "http"),
+    ("command = ['${python}', '-m', 'uvicorn', 'm:app', '--port', '${port}']", "http"),
+    ("command = 'gunicorn -b 127.0.0.1:${port} m:app'", "http"),
+    ("command = ['postgres', '-D', '${tmp}', '-p', '${port}']", "postgresql"),
+    ("command = ['/usr/lib/postgresql/15/bin/postgres', '-p', '${port}']", "postgresql"),
+    ("command = ['bin/pg', 'postgres', '-p', '${port}']", "postgresql"),  # the example's wrapper
+    ("command = ['pg_ctl', 'start', '-o', '-p ${port}']", "postgresql"),
+    ("command = ['my-db', '${port}']\nhealth = { command = ['pg_isready', '-p', '${port}'] }", "postgresql"),
+    ("command = 'redis-server --port ${port}'", "redis"),
+    ("command = ['valkey-server', '--port', '${port}']", "redis"),
+    ("command = ['kv', '${port}']\nhealth = { command = ['redis-cli', '-p', '${port}', 'ping'] }", "redis"),
+    ("command = ['srv', '${port}']", "tcp"),
+    ("command = ['srv', '${port}']\nhealth = { tcp = true }", "tcp"),
+    ("command = ['srv', '${port}']\nscheme = 'amqp'", "amqp"),
+    ("command = ['postgres', '-p', '${port}']\nscheme = 'postgres'", "postgres"),
+    ("command = ['srv', '${port}']\nscheme = 'https'", "https"),
+]
+
+
+@pytest.mark.parametrize(("table", "scheme"), URL_KINDS)
+def test_url_of_each_kind_of_service(table: str, scheme: str) -> None:
+    """A service's url (handles, status, ${services.x.url}) has the scheme of what it serves."""
+    cfg = build(f"[services.x]\n{table}\n[services.user]\ncommand = ['c', '${{services.x.url}}']\n"
+                "depends_on = ['x']\n[launcher.test_env]\nX_URL = '${services.x.url}'\n")
+    x = cfg.services["x"]
+    assert x.url == f"{scheme}://127.0.0.1:{x.port}"
+    assert cfg.services["user"].command[1] == x.url == cfg.test_env["X_URL"]
+
+
+def test_http_probe_of_a_non_http_service_still_uses_http() -> None:
+    """scheme changes the url only: a relative http probe is still an http:// GET on the port."""
+    cfg = build("[services.x]\ncommand = ['srv', '${port}']\nscheme = 'amqp'\nhealth = { http = '/up' }\n")
+    x = cfg.services["x"]
+    assert x.url == f"amqp://127.0.0.1:{x.port}" and x.health.url == f"http://127.0.0.1:{x.port}/up"
+
+
+def test_services_without_a_port_have_no_url() -> None:
+    """A command service without a port, and a task, have no url."""
+    cfg = build("[services.a]\ncommand = ['sleep', '9']\n[services.t]\ncommand = ['migrate']\ntask = true\n")
+    assert cfg.services["a"].url is None and cfg.services["t"].url is None
+
+
+def test_the_examples_urls(tmp_path: Path) -> None:
+    """The example project: the gateway stays http (agent and test_env use it), the database and cache get theirs."""
+    example = Path(__file__).resolve().parent.parent / "example_project" / "launcher.toml"
+    cfg = parse(tomllib.loads(example.read_text()), source=example, environ={}, allocate_port=_ports(),
+                tmp_root="/tmp/ul-test")
+    gateway = cfg.services["api_gateway"]
+    assert gateway.url == f"http://127.0.0.1:{gateway.port}" == cfg.test_env["GATEWAY_URL"]
+    assert cfg.services["agent"].env["GATEWAY_URL"] == gateway.url
+    assert cfg.services["database"].url == f"postgresql://127.0.0.1:{cfg.services['database'].port}"
+    assert cfg.services["cache"].url == f"redis://127.0.0.1:{cfg.services['cache'].port}"
+
+
+@pytest.mark.parametrize(("table", "fragments"), [
+    ("url = 'http://127.0.0.1:9'\nscheme = 'redis'", ["key 'scheme'", "url"]),
+    ("command = ['x', '${port}']\nscheme = 'not a scheme'", ["key 'scheme'", "'not a scheme'"]),
+    ("command = ['x', '${port}']\nscheme = 'redis://'", ["key 'scheme'", "without ://"]),
+])
+def test_scheme_mistakes(table: str, fragments: list[str]) -> None:
+    """scheme is a bare URL scheme, and not for external services (their url has one)."""
+    with pytest.raises(ConfigError) as info:
+        build(f"[services.x]\n{table}\n")
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)

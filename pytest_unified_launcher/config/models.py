@@ -98,6 +98,17 @@ class ServiceModel(_Strict):
     stop_timeout: float = Field(default=10.0, ge=0)
     retries: int = Field(default=1, ge=1)
     watch: list[str] = Field(default_factory=list)
+    #: The scheme of the service's url when the launcher cannot tell (``amqp``, ``mysql``, ``https``).
+    scheme: str | None = None
+
+    @field_validator("scheme")
+    @classmethod
+    def _bare_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.endswith("://"):
+            raise ValueError(f"write the scheme without ://, as scheme = {value[:-3]!r}")
+        if value is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", value):
+            raise ValueError(f"{value!r} is not a URL scheme (such as amqp, mysql or https)")
+        return value.lower() if value is not None else None
 
     @field_validator("port")
     @classmethod
@@ -267,8 +278,8 @@ class LauncherConfig:
 _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-def client_url(host: str, port: int) -> str:
-    """The ``http://`` URL a client uses for a server bound to ``host:port``: a wildcard bind is
-    reached on loopback, and an IPv6 address is bracketed (``http://[::1]:8000``)."""
+def client_url(host: str, port: int, scheme: str = "http") -> str:
+    """The URL a client uses for a server bound to ``host:port``: a wildcard bind is reached on
+    loopback, and an IPv6 address is bracketed (``http://[::1]:8000``)."""
     connect = _WILDCARD_TO_LOOPBACK.get(host, host)
-    return f"http://[{connect}]:{port}" if ":" in connect else f"http://{connect}:{port}"
+    return f"{scheme}://[{connect}]:{port}" if ":" in connect else f"{scheme}://{connect}:{port}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigError
 from .models import LauncherConfig
+
+if TYPE_CHECKING:
+    from .._imports import SharedRead
 
 def inprocess_env_conflict(config: LauncherConfig) -> tuple[str, str, str] | None:
     """The first variable two in-process apps set differently: ``(var, service_a, service_b)``."""
@@ -18,6 +22,15 @@ def inprocess_env_conflict(config: LauncherConfig) -> tuple[str, str, str] | Non
                 return var, seen[var][0], name
             seen.setdefault(var, (name, value))
     return None
+
+
+def shared_module_conflict(config: LauncherConfig) -> SharedRead | None:
+    """The first project module two apps import that reads, at import, a variable they set
+    differently: one process would give the second app the first's value (see ``_imports``)."""
+    from .._imports import shared_module_conflicts
+
+    found = shared_module_conflicts(config.services.values(), config.root, os.environ)
+    return found[0] if found else None
 
 
 #: Why apps must run as subprocesses, whatever the mode (passed as ``subprocess_apps_because``).
@@ -48,6 +61,7 @@ def resolve_mode(
     conflict = inprocess_env_conflict(config)
     if config.mode == "multi_process":
         return "multi_process", "mode = multi_process was asked for", True
+    shared = None if conflict or subprocess_apps_because else shared_module_conflict(config)
     if config.mode == "single_process":
         if conflict:
             var, a, b = conflict
@@ -59,12 +73,19 @@ def resolve_mode(
                 key=f"env.{var}",
                 fix='give them the same value, or use mode = "multi_process" (or "auto")',
             )
+        if shared:
+            raise ConfigError(f"in single_process mode, {shared.describe()}; in one process '{shared.second}' would "
+                              f"keep '{shared.first}''s value", source=str(config.source), service=shared.second,
+                              key=f"env.{shared.var}", fix=f'use mode = "multi_process" (or "auto"), or give both '
+                              f"apps the same {shared.var}")
         if subprocess_apps_because:
             return "single_process", f"single_process asked for, but {subprocess_apps_because}: apps run as subprocesses", True
         return "single_process", "mode = single_process was asked for", False
     if conflict:
         var, a, b = conflict
         return "multi_process", f"auto: '{a}' and '{b}' set {var} differently", True
+    if shared:
+        return "multi_process", f"auto: {shared.describe()}", True
     if subprocess_apps_because:
         return "multi_process", f"auto: {subprocess_apps_because}", True
     return "single_process", "auto: apps can run in the test process", False

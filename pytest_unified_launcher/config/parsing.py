@@ -36,6 +36,7 @@ from .models import (
 )
 from .placeholders import _referenced_services, _Scope, _uses_port
 from .profiles import _check_tables, _env_overrides, apply_profile
+from .schemes import scheme_of
 from .scratch import memory_root
 
 # --------------------------------------------------------------------------- validation errors
@@ -210,6 +211,14 @@ def parse(
                 key="interface",
                 fix="remove interface, or serve a Python app with app = \"module:attribute\"",
             )
+        if raw.scheme is not None and raw.url is not None:
+            raise ConfigError(
+                "scheme is for services the launcher runs: an external service's url has its own",
+                source=src,
+                service=name,
+                key="scheme",
+                fix=f"remove scheme, or write the url as {raw.scheme}://host:port",
+            )
     return _resolve(
         model,
         source=Path(src),
@@ -291,7 +300,7 @@ def _resolve(
             auto[name] = True
         port = ports[name]
         assert port is not None
-        addresses[name] = {"host": raw.host, "port": str(port), "url": client_url(raw.host, port)}
+        addresses[name] = {"host": raw.host, "port": str(port), "url": client_url(raw.host, port, scheme_of(raw))}
 
     reach = {name: graph_mod.Reach(deps, name) for name in deps}
     raw_services = model.services
@@ -299,7 +308,7 @@ def _resolve(
         """One service, every placeholder expanded, with ``port`` as its own port."""
         own_address = dict(addresses[name])
         if port is not None and raw_services[name].url is None:
-            own_address.update(port=str(port), url=client_url(own_address["host"], port))
+            own_address.update(port=str(port), url=client_url(own_address["host"], port, scheme_of(raw_services[name])))
         raw = raw_services[name]
         current_key = ["?"]
 
@@ -347,7 +356,9 @@ def _resolve(
         }
         cwd_text = ex("cwd", raw.cwd) if raw.cwd else None
         cwd = (root / cwd_text).resolve() if cwd_text else root
-        health = _resolve_health(raw, name, port, own_address["host"], url, ex, where)
+        # An http probe's path is a GET on the port, whatever the scheme of the service's url.
+        http_url = url if raw.url is not None else client_url(own_address["host"], port) if port is not None else None
+        health = _resolve_health(raw, name, port, own_address["host"], http_url, ex, where)
         current_key[0] = "stop_signal"
         stop_signal = _signal_number(raw.stop_signal, where)
         watch = tuple((root / w).resolve() for w in raw.watch)

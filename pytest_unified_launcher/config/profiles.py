@@ -82,7 +82,7 @@ def _merge_service(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[
     if new_kind and old_kind and new_kind != old_kind:
         base = {k: v for k, v in base.items() if k not in _KIND_KEYS[old_kind]}
         if new_kind == "url":
-            base = {k: v for k, v in base.items() if k not in ("port", "setup", "user", "task")}
+            base = {k: v for k, v in base.items() if k not in ("port", "setup", "user", "task", "scheme")}
     return deep_merge(base, overlay)
 
 
