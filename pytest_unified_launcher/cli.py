@@ -454,7 +454,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             supervisor += " (its control API does not answer: the states below are from up.json)"
         else:  # the supervisor's own view: failed and stopped services too, not only the recorded ones
             overall = live["status"]
-            services = {s["name"]: s | {"token": services.get(s["name"], {}).get("token")} for s in live["services"]}
+            recorded = services
+            services = {}
+            for entry in live["services"]:  # the start token where up.json has the same process
+                same = recorded.get(entry["name"], {})
+                services[entry["name"]] = entry | {"token": same.get("token") if same.get("pid") == entry["pid"] else None}
     else:
         supervisor = f"supervisor pid {record['owner_pid']}: gone (services may be orphaned; run `unified-launcher down`)"
     healthy = overall not in ("degraded", "failed")

@@ -592,6 +592,8 @@ def test_full_disk_while_up_restarts_keeps_supervising(project: Path, full_disk:
             os.kill(old, signal.SIGKILL)
             _wait(lambda old=old: pid()["pid"] not in (None, old) and pid()["state"] == "running", timeout=60)
         assert not list((project / "state").glob("up.json*.tmp"))
+        status = cli(project, "status")  # up.json is stale: status asks up itself
+        assert status.returncode == 0 and "dead" not in status.stdout, status.stdout + status.stderr
         text = out.read_text()
         assert "cannot update" in text and "No space left on device" in text, text
         assert "Traceback" not in text, text
