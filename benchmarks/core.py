@@ -77,7 +77,7 @@ def bench_chain(n: int = 3) -> str:
         for _ in range(n):
             ports = iter(range(20000, 65000))
             t = time.perf_counter()
-            parse(data, source=HERE / "launcher.toml", environ={}, allocate_port=lambda a, b: next(ports),
+            parse(data, source=HERE / "launcher.toml", environ={}, allocate_port=lambda a, b, ports=ports: next(ports),
                   tmp_root="/tmp/ul-bench")
             times.append(time.perf_counter() - t)
         return statistics.median(times)

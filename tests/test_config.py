@@ -522,6 +522,7 @@ URL_KINDS = [
     ("command = ['srv', '${port}']\nhealth = { http = '/health' }", "http"),
     ("command = ['${python}', '-m', 'uvicorn', 'm:app', '--port', '${port}']", "http"),
     ("command = 'gunicorn -b 127.0.0.1:${port} m:app'", "http"),
+    ("command = ['${python}', '-m', 'proj.manage', 'runserver', '127.0.0.1:${port}']", "http"),
     ("command = ['postgres', '-D', '${tmp}', '-p', '${port}']", "postgresql"),
     ("command = ['/usr/lib/postgresql/15/bin/postgres', '-p', '${port}']", "postgresql"),
     ("command = ['bin/pg', 'postgres', '-p', '${port}']", "postgresql"),  # the example's wrapper

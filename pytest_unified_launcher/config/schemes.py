@@ -24,8 +24,8 @@ _PROBES = {
     "postgresql": ("pg_isready",),
     "redis": ("redis-cli", "valkey-cli", "keydb-cli"),
 }
-#: How far into the argv a program name counts: ``bin/pg postgres``, ``python -m uvicorn``.
-_HEAD = 3
+#: How far into the argv a program name counts: ``bin/pg postgres``, ``python -m proj.manage runserver``.
+_HEAD = 4
 
 
 def _words(value: list[str] | str | None) -> list[str]:
