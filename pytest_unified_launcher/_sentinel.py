@@ -78,7 +78,7 @@ class Sentinel:
         env = {k: v for k, v in os.environ.items() if k not in _MARKERS}
         package_parent = str(Path(__file__).resolve().parent.parent)
         argv = [sys.executable, "-S", "-c", _BOOT, str(read_fd), package_parent, str(self.owner_pid or 0),
-                str(self.state_dir), self.launcher_id, str(os.getpid())]
+                os.path.abspath(self.state_dir), self.launcher_id, str(os.getpid())]
         argv += [str(self.log_path)] if self.log_path else []
         try:
             proc = subprocess.Popen(
@@ -139,6 +139,8 @@ while True:
         continue
     except OSError:
         break
+if not os.path.exists(os.path.join(sys.argv[4], "run", sys.argv[5] + ".json")):
+    sys.exit(0)  # released normally (or handed over): nothing to reap, so nothing to import
 import site
 site.main()
 sys.path.insert(0, sys.argv[2])
