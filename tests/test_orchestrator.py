@@ -526,7 +526,7 @@ async def test_taken_auto_port_moves_when_nothing_refers_to_it(tmp_path: Path, n
         async with UnifiedLauncher(config) as launcher:
             loner = (await launcher.start(["loner"]))["loner"]
             assert loner.port != config.services["loner"].port and loner.state == "running"
-            assert loner.url == f"http://127.0.0.1:{loner.port}"
+            assert loner.url == f"tcp://127.0.0.1:{loner.port}"
             assert launcher.report()["runs"][0]["services"]["loner"]["attempts"] == 1
             with pytest.raises(ServiceStartupError, match=f"port {config.services['base'].port} already in use"):
                 await launcher.start(["user"])
