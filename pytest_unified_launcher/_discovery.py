@@ -35,12 +35,16 @@ def find_config(
     if rootdir is not None:
         pyproject = rootdir / "pyproject.toml"
         looked.append(f"{pyproject} [tool.unified-launcher]")
-        if pyproject.is_file() and "unified-launcher" in pyproject.read_text(encoding="utf-8", errors="replace"):
+        try:
+            mentioned = pyproject.is_file() and b"unified-launcher" in pyproject.read_bytes()
+        except OSError:  # unreadable: load_config says so, with the fix
+            return pyproject.resolve(), looked
+        if mentioned:
             import tomllib
 
             try:
-                if "unified-launcher" in tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}):
+                if "unified-launcher" in tomllib.loads(pyproject.read_bytes().decode("utf-8")).get("tool", {}):
                     return pyproject.resolve(), looked
-            except tomllib.TOMLDecodeError:
-                return pyproject.resolve(), looked
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+                return pyproject.resolve(), looked  # load_config names the mistake and its line
     return None, looked

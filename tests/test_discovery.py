@@ -1,0 +1,33 @@
+"""Finding the config file: never a traceback, whatever the project's pyproject.toml holds."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PY
+from pytest_unified_launcher._discovery import find_config
+
+
+@pytest.mark.parametrize("content", [
+    b"[tool.unified-launcher]\n# caf\xe9\n",         # not UTF-8
+    b"[tool.unified-launcher\n",                      # not TOML
+])
+def test_a_broken_pyproject_naming_the_launcher_is_found_and_reported(tmp_path: Path, content: bytes) -> None:
+    """A pyproject.toml that names the launcher but cannot be read as TOML is found, so that
+    loading it reports the mistake in one line (a non-UTF-8 one was a UnicodeDecodeError trace)."""
+    (tmp_path / "pyproject.toml").write_bytes(content)
+    path, _ = find_config(explicit=None, ini=None, rootdir=tmp_path, invocation_dir=tmp_path)
+    assert path == (tmp_path / "pyproject.toml").resolve()
+    result = subprocess.run([PY, "-m", "pytest_unified_launcher", "check"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "pyproject.toml" in result.stderr
+
+
+def test_a_pyproject_without_the_launcher_is_not_a_config(tmp_path: Path) -> None:
+    """A pyproject.toml that does not mention the launcher (even one that is not UTF-8) is not ours."""
+    (tmp_path / "pyproject.toml").write_bytes(b"[tool.other]\n# caf\xe9\n")
+    assert find_config(explicit=None, ini=None, rootdir=tmp_path, invocation_dir=tmp_path)[0] is None
