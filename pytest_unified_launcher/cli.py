@@ -207,6 +207,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"missing or has less than {MEMORY_MIN_FREE >> 30} GiB free")
     for line in apps:
         print(redact(line))
+    from ._imports import shared_module_conflicts  # what auto avoids and single_process refuses
+
+    for shared in [] if config.mode == "multi_process" else shared_module_conflicts(
+            config.services.values(), config.root, os.environ):
+        print(redact(f"warning: {shared.describe()}; they cannot share one process, so auto runs apps as subprocesses"))
     return 0
 
 

@@ -74,8 +74,8 @@ def resolve_mode(
                 fix='give them the same value, or use mode = "multi_process" (or "auto")',
             )
         if shared:
-            raise ConfigError(f"in single_process mode, {shared.describe()}; in one process '{shared.second}' would "
-                              f"keep '{shared.first}''s value", source=str(config.source), service=shared.second,
+            raise ConfigError(f"in single_process mode, {shared.describe()}: in one process '{shared.second}' "
+                              f"would get the value '{shared.first}' imported it with", source=str(config.source), service=shared.second,
                               key=f"env.{shared.var}", fix=f'use mode = "multi_process" (or "auto"), or give both '
                               f"apps the same {shared.var}")
         if subprocess_apps_because:
