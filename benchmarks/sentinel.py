@@ -55,8 +55,10 @@ def one_round() -> float:
     project = scratch_dir()
     (project / "launcher.toml").write_text(CONFIG)
     record = project / "state" / "up.json"
+    out = open(project / "up.out", "wb")
     proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up"], cwd=project, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=out, stderr=subprocess.STDOUT)
+    out.close()
     deadline = time.monotonic() + 60
     svc = None
     while svc is None and time.monotonic() < deadline:
@@ -66,7 +68,7 @@ def one_round() -> float:
             time.sleep(0.01)
     if svc is None:
         proc.kill()
-        raise SystemExit("up never got ready")
+        raise SystemExit(f"up never got ready: {(project / 'up.out').read_text()}")
     with open(f"/proc/{svc['pid']}/cmdline", "rb") as fh:
         argv = fh.read().decode().split("\0")
     root = Path(argv[argv.index("--term-file") + 1]).parent.parent
