@@ -292,6 +292,8 @@ class Cgroup:
         """A new empty cgroup for the next spawn; None where none can be made (not root, no v1 pids)."""
         if os.geteuid() != 0:
             return None
+        if cls._made == 0:
+            _remove_stale_cgroups()
         cls._made += 1
         path = CGROUP_ROOT / f"unified-launcher-new-{os.getpid()}-{cls._made}"
         try:
@@ -395,3 +397,28 @@ class Cgroup:
         except OSError:
             pass
 
+
+def _remove_stale_cgroups() -> None:
+    """Remove the empty cgroups of services that are gone (a launcher killed outright, reaped by a
+    later run, leaves them). A non-empty one is left alone: rmdir refuses it."""
+    try:
+        names = os.listdir(CGROUP_ROOT)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if name.startswith("unified-launcher-new-") and len(parts) == 5 and parts[3].isdigit():
+            stale = not _alive(int(parts[3]))  # made for a spawn by a launcher that is gone
+        elif name.startswith("unified-launcher-") and len(parts) == 4 and parts[2].isdigit():
+            stale = process_token(int(parts[2])) != parts[3]  # its service is gone
+        else:
+            continue
+        if stale:
+            try:
+                os.rmdir(CGROUP_ROOT / name)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    return process_token(pid) != "?"

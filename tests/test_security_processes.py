@@ -469,3 +469,27 @@ def test_a_daemon_that_clears_its_environment_is_stopped_with_its_cgroup(tmp_pat
     finally:
         for proc in daemon():
             proc.kill()
+
+
+def test_stale_empty_cgroups_are_removed_busy_ones_kept(tmp_path: Path) -> None:
+    """The first cgroup a process makes sweeps away the empty cgroups of services that are gone, never a busy one."""
+    root = Path("/sys/fs/cgroup/pids")
+    if not os.access(root, os.W_OK):
+        pytest.skip("no writable cgroup v1 pids hierarchy here")
+    stale = root / "unified-launcher-999999-1"
+    busy = root / "unified-launcher-999998-1"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        stale.mkdir()
+        busy.mkdir()
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        code = "from pytest_unified_launcher._process import Cgroup; Cgroup.create().remove()"
+        subprocess.run([PY, "-c", code], check=True)
+        assert not stale.exists()
+        assert busy.exists() and sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in (stale, busy):
+            with contextlib.suppress(OSError):
+                path.rmdir()
