@@ -397,11 +397,12 @@ class UnifiedLauncher:
         """SIGKILL every process group this launcher started, now (a second Ctrl-C)."""
         import signal
 
-        from ._process import kill_pids
+        from ._process import kill_pids, owns_group
 
         for svc in self._services.values():
-            pid = svc.runner.pid if svc.runner is not None else None
-            if pid:
+            runner = svc.runner
+            pid = runner.pid if runner is not None else None
+            if pid and owns_group(pid, runner.token):  # a reused pid is someone else's
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:

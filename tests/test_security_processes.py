@@ -178,9 +178,11 @@ REUSE_CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("kill_all", [False, True], ids=["stop", "kill_all"])
 @pytest.mark.parametrize("kind", sorted(REUSE_CONFIGS))
-def test_a_reused_pid_is_not_signalled_at_teardown(kind: str, tmp_path: Path) -> None:
-    """A service that died mid-session is not 'stopped' by signalling whatever process got its pid later."""
+def test_a_reused_pid_is_not_signalled_at_teardown(kind: str, kill_all: bool, tmp_path: Path) -> None:
+    """A service that died mid-session is not 'stopped' by signalling whatever process got its pid
+    later: neither by the teardown nor by kill_all (a second Ctrl-C)."""
     (tmp_path / "web.py").write_text((APPS / "web.py").read_text())
     config = load_config(write(tmp_path, REUSE_CONFIGS[kind]), environ={})
 
@@ -195,6 +197,8 @@ def test_a_reused_pid_is_not_signalled_at_teardown(kind: str, tmp_path: Path) ->
             if unrelated is None:
                 pytest.skip("could not get the dead service's pid reused")
             try:
+                if kill_all:
+                    launcher.kill_all()
                 await launcher.stop(close=False)
             except Exception:
                 pass  # reporting the crash is fine; killing the bystander is not

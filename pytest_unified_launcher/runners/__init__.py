@@ -51,6 +51,11 @@ class Runner:
         return None
 
     @property
+    def token(self) -> str | None:
+        """Its process's start time at spawn (see ``_process.owns_group``); None without one."""
+        return None
+
+    @property
     def exit_code(self) -> int | None:
         return None
 

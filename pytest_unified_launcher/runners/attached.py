@@ -27,6 +27,10 @@ class AttachedRunner(Runner):
         self._log_path = log_path
 
     @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
     def pid(self) -> int | None:
         return self._pid
 

@@ -128,6 +128,10 @@ class SubprocessRunner(Runner):
     # ------------------------------------------------------------------ properties
 
     @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
