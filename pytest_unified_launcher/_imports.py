@@ -341,3 +341,41 @@ def shared_module_conflicts(services: Iterable[AppService], root: Path, base_env
     if len(apps) < 2:
         return []
     return shared_reads({name: (app_modules(app, root), env) for name, (app, env) in apps.items()}, base_env)
+
+
+# --------------------------------------------------------------------------- in this process
+
+#: What each project module an in-process app imported here saw of the variables it reads at
+#: import: ``module -> (service, {var: value})``, for checking the apps imported after it.
+_imported_with: dict[str, tuple[str, dict[str, str | None]]] = {}
+
+
+def _loaded_from(module: object, info: ModuleInfo) -> bool:
+    """Whether a module in ``sys.modules`` is the project file the analysis read."""
+    file = getattr(module, "__file__", None)
+    return bool(file) and os.path.realpath(str(file)) == os.path.realpath(info.path)
+
+
+def stale_import(target: str, root: Path, wanted: Mapping[str, str | None],
+                 loaded: Mapping[str, object]) -> tuple[str, str, str] | None:
+    """A project module the app needs that is loaded already, imported under another value of a
+    variable it reads than the app wants: ``(module, var, service that imported it)``, or None.
+    ``wanted(var)`` is the app's value (its env, else the launcher's base environment)."""
+    for name, info in sorted(app_modules(target, root).items()):
+        record = _imported_with.get(name)
+        if record is None or name not in loaded or not _loaded_from(loaded[name], info):
+            continue
+        service, values = record
+        for var in info.env_reads:
+            if var in values and values[var] != wanted.get(var):
+                return name, var, service
+    return None
+
+
+def record_imports(service: str, target: str, root: Path, before: Iterable[str], loaded: Mapping[str, object],
+                   environ: Mapping[str, str]) -> None:
+    """Remember what the project modules this app's import loaded saw of the variables they read."""
+    earlier = set(before)
+    for name, info in app_modules(target, root).items():
+        if name not in earlier and name in loaded and _loaded_from(loaded[name], info):
+            _imported_with[name] = (service, {var: environ.get(var) for var in info.env_reads})

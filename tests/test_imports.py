@@ -4,6 +4,7 @@ settings module read under different environments as subprocesses; single_proces
 from __future__ import annotations
 
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -255,3 +256,54 @@ def test_check_warns_about_a_shared_settings_module(tmp_path: Path) -> None:
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "'a' and 'b'" in warnings[0] and "pkg.settings" in warnings[0] \
         and "UPSTREAM_URL" in warnings[0]
+
+
+APP_FOLLOWS_ENV = """
+import os
+from fastapi import FastAPI, Response
+from pkg import settings
+
+app = FastAPI()
+
+@app.get("/health")
+def health(response: Response):
+    if settings.UPSTREAM_URL != os.environ.get("UPSTREAM_URL"):  # it kept a value read earlier
+        response.status_code = 503
+    return {"upstream": settings.UPSTREAM_URL}
+"""
+
+
+async def test_in_process_app_needing_a_module_read_under_another_value_fails_fast(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_orphans: None) -> None:
+    """An in-process app whose settings module this process imported earlier under another value of
+    a variable it reads fails at once, naming the module (it failed its health check at the timeout)."""
+    from pytest_unified_launcher import UnifiedLauncher
+    from pytest_unified_launcher.config import load_config
+    from pytest_unified_launcher.errors import ServiceStartupError
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "settings.py").write_text(SETTINGS)
+    (tmp_path / "pkg" / "web.py").write_text(APP_FOLLOWS_ENV)
+    (tmp_path / "launcher.toml").write_text(textwrap.dedent("""
+        [launcher]
+        state_dir = "state"
+        [services.web]
+        app = "pkg.web:app"
+        startup_timeout = 3
+        health = { http = "/health" }
+    """))
+    try:
+        monkeypatch.setenv("UPSTREAM_URL", "http://one")
+        async with UnifiedLauncher(load_config(tmp_path / "launcher.toml", mode="single_process", environ={})) as first:
+            await first.start()  # imports pkg.settings with http://one
+        monkeypatch.setenv("UPSTREAM_URL", "http://two")
+        async with UnifiedLauncher(load_config(tmp_path / "launcher.toml", mode="single_process", environ={})) as second:
+            with pytest.raises(ServiceStartupError) as info:
+                await second.start()
+    finally:
+        for name in [n for n in sys.modules if n == "pkg" or n.startswith("pkg.")]:
+            del sys.modules[name]
+    assert "module pkg.settings was already imported in this process by 'web' with another value of " \
+           "UPSTREAM_URL" in str(info.value)
+    assert "timed out" not in str(info.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ class InProcessRunner(Runner):
         svc.tmp.mkdir(parents=True, exist_ok=True)
         os.environ.update(svc.env)
         self.spawned_at = _timing.monotonic()
+        self._check_stale_imports()
+        before = set(sys.modules)
         try:
             app, interface = resolve_app(import_target(svc.app, self.ctx.root), svc.app, svc.interface)
         except AppImportError as exc:
@@ -92,6 +95,9 @@ class InProcessRunner(Runner):
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 traceback.print_exc(file=fh)
             raise self._fail(f"importing {svc.app!r} raised {type(exc).__name__}: {exc}") from None
+        from .._imports import record_imports
+
+        record_imports(svc.name, svc.app, self.ctx.root, before, sys.modules, os.environ)
         if is_django(app) and pytest_django_guard():  # what auto's look at the source could not see
             raise self._fail(f"{svc.app!r} is a Django app, and {DJANGO_GUARD}, so it would answer every request "
                              'with an error; run it as a subprocess: mode = "multi_process"')
@@ -126,6 +132,22 @@ class InProcessRunner(Runner):
             self.server = None
             timeout = svc.startup_timeout
             raise self._fail(f"the app's lifespan startup did not finish within {timeout:.1f} s", timeout=timeout) from None
+
+    def _check_stale_imports(self) -> None:
+        """Fail now, not at the health timeout, when a project module this app needs was imported
+        here by another app under another value of a variable it reads (it would keep that one)."""
+        from .._imports import stale_import
+
+        svc = self.svc
+        assert svc.app is not None
+        wanted = {**self.ctx.base_env, **svc.env}
+        stale = stale_import(svc.app, self.ctx.root, wanted, sys.modules)
+        if stale:
+            module, var, first = stale
+            raise self._fail(f"module {module} was already imported in this process by '{first}' with another "
+                             f"value of {var}, which it reads when imported, so this app would keep that value; "
+                             'run the apps as subprocesses (mode = "multi_process"), or give them the same '
+                             f"{var}")
 
     async def wait_ready(self, deadline: float) -> None:
         # The socket listens already; one probe confirms the app answers (e.g. /health).
