@@ -72,7 +72,7 @@ if ! cache=$(cache_dir); then
   make_cluster "$1"
   exit 0
 fi
-template="$cache/pg-template-$(@RUN@postgres --version | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')"
+template="$cache/pg-template-$(@RUN@postgres --version 2>/dev/null | sed -n 's/^[^0-9]*\([0-9][0-9.]*\).*/\1/p')"
 if [ ! -f "$template/PG_VERSION" ] || ! private "$template"; then
   rm -rf "$template"
   work=$(mktemp -d "$cache/pg-template.XXXXXX")
