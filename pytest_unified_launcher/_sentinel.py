@@ -207,6 +207,9 @@ def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
         reap(state_dir)
     except Exception:
         logging.getLogger(__name__).exception("reaping %s failed", state_dir)
+    from ._up import remove_record_of
+
+    remove_record_of(state_dir, launcher_id)  # a killed `up`: its up.json names only what is gone
     from ._process import Cgroup
 
     for pid, token in processes:  # what escaped group and marker (a daemon with a cleared environment)

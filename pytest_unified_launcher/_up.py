@@ -96,14 +96,14 @@ def read_up_record(state_dir: Path) -> dict[str, Any]:
     file of ours is removed."""
     path = up_path(state_dir)
     if not os.path.lexists(state_dir):
-        raise AttachError(f"no environment is running: {path} does not exist; start one with "
-                          "`unified-launcher up --detach`")
+        raise NothingRunning(f"no environment is running: {path} does not exist; start one with "
+                             "`unified-launcher up --detach`")
     check_state_dir(state_dir)
     try:
         data = read_private(path)
         problem = up_record_problem(data)
     except FileNotFoundError:
-        raise AttachError(
+        raise NothingRunning(
             f"no environment is running: {path} does not exist; start one with "
             "`unified-launcher up --detach`"
         ) from None
@@ -170,8 +170,30 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
     return record
 
 
+class NothingRunning(AttachError):
+    """No environment is recorded: ``down`` has nothing to do (exit 0), ``status`` says so."""
+
+
 def remove_up_record(state_dir: Path) -> None:
+    """Forget the environment; a record that cannot be removed (a folder in its place) is said in
+    one line, not raised: the environment it named is stopped either way."""
     try:
         os.unlink(up_path(state_dir))
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("cannot remove %s (%s); remove it by hand", up_path(state_dir),
+                                            exc.strerror)
+
+
+def remove_record_of(state_dir: Path, launcher_id: str) -> None:
+    """The sentinel of a killed `up`, after reaping its services: the record names only what is
+    gone now, so `status` and `down` say that nothing runs."""
+    try:
+        data = read_private(up_path(state_dir))
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and data.get("launcher_id") == launcher_id:
+        remove_up_record(state_dir)

@@ -502,10 +502,14 @@ def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from ._up import read_up_record, remove_up_record
+    from ._up import NothingRunning, read_up_record, remove_up_record
 
     state_dir = _state_dir(args)
-    record = read_up_record(state_dir)
+    try:
+        record = read_up_record(state_dir)
+    except NothingRunning:
+        print("nothing running")  # as compose's down: idempotent
+        return 0
     if _owner_alive(record):
         pid = record["owner_pid"]
         os.kill(pid, signal.SIGTERM)
@@ -524,12 +528,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     launcher = UnifiedLauncher(full, subprocess_apps_because=KEEP)  # what it adopts are processes
     from ._up import service_is_ours
 
-    for name, entry in record["services"].items():
-        if name in launcher.services and entry.get("pid") and service_is_ours(record, name):
-            launcher.adopt(name, pid=entry["pid"], token=entry["token"])
+    alive = [name for name, entry in record["services"].items()
+             if name in launcher.services and entry.get("pid") and service_is_ours(record, name)]
+    for name in alive:
+        entry = record["services"][name]
+        launcher.adopt(name, pid=entry["pid"], token=entry["token"])
     launcher.stop_blocking()
     remove_up_record(state_dir)
-    print(f"stopped {len(record['services'])} services")
+    print(f"stopped {len(alive)} services" if alive else "nothing was running any more; removed the stale record")
     return 0
 
 

@@ -415,15 +415,37 @@ def test_ctrl_c_stops_foreground_up(project: Path, sig: signal.Signals, no_orpha
 
 
 def test_down_after_supervisor_was_killed(project: Path, no_orphans: None) -> None:
-    """If the `up` supervisor is SIGKILLed, `down` still stops the services it left."""
+    """If the `up` supervisor is SIGKILLed, its sentinel stops its services and removes up.json
+    (it stayed, naming dead pids); `down` is then idempotent: exit 0, "nothing running"."""
     assert cli(project, "up", "--detach", "--mode", "multi_process").returncode == 0
     record = json.loads((project / "state" / "up.json").read_text())
     os.kill(record["owner_pid"], signal.SIGKILL)
-    _wait(lambda: not psutil_exists(record["owner_pid"]))
+    pids = [entry["pid"] for entry in record["services"].values() if entry.get("pid")]
+    _wait(lambda: not (project / "state" / "up.json").exists() and not any(map(psutil_exists, pids)))
     status = cli(project, "status")
-    assert "gone" in status.stdout
+    assert status.returncode == 1 and "no environment is running" in status.stderr
+    for _ in range(2):
+        down = cli(project, "down")
+        assert down.returncode == 0 and down.stdout.strip() == "nothing running", down.stdout + down.stderr
+
+
+def test_down_of_a_stale_record_says_nothing_was_running(project: Path, running: dict[str, Any]) -> None:
+    """A record whose supervisor and services are gone (and left no sentinel) is removed by `down`,
+    which says so instead of "stopped 2 services"."""
+    state = project / "state"
+    (state / "up.json").rename(state / "up.json.keep")
+    assert cli(project, "down").stdout.strip() == "nothing running"
+    record = json.loads((state / "up.json.keep").read_text())
+    cli_env = {**record, "owner_pid": 1, "owner_token": "1"}  # a supervisor that is not ours: never signalled
+    for entry in cli_env["services"].values():
+        entry["pid"], entry["token"] = 999999, "1"
+    fd = os.open(state / "up.json", os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(cli_env, fh)
     down = cli(project, "down")
-    assert down.returncode == 0 and "stopped 2 services" in down.stdout
+    assert down.returncode == 0 and "nothing was running any more" in down.stdout, down.stdout + down.stderr
+    assert not (state / "up.json").exists()
+    (state / "up.json.keep").rename(state / "up.json")  # for the fixture's own down
 
 
 def psutil_exists(pid: int) -> bool:
