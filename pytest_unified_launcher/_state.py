@@ -410,6 +410,8 @@ def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, in
                 continue
             _signal(pid, info.get("signal", signal.SIGKILL))
             tokens[pid] = token
+            for member in _group_members(pid):  # the group's signal reached them: waited for, not signalled again
+                tokens.setdefault(member, process_token(member))
             grace = max(grace, min(float(info.get("timeout", 0.0)), REAP_GRACE_SECONDS))
             reaped.append((info["service"], pid))
             log.warning("reaping service %s (pid %d) left by a killed session", info["service"], pid)
@@ -431,8 +433,39 @@ def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, in
             from .config import remove_scratch
 
             remove_scratch(Path(data["tmp_root"]))
+            _remove_xdist_folder(Path(data["tmp_root"]))
         path.unlink(missing_ok=True)
     return reaped
+
+
+def _remove_xdist_folder(tmp_root: Path) -> None:
+    """The shared record folder an xdist controller keeps beside its scratch root
+    (``<tmp_root>-xdist``): a killed controller left it. Only a real folder of ours goes."""
+    import shutil
+
+    folder = tmp_root.with_name(tmp_root.name + "-xdist")
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return
+    if tmp_root.name.startswith("ul-") and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of group ``pgid`` (a leader we just signalled: they are ours).
+
+    A reap waits for them all, not only for the leader: initdb's shell dies at once on SIGINT
+    while its postgres still cleans up; a second signal (SIGTERM by marker) or the cgroup's
+    SIGKILL then would leave PostgreSQL's shared memory behind.
+    """
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != pgid:
+            fields = (_read_proc(int(entry), "stat", 4096) or b")").rsplit(b")", 1)[1].split()
+            if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
+                members.append(int(entry))
+    return members
 
 
 def _signal(pid: int, sig: int) -> None:

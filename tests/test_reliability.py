@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
+import random
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -21,11 +25,14 @@ import psutil
 import pytest
 
 from conftest import PY, TCP, default_sigint, launcher_processes
+from leftovers import SEED, KilledRun, copy_example
 from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
 
 FULL = 20
 FAST = 2
 TALLY: dict[str, list[int]] = {}
+#: SIGKILL faults: name -> [runs, killed mid-session, runs that left anything].
+KILLS: dict[str, list[int]] = {}
 
 
 def write(tmp: Path, text: str) -> Path:
@@ -317,10 +324,180 @@ def test_ctrl_c_loop(phase: str, tmp_path: Path) -> None:
     loop(f"Ctrl-C {phase}", FULL, tmp_path, lambda tmp, i: ctrl_c(phase, tmp, i))
 
 
+# --------------------------------------------------------------------------- SIGKILL, with no later run
+
+
+def kill_runs(name: str, times: int, body: Callable[[Path, random.Random], KilledRun]) -> None:
+    """Run ``body`` ``times`` times, each a session it kills; fail naming whatever any run left."""
+    rng = random.Random(f"{SEED}:{name}")
+    failures = []
+    mid_session = 0
+    for i in range(times):
+        work = Path(tempfile.mkdtemp(prefix="reliability-kill-"))
+        work.chmod(0o755)  # the example's database runs as `postgres` in the project folder
+        try:
+            run = body(work, rng)
+            left = run.settle()
+            mid_session += run.mid_session
+            when = f"SIGKILL at {run.killed_at:.2f} s{'' if run.mid_session else ' (the session had ended)'}"
+            print(f"{name} #{i} (UL_KILL_SEED={SEED}): {when}: {'; '.join(left) or 'nothing left'}")
+            if left:
+                tail = run.out.read_text(errors="replace")[-1500:]
+                failures.append(f"#{i}, {when}: {left}\n--- its output:\n{tail}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    KILLS[name] = [times, mid_session, len(failures)]
+    assert not failures, (f"{name} (replay: UL_KILL_SEED={SEED}): left after SIGKILL, with no later run:\n"
+                          + "\n".join(failures))
+
+
+#: The example's session, per mode: pytest's arguments.
+EXAMPLE_MODES = {"single_process": [], "multi_process": ["--launcher-profile=ci"], "-n 2 shared": ["-n", "2"]}
+#: mode -> seconds a whole session of the example lasts here (measured once, by a run left alone).
+SESSION_SECONDS: dict[str, float] = {}
+
+
+def session_seconds(mode: str) -> float:
+    """How long the example's session lasts on this machine now: the kill moments are drawn up to it."""
+    if mode not in SESSION_SECONDS:
+        work = Path(tempfile.mkdtemp(prefix="reliability-kill-"))
+        work.chmod(0o755)
+        try:
+            run = KilledRun(copy_example(work), EXAMPLE_MODES[mode])
+            run.watch(lambda: False, timeout=300)
+            SESSION_SECONDS[mode] = time.monotonic() - run.t0
+            run.kill()
+            assert run.proc.returncode == 0, run.out.read_text()
+            left = run.settle()
+            assert not left, f"a whole session of the example ({mode}) left: {left}"
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"the example's session ({mode}) lasts {SESSION_SECONDS[mode]:.2f} s here")
+    return SESSION_SECONDS[mode]
+
+
+def example_at_random(mode: str) -> Callable[[Path, random.Random], KilledRun]:
+    args = EXAMPLE_MODES[mode]
+
+    def body(work: Path, rng: random.Random) -> KilledRun:
+        delay = rng.uniform(0.0, session_seconds(mode))
+        run = KilledRun(copy_example(work), args)
+        run.kill(after=delay - (time.monotonic() - run.t0))
+        return run
+
+    return body
+
+
+SMALL_SESSION = """
+    import pytest
+
+    @pytest.mark.services("{service}")
+    def test_it(services):
+        pass
+"""
+
+
+def small_project(work: Path, config: str, service: str) -> Path:
+    project = work / "project"
+    project.mkdir()
+    write(project, config)
+    (project / "test_it.py").write_text(textwrap.dedent(SMALL_SESSION.format(service=service)))
+    (project / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    return project
+
+
+def during_a_setup_sleep(work: Path, rng: random.Random) -> KilledRun:
+    """A setup step that sleeps (its ${tmp} in /dev/shm): killed while it runs."""
+    run = KilledRun(small_project(work, """
+        [services.svc]
+        setup = [["sleep", "300"]]
+        command = ["{PY}", "{TCP}", "${port}"]
+        tmpfs = true
+        startup_timeout = 600
+    """, "svc"), [])
+    assert run.watch(lambda: run.running("300")), run.out.read_text()
+    run.kill(after=rng.uniform(0.0, 0.5))
+    return run
+
+
+def during_initdb(work: Path, rng: random.Random) -> KilledRun:
+    """The example's database setup with an empty template cache: killed while initdb runs."""
+    cache = work / "cache"  # private to `postgres`: pg-init builds its template here, with initdb
+    cache.mkdir(mode=0o700)
+    os.chown(cache, pwd.getpwnam("postgres").pw_uid, -1)
+    run = KilledRun(copy_example(work), [], env={"XDG_CACHE_HOME": str(cache)})
+    assert run.watch(lambda: run.running("initdb")), run.out.read_text()
+    run.kill(after=rng.uniform(0.0, 0.5))
+    return run
+
+
+SLOW_STOP = """
+import signal, socket, sys, time
+
+def stop(signum, frame):  # a slow stop: what a database flushing to disk looks like
+    open("stopping", "w").close()
+    time.sleep(60)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen(16)
+while True:
+    sock.accept()[0].close()
+"""
+
+
+def during_teardown(work: Path, rng: random.Random) -> KilledRun:
+    """Two services being stopped at the session's end, one with a slow stop: killed meanwhile."""
+    project = small_project(work, """
+        [services.base]
+        command = ["{PY}", "{TCP}", "${port}"]
+        tmpfs = true
+        [services.slow]
+        command = ["{PY}", "slow_stop.py", "${port}"]
+        depends_on = ["base"]
+        stop_timeout = 120
+        tmpfs = true
+    """, "slow")
+    (project / "slow_stop.py").write_text(SLOW_STOP)
+    run = KilledRun(project, [])
+    assert run.watch(lambda: (project / "stopping").exists()), run.out.read_text()
+    run.kill(after=rng.uniform(0.0, 1.0))
+    return run
+
+
+PHASE_KILLS: dict[str, Callable[[Path, random.Random], KilledRun]] = {
+    "SIGKILL during a setup step (sleep)": during_a_setup_sleep,
+    "SIGKILL during a setup step (the example's initdb)": during_initdb,
+    "SIGKILL during teardown (a slow stop)": during_teardown,
+}
+KILL_FAULTS = {**PHASE_KILLS,
+               **{f"SIGKILL at random, the example, {mode}": example_at_random(mode) for mode in EXAMPLE_MODES}}
+
+
+@pytest.mark.parametrize("fault", list(PHASE_KILLS))
+def test_sigkill_fast(fault: str) -> None:
+    """SIGKILL of pytest during a setup step and during teardown, once: nothing of the run is left, with no later run."""
+    kill_runs(fault, 1, KILL_FAULTS[fault])
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("fault", list(KILL_FAULTS))
+def test_sigkill_loop(fault: str) -> None:
+    """SIGKILL of pytest in each phase (20 random moments of the example's session): processes,
+    ports, /dev/shm and ${tmp} folders, SysV segments, claims and run files all go, with no later run."""
+    kill_runs(fault, FULL, KILL_FAULTS[fault])
+
+
 @pytest.mark.reliability
 def test_zz_print_tally() -> None:
     """Print the tally of the reliability run (quoted in the README)."""
     print("\n| fault | runs | orphans |\n|---|---|---|")
     for name, (runs, orphans) in TALLY.items():
         print(f"| {name} | {runs} | {orphans} |")
+    print("\n| SIGKILL of pytest | runs | killed mid-session | runs that left anything |\n|---|---|---|---|")
+    for name, (runs, mid_session, left) in KILLS.items():
+        print(f"| {name.removeprefix('SIGKILL ')} | {runs} | {mid_session} | {left} |")
     assert TALLY
