@@ -94,6 +94,8 @@ class Environment:
         self._tasks: list[asyncio.Task[Any]] = []
         self._observer: Any = None
         self._output_gone = False
+        self._recorded = False  # up.json written once: a later failure no longer ends the start
+        self._record_failing = False
 
     # ------------------------------------------------------------------ output
 
@@ -147,10 +149,34 @@ class Environment:
         return handles
 
     def record(self) -> Path:
+        """Write up.json, which may fail (disk full, permissions).
+
+        The first write failing is a start failure (nothing could find the environment); a later
+        one is said once, its temp file removed, and supervision goes on (it died silently, and
+        with it every later restart); the record is right again at the next write that succeeds.
+        """
+        from ._up import up_path
         from .control import make_token
 
         control = {"url": self.control_url, "token": make_token(self.secret), "secret": self.secret}
-        return write_up_record(self.launcher, owner_pid=os.getpid(), control=control)
+        path = up_path(self.config.state_dir)
+        try:
+            write_up_record(self.launcher, owner_pid=os.getpid(), control=control)
+        except OSError as exc:
+            path.with_name(f"{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+            problem = f"cannot update {path} ({exc.strerror or exc})"
+            if not self._recorded:
+                fix = "free some space there" if exc.errno == errno.ENOSPC else "make it writable"
+                raise LauncherError(f"{problem}; {fix}, or set another state_dir") from None
+            if not self._record_failing:
+                self.say(f"up: {problem}; the services stay supervised, and `unified-launcher status` "
+                         "asks this process directly")
+            self._record_failing = True
+            return path
+        if self._record_failing:
+            self.say(f"up: {path} is up to date again")
+        self._recorded, self._record_failing = True, False
+        return path
 
     async def _progress(self) -> None:
         seen: dict[str, str] = {}
@@ -195,11 +221,6 @@ class Environment:
         finally:
             remove_up_record(self.config.state_dir)
         self.say("stopped")
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
-            loop.add_signal_handler(sig, self.stop_event.set)
 
     # ------------------------------------------------------------------ supervision
 
@@ -372,18 +393,45 @@ async def run_up(
     *,
     dev: bool,
     on_ready: Callable[[Environment, BaseException | None], None],
-    out: TextIO = sys.stdout,
     follow_logs: bool = True,
 ) -> int:
-    """Start, call ``on_ready``, supervise until stopped, stop. Returns the exit code."""
-    env = Environment(config, names, dev=dev, out=out, follow_logs=follow_logs)
-    env.install_signal_handlers()
+    """`up`'s life: start, report (``on_ready``), supervise until a signal or `down`, stop
+    everything. Returns the exit code: 128 + the signal when one cut the start short.
+
+    A signal during the start cancels it at once (it used to wait out the startup_timeout of a
+    service whose health check could not pass); what had started is then stopped as usual.
+    """
+    env = Environment(config, names, dev=dev, follow_logs=follow_logs)
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        env.stop_event.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
+        start = asyncio.ensure_future(env.start())
+        stopped = asyncio.ensure_future(env.stop_event.wait())
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+            await asyncio.wait({start})
+            if not received:  # up stopped itself: its output's reader went away (`up | head -1`)
+                return 0
+            on_ready(env, InterruptedError(f"interrupted by {signal.Signals(received[0]).name} while services "
+                                           "were starting; stopping what had started"))
+            return 128 + received[0]
         try:
-            await env.start()
+            start.result()
         except LauncherError as exc:
             on_ready(env, exc)
             return exc.exit_code
+        except OSError as exc:  # one of up's own (the control API's socket, a file): said, not a trace
+            on_ready(env, OSError(f"up could not start: {exc}"))
+            return 1
         on_ready(env, None)
         await env.run()
         return 0

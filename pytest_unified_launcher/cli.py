@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import os
 import re
@@ -15,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -316,90 +314,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             os.write(fd, (json.dumps(message) + "\n").encode())
             os.close(fd)
 
-    return asyncio.run(_run_up(config, names, dev=args.dev, on_ready=on_ready, follow_logs=fd is None))
+    from ._environment import run_up
 
-
-async def _run_up(config: Any, names: list[str] | None, *, dev: bool,
-                  on_ready: Callable[[Any, BaseException | None], None], follow_logs: bool) -> int:
-    """`up`'s life: start, report, supervise until a signal or `down`, stop everything.
-
-    A signal during the start cancels it at once (it used to wait out the startup_timeout of a
-    service whose health check could not pass); what had started is then stopped as usual.
-    """
-    env = _up_environment(config, names, dev=dev, follow_logs=follow_logs)
-    received: list[int] = []
-
-    def on_signal(sig: int) -> None:
-        received.append(sig)
-        env.stop_event.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        start = asyncio.ensure_future(env.start())
-        stopped = asyncio.ensure_future(env.stop_event.wait())
-        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not start.done():
-            start.cancel()
-            await asyncio.wait({start})
-            if not received:  # up stopped itself: its output's reader went away (`up | head -1`)
-                return 0
-            on_ready(env, InterruptedError(f"interrupted by {signal.Signals(received[0]).name} while services "
-                                           "were starting; stopping what had started"))
-            return 128 + received[0]
-        try:
-            start.result()
-        except LauncherError as exc:
-            on_ready(env, exc)
-            return exc.exit_code
-        except OSError as exc:  # one of up's own (the control API's socket, a file): said, not a trace
-            on_ready(env, OSError(f"up could not start: {exc}"))
-            return 1
-        on_ready(env, None)
-        await env.run()
-        return 0
-    finally:
-        await env.shutdown()
-        env.launcher.close()
-
-
-def _up_environment(config: Any, names: list[str] | None, *, dev: bool, follow_logs: bool) -> Any:
-    """`up`'s environment, whose record (up.json) may fail to be written (disk full, permissions).
-
-    The first write failing is a start failure (nothing could find the environment); a later one
-    is said once, its temp file removed, and supervision goes on (it died silently, and with it
-    every later restart); the record is right again at the next write that succeeds.
-    """
-    from ._environment import Environment
-    from ._up import up_path
-
-    class UpEnvironment(Environment):
-        recorded = False
-        failing = False
-
-        def record(self) -> Path:
-            path = up_path(self.config.state_dir)
-            try:
-                written: Path = super().record()
-            except OSError as exc:
-                path.with_name(f"{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
-                problem = f"cannot update {path} ({exc.strerror or exc})"
-                if not self.recorded:
-                    fix = "free some space there" if exc.errno == errno.ENOSPC else "make it writable"
-                    raise LauncherError(f"{problem}; {fix}, or set another state_dir") from None
-                if not self.failing:
-                    self.say(f"up: {problem}; the services stay supervised, and `unified-launcher status` "
-                             "asks this process directly")
-                self.failing = True
-                return path
-            if self.failing:
-                self.say(f"up: {path} is up to date again")
-            self.recorded, self.failing = True, False
-            return written
-
-    return UpEnvironment(config, names, dev=dev, follow_logs=follow_logs)
+    return asyncio.run(run_up(config, names, dev=args.dev, on_ready=on_ready, follow_logs=fd is None))
 
 
 def _detach(args: argparse.Namespace, config: Any) -> int:

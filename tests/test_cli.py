@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -596,7 +597,12 @@ def full_disk(tmp_path: Path) -> Any:
 def test_full_disk_while_up_restarts_keeps_supervising(project: Path, full_disk: Any, no_orphans: None) -> None:
     """When up.json cannot be written (disk full), up says so in one line and goes on restarting
     services that die; no temp file is left (supervision died silently at the first restart)."""
-    (project / "launcher.toml").write_text(CONFIG.split("[services.api]")[0])
+    # A service that prints nothing: its own log is on the full disk too, and a write there would
+    # end it (exit 1), which is right but not what this test is about.
+    (project / "launcher.toml").write_text(CONFIG.split("[services.plain]")[0] + textwrap.dedent(f"""
+        [services.plain]
+        command = ["{PY}", "-c", "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(3600)", "${{port}}"]
+    """))
     out = project / "up.out"
     with open(out, "w") as fh:
         proc = subprocess.Popen([PY, "-m", "pytest_unified_launcher", "up"], cwd=project, stdout=fh,
