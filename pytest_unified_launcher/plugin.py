@@ -392,6 +392,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     state = _session(session.config)
     if state.active:
         _interrupt_on_termination(state)
+        _check_mode(state)
     names = _opt(session.config, "services")
     runs_nothing = session.config.option.collectonly or session.config.option.setupplan
     if state.active and names and state.role != "controller" and not runs_nothing:
@@ -399,6 +400,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             _ensure(session.config, [n.strip() for n in str(names).split(",") if n.strip()])
         except LauncherError as exc:
             raise pytest.UsageError(f"--launcher-services: {exc}") from None
+
+
+def _check_mode(state: _Session) -> None:
+    """A mode that cannot work (explicit single_process with two apps that need different values
+    of one variable, or that share a settings module read under different values) is a usage
+    error before any test, as every config mistake is; it errored each test that needed a service.
+    At session start, so that pytest-django (which decides where Django apps may run) is configured."""
+    from .config import KEEP, SHARED_WORKERS, resolve_mode
+
+    assert state.lconfig is not None
+    try:
+        resolve_mode(state.lconfig, as_root=os.geteuid() == 0,
+                     subprocess_apps_because=SHARED_WORKERS if state.shared is not None else KEEP if state.keep else None)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.hookimpl  # not tryfirst: pytest's skip and xfail(run=False) marks must win (a skipped test starts nothing)

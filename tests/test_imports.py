@@ -234,17 +234,18 @@ def test_auto_runs_apps_sharing_a_settings_module_as_subprocesses(pytester: pyte
 
 def test_single_process_refuses_apps_sharing_a_settings_module(pytester: pytest.Pytester,
                                                                no_orphans: None) -> None:
-    """Explicit single_process fails at once, before any service starts, with a config error naming
+    """Explicit single_process is a usage error (exit 4) before any test, a config error naming
     the module, the variable and the fix (it waited out b's health check)."""
     _project(pytester.path, "single_process")
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(test_it=TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*launcher config error in *launcher.toml, service 'b', key 'env.UPSTREAM_URL': "
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*launcher config error in *launcher.toml, service 'b', key 'env.UPSTREAM_URL': "
                                  "in single_process mode, apps 'a' and 'b' both import pkg.settings*UPSTREAM_URL*",
                                  '*fix: use mode = "multi_process" (or "auto"), or give both apps the same UPSTREAM_URL'])
-    assert "health check" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    assert "health check" not in result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 def test_check_warns_about_a_shared_settings_module(tmp_path: Path) -> None:

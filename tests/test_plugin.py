@@ -954,3 +954,26 @@ def test_two_sessions_of_one_project_keep_their_logs_apart(project: pytest.Pytes
     out, _ = first.communicate(timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert first.returncode == 0, out
+
+
+def test_explicit_single_process_conflict_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """--launcher-mode=single_process with two apps that set one variable differently is a usage
+    error before any test (exit 4), as every config mistake is (it errored each test instead)."""
+    pytester.makefile(".toml", launcher="""
+        [services.a]
+        app = "web:app"
+        env = { GREETING = "hi" }
+        [services.b]
+        app = "web:app"
+        env = { GREETING = "hello" }
+    """)
+    (pytester.path / "web.py").write_text((APPS / "web.py").read_text())
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("a", "b")
+        def test_x(services): pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=single_process")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*in single_process mode, services 'a' and 'b' set GREETING to different values*"])
