@@ -191,3 +191,15 @@ def test_launcher_django_db_test_opts_out(django_env: pytest.Pytester, no_orphan
     result = django_env.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*AssertionError*", "*mode: multi_process (auto: app 'web' is a Django app*"])
+
+
+@pytest.mark.parametrize("xdist", ["shared", "per_worker"])
+def test_django_db_tests_under_xdist(django_env: pytest.Pytester, xdist: str, no_orphans: None) -> None:
+    """Under `-n 2` the workers' django_db tests use the launcher's database too, in one shared
+    environment and in one environment per worker (the API, the ORM and Celery see the same rows)."""
+    django_env.makepyfile(test_celery=TEST_CELERY)
+    args = ["-n", "2", "--dist", "loadfile", f"--launcher-xdist={xdist}"]
+    if xdist == "shared":  # one database for both workers: a transactional test's flush would race the other file
+        (django_env.path / "test_celery.py").unlink()
+    result = django_env.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=2 if xdist == "shared" else 3)
