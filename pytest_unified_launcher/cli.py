@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--svg", metavar="PATH", type=_output_file,
                        help="write the startup waterfall of the slowest run here")
     init = add("init", "write a commented starter launcher.toml and a test that uses it")
-    init.add_argument("--with", dest="with_", default="postgres,redis,fastapi",
-                      help="comma-separated templates: postgres, redis, fastapi, external")
+    init.add_argument("--with", dest="with_", default=None,
+                      help="comma-separated templates: postgres, redis, fastapi, external; or django alone "
+                           "(default: django where ./manage.py names its settings, else postgres,redis,fastapi)")
     return parser
 
 
@@ -508,20 +509,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ._templates import TEMPLATES, render_init
+    from ._templates import TEMPLATES, find_django, has_pytest_config, render_django, render_init
 
-    chosen = [w.strip() for w in args.with_.split(",") if w.strip()]
+    target = Path(getattr(args, "config", None) or "launcher.toml")
+    chosen = [w.strip() for w in (args.with_ or "").split(",") if w.strip()]
+    django = find_django(target.parent, forced=chosen == ["django"]) if chosen in ([], ["django"]) else None
+    if "django" in chosen and django is None:
+        print("error: --with: django stands alone (it brings PostgreSQL and Redis); e.g. --with django",
+              file=sys.stderr)
+        return 2
+    if args.with_ is None and django is None:
+        chosen = ["postgres", "redis", "fastapi"]
     unknown = [c for c in chosen if c not in TEMPLATES]
-    if unknown or not chosen:
+    if django is None and (unknown or not chosen):
         print(f"error: --with: {'unknown template ' + ', '.join(map(repr, unknown)) if unknown else 'no template given'}; "
               f"choose from: {', '.join(TEMPLATES)}", file=sys.stderr)
         return 2
-    target = Path(getattr(args, "config", None) or "launcher.toml")
     if target.exists():
         print(f"error: {target} already exists; not overwriting it (remove it or pass --config NEW_PATH)",
               file=sys.stderr)
         return 2
-    files = render_init(chosen, target)
+    if django is not None:
+        print(django.summary())
+        if has_pytest_config(target.parent):
+            print(f"note: pytest-django needs DJANGO_SETTINGS_MODULE = {django.settings} in your pytest settings")
+    files = render_django(django, target) if django is not None else render_init(chosen, target)
     for path, text in files.items():
         if path.exists() and path != target:
             print(f"kept existing {path}")

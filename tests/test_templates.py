@@ -152,3 +152,93 @@ def test_init_writes_the_same_pg_init_as_the_example(place: dict[str, Path], no_
 def test_example_pg_init_is_the_generated_script() -> None:
     """The example's bin/pg-init is the script `init` writes (fixed alike, kept alike)."""
     assert (EXAMPLE_BIN / "pg-init").read_text() == pg_init_script('"$here/pg" ')
+
+
+MANAGE_PY = '''#!/usr/bin/env python
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djproj.settings")
+    from django.core.management import execute_from_command_line
+    execute_from_command_line(sys.argv)
+'''
+
+
+def django_site(root: Path, celery: bool = True, asgi: bool = True) -> Path:
+    """tests/apps/djproj laid out as startproject does: manage.py beside the djproj package."""
+    shutil.copytree(EXAMPLE_BIN.parent.parent / "tests" / "apps" / "djproj", root / "djproj",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.sqlite3", "manage.py"))
+    (root / "manage.py").write_text(MANAGE_PY)
+    if not celery:
+        (root / "djproj" / "celery.py").unlink()
+    if not asgi:
+        (root / "djproj" / "asgi.py").unlink()
+    return root
+
+
+def test_init_in_a_django_project_proposes_its_environment(tmp_path: Path) -> None:
+    """init beside manage.py reads its settings module and writes PostgreSQL (the shared bin/pg-init),
+    migrate, the ASGI app, Redis and the Celery worker, which check accepts; nothing existing is overwritten."""
+    site = django_site(tmp_path / "site")
+    (site / "tests").mkdir()
+    (site / "tests" / "test_services.py").write_text("# mine\n")
+    result = cli(site, "init")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("found manage.py (settings djproj.settings): proposing PostgreSQL, migrate, "
+                                    "web (ASGI), Redis, Celery worker\n"), result.stdout
+    assert "kept existing tests/test_services.py" in result.stdout
+    assert (site / "tests" / "test_services.py").read_text() == "# mine\n"
+    text = (site / "launcher.toml").read_text()
+    assert 'app = "djproj.asgi:application"' in text and 'command = ["${python}", "manage.py", "migrate", "--noinput"]' in text
+    assert '"-A", "djproj", "worker"' in text and "health = { log = 'ready\\.' }" in text
+    assert (site / "pytest.ini").read_text() == "[pytest]\nDJANGO_SETTINGS_MODULE = djproj.settings\n"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert cli(plain, "init", "--with", "postgres").returncode == 0
+    assert (site / "bin" / "pg-init").read_text() == (plain / "bin" / "pg-init").read_text()
+    check = cli(site, "check", "--no-import")
+    assert check.returncode == 0, check.stderr
+    assert all(f" {name} " in check.stdout for name in ("database", "cache", "migrate", "web", "worker"))
+
+
+def test_init_django_without_celery_py_or_asgi_py(tmp_path: Path) -> None:
+    """Without a celery.py (nor CELERY in the settings) there is no worker; without asgi.py the app is
+    the WSGI one; a project's own pytest settings are left alone (init says what to add)."""
+    site = django_site(tmp_path, celery=False, asgi=False)
+    (site / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = '-q'\n")
+    result = cli(site, "init")
+    assert result.returncode == 0, result.stderr
+    assert ("found manage.py (settings djproj.settings): proposing PostgreSQL, migrate, web (WSGI), Redis, "
+            "no Celery worker (no djproj/celery.py, and the settings do not mention CELERY)") in result.stdout
+    assert "note: pytest-django needs DJANGO_SETTINGS_MODULE = djproj.settings" in result.stdout
+    assert not (site / "pytest.ini").exists()
+    text = (site / "launcher.toml").read_text()
+    assert 'app = "djproj.wsgi:application"' in text and "[services.worker]" not in text
+    assert 'services("worker")' not in (site / "tests" / "test_services.py").read_text()
+    assert cli(site, "check", "--no-import").returncode == 0
+
+
+def test_init_with_django_forces_it_and_stands_alone(tmp_path: Path) -> None:
+    """--with django without manage.py guesses the settings from */settings.py; mixed with others it is exit 2."""
+    site = django_site(tmp_path)
+    (site / "manage.py").unlink()
+    mixed = cli(site, "init", "--with", "django,redis")
+    assert mixed.returncode == 2 and "django stands alone" in mixed.stderr and "Traceback" not in mixed.stderr
+    result = cli(site, "init", "--with", "django")
+    assert result.returncode == 0, result.stderr
+    assert "guessed (settings djproj.settings)" in result.stdout
+    assert 'app = "djproj.asgi:application"' in (site / "launcher.toml").read_text()
+
+
+def test_init_django_project_tests_pass(tmp_path: Path, no_orphans: None) -> None:
+    """The Django starter's own tests pass as written on real PostgreSQL, Redis and Celery: the ORM sees
+    the migrated database, the web app answers at its URL."""
+    tmp_path.chmod(0o755)  # a project folder: its bin/pg-init runs as the service user `postgres`
+    site = django_site(tmp_path)
+    assert cli(site, "init").returncode == 0
+    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=site, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed" in result.stdout
+    assert "mode: multi_process (auto: app 'web' is a Django app" in result.stdout
