@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import _plugin_roles as _roles
 from .errors import ConfigError, LauncherError, UnknownServiceError
 
 if TYPE_CHECKING:
@@ -87,15 +88,6 @@ class _Session:
 _KEY = pytest.StashKey[_Session]()
 
 
-def _xdist_workers(namespace: Any) -> int:
-    n = getattr(namespace, "numprocesses", None)
-    if isinstance(n, str):
-        return 2  # "auto" / "logical": resolved later, assume several
-    if getattr(namespace, "dist", "no") not in (None, "no") and not n:
-        return 2
-    return int(n or 0)
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     """Load the config and export ``[launcher.test_env]`` before any conftest.py is imported."""
@@ -140,7 +132,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     session.lconfig = lconfig
-    _assign_role(session, lconfig, in_worker=in_worker, payload=payload, namespace=ns)
+    _roles.assign_role(session, lconfig, in_worker=in_worker, payload=payload, namespace=ns)
     os.environ.update(lconfig.test_env)
 
 
@@ -174,83 +166,6 @@ def _check_output_paths(early_config: pytest.Config, ns: Any) -> None:
         problem = check_writable(path) if path else None
         if problem:
             raise pytest.UsageError(f"--launcher-{key}: cannot write {path} ({problem})")
-
-
-def _assign_role(
-    session: _Session, lconfig: LauncherConfig, *, in_worker: bool, payload: dict[str, Any] | None, namespace: Any
-) -> None:
-    """single, xdist controller or xdist worker; a shared controller tells its workers (by
-    environment, which they inherit) the ports and folders of the one environment."""
-    from .xdist import SharedEnvironment, controller_payload
-
-    if in_worker:
-        session.role = "worker"
-        if payload is not None and lconfig.xdist == "shared":
-            session.shared = SharedEnvironment(Path(payload["folder"]))
-            session.shared_payload = payload
-        return
-    workers = _xdist_workers(namespace)
-    if workers < 1:
-        return
-    session.role = "controller"
-    _claim_logs_for_workers(session, lconfig)
-    if lconfig.xdist == "per_worker" and session.keep and not session.attach:
-        raise pytest.UsageError(
-            "--launcher-keep with --launcher-xdist=per_worker: every worker has an environment of its "
-            "own, and one can be kept; use --launcher-xdist=shared (one environment for all workers)"
-        )
-    if lconfig.xdist == "per_worker" and workers > 1:
-        fixed = sorted(n for n, s in lconfig.services.items() if s.port is not None and not s.port_auto and s.kind != "url")
-        if fixed:
-            count = "several" if isinstance(namespace.numprocesses, str) else str(workers)
-            raise pytest.UsageError(str(ConfigError(
-                f"fixed port {lconfig.services[fixed[0]].port} cannot be used with xdist = per_worker "
-                f"and {count} workers: every worker would bind it",
-                source=str(lconfig.source), service=fixed[0], key="port",
-                fix='use port = "auto" (or remove port), or --launcher-xdist=shared',
-            )))
-    if lconfig.xdist == "shared":
-        folder = lconfig.tmp_root.parent / f"{lconfig.tmp_root.name}-xdist"
-        os.environ["UNIFIED_LAUNCHER_SHARED"] = controller_payload(
-            config_path=lconfig.source, ports=lconfig.ports, tmp_root=lconfig.tmp_root, folder=folder
-        )
-        session.shared = SharedEnvironment(folder)
-        if session.attach:
-            session.up_pids = _share_up_services(session.shared, lconfig.state_dir)
-
-
-#: The log folder the xdist controller claimed for its workers (they inherit it).
-LOGS_VAR = "UNIFIED_LAUNCHER_LOGS"
-
-
-def _claim_logs_for_workers(session: _Session, lconfig: LauncherConfig) -> None:
-    """One log folder for this xdist session's environment(s), held for the session: `logs/`, or
-    `logs/<id>/` while another session holds that. Shared workers write there, per_worker ones
-    in `<it>/gw0/`, `<it>/gw1/`... (two sessions of one project replaced each other's logs)."""
-    from ._state import claim_log_dir, ensure_state_dir
-
-    try:
-        ensure_state_dir(lconfig.state_dir, source=str(lconfig.source))
-        session.log_dir, session.log_lock = claim_log_dir(lconfig.state_dir / "logs", f"xdist-{os.getpid()}")
-    except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    except OSError as exc:
-        raise pytest.UsageError(f"cannot write the launcher's logs under {lconfig.state_dir} ({exc.strerror}); "
-                                "set [launcher] state_dir to a writable folder") from None
-    os.environ[LOGS_VAR] = str(session.log_dir)
-
-
-def _share_up_services(shared: SharedEnvironment, state_dir: Path) -> dict[str, int | None]:
-    """Attached under xdist: record `up`'s services as the shared environment's, so that the
-    workers adopt them (a worker that found them missing from the record stopped them).
-    Returns their pids, which the controller leaves alone at the end."""
-    from ._up import read_up_record
-
-    services = {name: entry for name, entry in read_up_record(state_dir)["services"].items()
-                if entry.get("state") in ("running", "completed")}
-    shared.write({name: {"state": entry["state"], "pid": entry.get("pid"), "token": entry.get("token")}
-                  for name, entry in services.items()})
-    return {name: entry.get("pid") for name, entry in services.items()}
 
 
 def _attach_payload(path: Path, ns: Any) -> dict[str, Any]:
@@ -298,7 +213,7 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
         worker = os.environ.get("PYTEST_XDIST_WORKER")
         log_dir = None  # a plain session claims logs/ itself
         if session.role == "worker" and worker:
-            claimed = Path(os.environ.get(LOGS_VAR) or session.lconfig.state_dir / "logs")
+            claimed = Path(os.environ.get(_roles.LOGS_VAR) or session.lconfig.state_dir / "logs")
             # per_worker: every worker runs the same services; gw0/, gw1/ keep them apart.
             log_dir = claimed if session.shared is not None else claimed / worker
         session.launcher = UnifiedLauncher(
@@ -636,12 +551,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None or not state.active:
         return
     if state.role == "worker":
-        _finish_worker(session.config, state)
+        _roles.finish_worker(session.config, state)
     elif state.role == "controller":
-        _finish_controller(state)
+        _roles.finish_controller(state)
     else:
         _finish_single(session.config, state)
-    report = _combined_report(state)
+    report = _roles.combined_report(state)
     if report is None:
         return
     session.config.stash[_REPORT] = report
@@ -669,74 +584,11 @@ def _finish_single(config: pytest.Config, state: _Session) -> None:
     if launcher is None:
         return
     if state.keep and not state.attach:
-        _keep(state, launcher)
+        _roles.keep(state, launcher)
     elif state.attach:
         launcher.release_attached()
     else:
         launcher.stop_blocking()
-
-
-def _keep(state: _Session, launcher: UnifiedLauncher) -> None:
-    """Leave the services running, recorded for `unified-launcher down` (--launcher-keep)."""
-    from ._up import write_up_record
-
-    path = write_up_record(launcher)
-    state.keep_message = (
-        f"services left running (--launcher-keep); stop them with: "
-        f"unified-launcher down --config {launcher.config.source}  (state: {path})"
-    )
-    launcher.forget()
-
-
-def _finish_worker(config: pytest.Config, state: _Session) -> None:
-    launcher = state.launcher
-    if launcher is not None:
-        report = launcher.report()
-        if state.shared is not None:
-            launcher.forget()  # the controller stops the shared environment
-        else:
-            launcher.stop_blocking()
-            report = launcher.report()
-        workeroutput = getattr(config, "workeroutput", None)
-        if workeroutput is not None:
-            workeroutput["unified_launcher_report"] = json.dumps(report)
-
-
-def _finish_controller(state: _Session) -> None:
-    """After the last worker: stop the shared environment, or keep it (--launcher-keep), or,
-    attached to `up`, stop only what the workers started themselves."""
-    if state.shared is None or state.lconfig is None:
-        return
-    import shutil
-
-    from ._state import reap
-    from .config import SHARED_WORKERS, remove_scratch
-    from .orchestrator import UnifiedLauncher
-
-    if state.keep or state.attach:
-        reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
-    record = state.shared.read()
-    launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS, log_dir=state.log_dir)
-    for name, entry in record.items():
-        if name not in launcher.services or entry.get("state") not in ("running", "completed"):
-            continue
-        if state.attach and state.up_pids.get(name) == entry.get("pid"):
-            continue  # `up`'s own process: never ours to stop
-        launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
-                       completed=entry["state"] == "completed")
-    shutil.rmtree(state.shared.folder, ignore_errors=True)
-    if state.keep and not state.attach:
-        _keep(state, launcher)  # their ${tmp} stays too: `down` removes it
-        return
-    if state.attach:
-        # The temp root is `up`'s (placeholders name its addresses): it stays with `up`.
-        launcher.stop_blocking([n for n, h in launcher.services.items() if h.state != "stopped"])
-        state.teardown_report = launcher.report()
-        return
-    launcher.stop_blocking()
-    state.teardown_report = launcher.report()
-    reap(state.lconfig.state_dir, owner_pid=os.getpid())
-    remove_scratch(state.lconfig.tmp_root)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist installed, pytest must not reject it
@@ -745,48 +597,6 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     output = getattr(node, "workeroutput", None) or {}
     if state is not None and "unified_launcher_report" in output:
         state.worker_reports.append(json.loads(output["unified_launcher_report"]))
-
-
-def _combined_report(state: _Session) -> dict[str, Any] | None:
-    """This session's report; on the xdist controller, the workers' runs merged into one."""
-    if state.role != "controller":
-        return state.launcher.report() if state.launcher is not None else None
-    if not state.worker_reports:
-        return None
-    from .report import RunTiming, build_report, timing_from_json
-
-    merged = RunTiming()
-    for rep in state.worker_reports:
-        for run in rep["runs"]:
-            merged.total_startup_seconds += run["total_startup_seconds"]
-            for name, s in run["services"].items():
-                # A worker that started it wins over one that saw it fail or never start it.
-                known = merged.services.get(name)
-                if known is None or (known.startup_seconds is None and s["startup_seconds"] is not None):
-                    merged.services[name] = timing_from_json(s)
-                elif s.get("died") or s.get("interrupted"):  # any worker that saw it die or cut short says so
-                    known.died = known.died or s.get("died")
-                    known.interrupted = known.interrupted or s.get("interrupted", False)
-    teardown = state.teardown_report
-    if teardown and teardown["runs"]:
-        run = teardown["runs"][-1]
-        merged.total_teardown_seconds = run["total_teardown_seconds"]
-        for name, s in run["services"].items():
-            if name in merged.services:
-                merged.services[name].teardown_seconds = s["teardown_seconds"]
-                merged.services[name].died = merged.services[name].died or s.get("died")
-    first = state.worker_reports[0]
-    if state.shared is None:
-        # per_worker: every worker had its own environment; each one's startup counts once.
-        runs = [run for rep in state.worker_reports for run in rep["runs"]]
-        merged.total_startup_seconds = max((run["total_startup_seconds"] for run in runs), default=0.0)
-        # ... and they stopped side by side: the slowest teardown is the session's (it was missing).
-        teardowns = [run["total_teardown_seconds"] for run in runs if run.get("total_teardown_seconds") is not None]
-        merged.total_teardown_seconds = max(teardowns) if teardowns else None
-    return build_report(
-        [merged], profile=first["profile"], mode=first["mode"], mode_reason=first["mode_reason"],
-        budget_seconds=first["budget_seconds"],
-    )
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
