@@ -124,7 +124,9 @@ def finish_worker(config: pytest.Config, state: _Session) -> None:
     if launcher is not None:
         report = launcher.report()
         if state.shared is not None:
-            launcher.forget()  # the controller stops the shared environment
+            # The controller stops the shared environment; until it has, the worker's run file
+            # (owned by the controller) and sentinel stay, so that a kill of the controller reaps.
+            launcher.forget(keep_record=not (state.keep or state.attach))
         else:
             launcher.stop_blocking()
             report = launcher.report()

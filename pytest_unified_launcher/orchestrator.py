@@ -356,9 +356,14 @@ class UnifiedLauncher:
             self.stop_blocking(own)
         self.forget()
 
-    def forget(self) -> None:
-        """Leave every service running and hand them over (``--launcher-keep``, xdist workers)."""
-        if self._state_file is not None:
+    def forget(self, *, keep_record: bool = False) -> None:
+        """Leave every service running and hand them over (``--launcher-keep``, xdist workers).
+
+        ``keep_record``: the run file stays and its sentinel stays armed (a shared xdist worker,
+        whose run file names the controller as owner): until the controller has stopped them,
+        a kill of the controller still has them reaped. Else nothing would ever reap them.
+        """
+        if self._state_file is not None and not keep_record:
             self._state_file.close()
             self._sentinel.disarm()
         self._thread.run(self._forget())

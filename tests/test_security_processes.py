@@ -442,6 +442,46 @@ def test_sigkill_of_an_xdist_controller_leaves_nothing(pytester: pytest.Pytester
                 worker.kill()
 
 
+def test_sigkill_of_an_xdist_controller_after_its_workers_leaves_nothing(pytester: pytest.Pytester) -> None:
+    """kill -9 of an xdist controller after its workers finished (they handed the shared services
+    over) and before it stopped them: the services still go at once (nothing named them any more:
+    the workers had closed their run files and let their sentinels go)."""
+    pytester.makefile(".toml", launcher=SENTINEL_CONFIG)
+    pytester.makeconftest("""
+        import os, pathlib, time
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)  # before the plugin's own (it registered first)
+        def pytest_sessionfinish(session):
+            if "PYTEST_XDIST_WORKER" not in os.environ:
+                pathlib.Path("controller_finishing").touch()
+                time.sleep(300)
+    """)
+    pytester.makepyfile("""
+        import json, os
+        import pytest
+
+        @pytest.mark.services("svc")
+        def test_once(services):
+            handle = services["svc"]
+            with open("ready.tmp", "w") as fh:
+                json.dump({"pid": handle.pid, "port": handle.port}, fh)
+            os.rename("ready.tmp", "ready.json")
+    """)
+    with open(pytester.path / "out.txt", "wb") as out:
+        proc = subprocess.Popen([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"], cwd=pytester.path,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (pytester.path / "controller_finishing").exists() or proc.poll() is not None, 120)
+        assert proc.poll() is None, (pytester.path / "out.txt").read_text()
+        ready = json_load(pytester.path / "ready.json")
+        roots = scratch_roots(ready["pid"])
+    finally:
+        proc.kill()
+        proc.wait()
+    gone_without_a_later_run([ready["pid"]], roots, [ready["port"]], pytester.path / "state", proc.pid)
+
+
 # --------------------------------------------------------------------------- item 18: cgroups
 
 
