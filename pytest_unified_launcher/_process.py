@@ -242,9 +242,13 @@ async def run_to_end(
     ids: tuple[int, int] | None = None,
     on_spawn: Callable[[int], None] | None = None,
     on_exit: Callable[[int], None] | None = None,
+    stop_signal: int = signal.SIGTERM,
+    stop_timeout: float = 2.0,
 ) -> int:
-    """Run a one-shot command (a setup step, a probe) to its end; kill it on timeout/cancel.
+    """Run a one-shot command (a setup step, a probe) to its end; stop it on timeout/cancel.
 
+    Stopped as a service is: ``stop_signal`` to its group first, SIGKILL after ``stop_timeout``
+    (initdb's bootstrap backend killed outright leaves its shared memory behind).
     ``on_spawn``/``on_exit`` record it while it runs (a setup step like initdb can outlive a
     launcher killed meanwhile: the record lets it be reaped).
     """
@@ -255,9 +259,8 @@ async def run_to_end(
     try:
         return await asyncio.wait_for(proc.wait(), timeout=timeout)
     except BaseException:
-        if owns_group(proc.pid, token):
-            _signal_group(proc.pid, signal.SIGKILL)
-        await asyncio.shield(proc.wait())
+        # shield: a second Ctrl-C must not cut the stop short and leave the step running
+        await asyncio.shield(stop_process(proc, stop_signal=stop_signal, stop_timeout=stop_timeout, token=token))
         raise
     finally:
         if on_exit is not None:

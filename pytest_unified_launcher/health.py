@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -137,7 +138,7 @@ class CommandProbe:
         try:
             code = await run_to_end(
                 self.argv, env=self.env, cwd=self.cwd, log_file=asyncio.subprocess.DEVNULL,
-                timeout=self.timeout,
+                timeout=self.timeout, stop_signal=signal.SIGKILL,  # a probe holds nothing to clean up
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise ProbeUnusable(cannot_run("probe command", self.argv[0], exc, self.cwd)) from None

@@ -616,3 +616,24 @@ async def test_two_environments_of_one_project_log_apart(tmp_path: Path, no_orph
         assert two.log_path == tmp_path / "state" / "logs" / second.id / "plain.log"
         assert str(one.port) in one.logs() and str(two.port) not in one.logs()
         assert str(two.port) in two.logs()
+
+
+async def test_a_setup_step_cut_short_gets_the_stop_signal_before_sigkill(tmp_path: Path, no_orphans: None) -> None:
+    """A setup step over the startup timeout (or cut short by Ctrl-C) is asked to stop first, as a
+    service is: initdb's bootstrap backend killed with SIGKILL leaves its shared memory behind."""
+    cleaned = tmp_path / "cleaned"
+    step = (
+        "import signal,sys,time,pathlib\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(cleaned)!r}).write_text('x'), sys.exit(1)))\n"
+        f"pathlib.Path({str(tmp_path / 'started')!r}).write_text('x')\n"
+        "time.sleep(60)\n"
+    )
+    error = await start_error(tmp_path, f"""
+        [services.db]
+        setup = [["{{PY}}", "-c", {json.dumps(step)}]]
+        command = ["sleep", "30"]
+        startup_timeout = 2
+    """)
+    assert "did not finish within 2.0 s" in str(error)
+    assert (tmp_path / "started").exists()
+    assert cleaned.exists(), "the setup step got SIGKILL without a chance to clean up"

@@ -286,6 +286,7 @@ class SubprocessRunner(Runner):
                 timeout=max(0.0, deadline - _timing.monotonic()),
                 on_spawn=lambda pid: self.ctx.on_spawn(self.svc.name, pid),
                 on_exit=lambda pid: self.ctx.on_exit(self.svc.name, pid),
+                stop_timeout=self.svc.stop_timeout,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise self._fail(cannot_run("setup command", step[0], exc, self.svc.cwd)) from None
