@@ -25,7 +25,7 @@ TCP = str(HERE.parent / "tests" / "apps" / "tcp_server.py")
 sys.path.insert(0, str(HERE))
 from _scratch import scratch_dir
 
-from pytest_unified_launcher._ports import is_free
+from pytest_unified_launcher._ports import claimed, is_free
 
 CONFIG = f"""
 [launcher]
@@ -34,7 +34,6 @@ state_dir = "state"
 command = ["{PY}", "{TCP}", "${{port}}", "--term-file", "${{tmp}}/term"]
 tmpfs = true
 """
-CLAIMS = Path("/tmp/unified-launcher-ports")
 
 
 def left(pid: int, root: Path, port: int, state: Path, owner: int) -> list[str]:
@@ -47,7 +46,7 @@ def left(pid: int, root: Path, port: int, state: Path, owner: int) -> list[str]:
     found += [str(root)] if root.exists() else []
     found += [f"port {port}"] if not is_free("127.0.0.1", port) else []
     found += [str(p) for p in (state / "run").glob("*.json")]
-    found += [str(p) for p in CLAIMS.glob(f"{owner}-*.json")]
+    found += [f"claim on port {port}"] if claimed(port) else []
     return found
 
 

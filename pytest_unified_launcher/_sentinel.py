@@ -200,7 +200,6 @@ def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
         except OSError:
             pass
     _wait_gone(*owner)
-    from . import _ports
     from ._state import reap
 
     try:
@@ -216,11 +215,7 @@ def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
         cgroup = Cgroup(Cgroup.path_for(pid, token))
         cgroup.kill()
         cgroup.remove()
-    try:
-        with _ports.reserver():  # reading the claims under the lock removes the dead launcher's
-            pass
-    except OSError:
-        pass
+    # Its port claims went with it: the kernel drops a dead process's claim sockets (see _ports).
 
 
 def main(argv: list[str]) -> None:

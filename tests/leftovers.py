@@ -16,16 +16,15 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
 
 from conftest import OWNER_VAR, PY
-from pytest_unified_launcher._ports import is_free
+from pytest_unified_launcher._ports import CLAIM_PREFIX, claimed, is_free
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_project"
-CLAIMS = Path("/tmp/unified-launcher-ports")
 SHM = Path("/dev/shm")
 #: The kill moments are drawn from this seed, printed with every failure: UL_KILL_SEED=<seed> replays them.
 SEED = int(os.environ.get("UL_KILL_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -33,6 +32,25 @@ SEED = int(os.environ.get("UL_KILL_SEED") or random.SystemRandom().randrange(1 <
 SETTLE_SECONDS = 20.0
 #: This test process and its ancestors: never a leftover of a run.
 OUTER = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+
+
+def claimed_ports(pids: Iterable[int]) -> set[int]:
+    """The ports processes ``pids`` hold claims on: their abstract claim sockets (see ``_ports``),
+    matched by inode between /proc/net/unix and each process's fds."""
+    names = {}
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7].startswith("@" + CLAIM_PREFIX):
+            names[f"socket:[{fields[6]}]"] = int(fields[7].rpartition("-")[2])
+    ports = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    port = names.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                    if port is not None:
+                        ports.add(port)
+    return ports
 
 
 def pg_segments() -> set[str]:
@@ -82,7 +100,7 @@ class KilledRun:
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
     def sample(self) -> None:
-        """Note the run's processes and the ports its processes claim (their claims files)."""
+        """Note the run's processes and the ports its processes claim."""
         try:
             root = psutil.Process(self.proc.pid)
             procs = [root, *root.children(recursive=True)]
@@ -95,11 +113,7 @@ class KilledRun:
                 tree.append((proc.pid, proc.cmdline()))
         self.tree = tree
         self._note_names(" ".join(arg for _, argv in tree for arg in argv))
-        for name in os.listdir(CLAIMS) if CLAIMS.is_dir() else []:
-            pid = name.partition("-")[0]
-            if name.endswith(".json") and pid.isdigit() and int(pid) in self.seen:
-                with contextlib.suppress(OSError, ValueError):
-                    self.ports.update(json.loads((CLAIMS / name).read_text()))
+        self.ports.update(claimed_ports(pid for pid, _ in tree))
 
     def _note_names(self, text: str) -> None:
         """Learn the run's scratch roots: from its processes' arguments, its TMPDIR, its run files."""
@@ -164,9 +178,6 @@ class KilledRun:
         return [shmid for shmid, (cpid, attached) in sysv_segments().items() if shmid not in self.sysv_before
                 and (cpid in self.seen or (not attached and not psutil.pid_exists(cpid)))]
 
-    def _claims(self) -> list[Path]:
-        return [p for p in (CLAIMS.iterdir() if CLAIMS.is_dir() else [])
-                if p.name.partition("-")[0].isdigit() and int(p.name.partition("-")[0]) in self.seen]
 
     def leftovers(self) -> list[str]:
         """Everything of the run still there: processes, bound ports, folders, SysV segments, claims, run files."""
@@ -174,7 +185,7 @@ class KilledRun:
         left += [f"port {port}" for port in sorted(self.ports) if not is_free("127.0.0.1", port)]
         left += [f"folder {path}" for path in self._folders()]
         left += [f"SysV segment {shmid}" for shmid in self._segments()]
-        left += [f"claims file {path}" for path in self._claims()]
+        left += [f"claim on port {port}" for port in sorted(self.ports) if claimed(port)]
         left += [f"run file {path}" for path in sorted(self.project.glob(".launcher/run/*.json"))]
         return left
 

@@ -583,10 +583,10 @@ async def test_report_keeps_the_first_start_and_names_death_and_interruption(tmp
         assert launcher.report()["runs"][0]["total_startup_seconds"] == first["total_startup_seconds"]
         assert handle.pid is not None
         os.kill(handle.pid, signal.SIGKILL)
-        while process_token(handle.pid) != "?":  # dead (a zombie until the launcher collects it)
+        while process_token(handle.pid) != "?":  # dead (a zombie until the launcher collects it)  # noqa: ASYNC110 (polling another process)
             await asyncio.sleep(0.01)
         starting = asyncio.ensure_future(launcher.start(["slow"]))
-        while launcher.services["slow"].pid is None:
+        while launcher.services["slow"].pid is None:  # noqa: ASYNC110 (polling the launcher from outside)
             await asyncio.sleep(0.01)
         await launcher.stop(close=False)
         with pytest.raises(asyncio.CancelledError):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from conftest import PY
 
+from pytest_unified_launcher import _ports
+
 HOLD = """
 import sys
 from pytest_unified_launcher import _ports
@@ -17,10 +19,9 @@ sys.stdin.read()  # hold the claims until the test closes our stdin
 """
 
 SEE = """
-import json
+import json, sys
 from pytest_unified_launcher import _ports
-with _ports._locked() as claimed:
-    print(json.dumps(sorted(claimed)))
+print(json.dumps([p for p in map(int, sys.argv[1:]) if _ports.claimed(p)]))
 """
 
 
@@ -32,12 +33,12 @@ def test_claims_are_shared_whatever_tmpdir_each_process_has(tmp_path: Path) -> N
                           env={**os.environ, "TMPDIR": str(tmp_path / "a")}) as holder:
         assert holder.stdin is not None and holder.stdout is not None
         held = {int(p) for p in holder.stdout.readline().split()}
-        seen = subprocess.run([PY, "-c", SEE], capture_output=True, text=True, check=True,
+        seen = subprocess.run([PY, "-c", SEE, *map(str, held)], capture_output=True, text=True, check=True,
                               env={**os.environ, "TMPDIR": str(tmp_path / "b")})
         holder.stdin.close()
     assert len(held) == 3 and held <= set(json.loads(seen.stdout))
     # Once the holder has exited, its claims are gone for everyone.
-    after = subprocess.run([PY, "-c", SEE], capture_output=True, text=True, check=True)
+    after = subprocess.run([PY, "-c", SEE, *map(str, held)], capture_output=True, text=True, check=True)
     assert not held & set(json.loads(after.stdout))
 
 
@@ -51,7 +52,7 @@ sys.stdin.read()
 
 
 def test_launchers_reserving_at_the_same_moment_never_share_a_port() -> None:
-    """Contending for the claims lock (polled, with a bounded wait) still gives each its own ports."""
+    """Launchers claiming ports at the same moment each get their own (a claim is one atomic bind)."""
     procs = [subprocess.Popen([PY, "-c", MANY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     try:
@@ -67,3 +68,42 @@ def test_launchers_reserving_at_the_same_moment_never_share_a_port() -> None:
             proc.wait(timeout=60)
             proc.stdout.close()
     assert len(ports) == 80 and len(set(ports)) == 80
+
+
+def test_a_claim_goes_with_its_holder_even_after_kill_9() -> None:
+    """A launcher killed outright (no atexit, no sentinel yet: between config load and its first
+    spawn, or after its release) leaves no claim behind: the kernel drops it with the process."""
+    with subprocess.Popen([PY, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None
+        held = [int(p) for p in holder.stdout.readline().split()]
+        assert all(_ports.claimed(p) for p in held)
+        holder.kill()
+        holder.wait()
+    assert not [p for p in held if _ports.claimed(p)]
+    assert not Path("/tmp/unified-launcher-ports").exists() or not any(
+        n.startswith(f"{holder.pid}-") for n in os.listdir("/tmp/unified-launcher-ports"))
+
+
+def test_reserving_lifts_a_used_up_open_files_limit_and_else_says_so(tmp_path: Path) -> None:
+    """Each claim holds a file descriptor: with the soft limit used up it is lifted to the hard
+    one; where even that is used up, loading the config is an error that names the fix."""
+    config = tmp_path / "launcher.toml"
+    config.write_text("".join(f'[services.s{i}]\ncommand = ["sleep", "${{port}}"]\n' for i in range(100)))
+    script = """
+import resource, sys
+from pytest_unified_launcher import load_config
+from pytest_unified_launcher.errors import ConfigError
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, int(sys.argv[1])))
+try:
+    config = load_config(sys.argv[2], environ={})
+except ConfigError as exc:
+    print(exc)
+else:
+    print(len({s.port for s in config.services.values()}), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+    lifted = subprocess.run([PY, "-c", script, "4096", str(config)], capture_output=True, text=True, timeout=60)
+    assert lifted.returncode == 0 and lifted.stdout.split() == ["100", "4096"], lifted.stderr
+    capped = subprocess.run([PY, "-c", script, "64", str(config)], capture_output=True, text=True, timeout=60)
+    assert capped.returncode == 0 and "Traceback" not in capped.stderr, capped.stderr
+    assert "no free port to reserve on 127.0.0.1: Too many open files" in capped.stdout
+    assert "ulimit -n" in capped.stdout

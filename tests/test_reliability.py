@@ -209,13 +209,6 @@ def corrupt_state(tmp: Path, i: int) -> None:
     (run_dir / "garbage.json").write_text("{not json")
     (run_dir / "stale.json").write_text('{"owner": {"pid": 999999, "token": "1"}, "processes": {"999998": {"service": "x", "token": "2"}}}')
     (tmp / "state" / "up.json").write_text("\x00\x01")
-    from pytest_unified_launcher import _ports
-
-    claims = _ports._CLAIMS
-    claims.mkdir(mode=0o1777, exist_ok=True)
-    (claims / "999999-1.json").write_text("[20001, ")  # a corrupt claim of a dead owner
-    (claims / f"{os.getpid()}-garbage.json").write_text("{}")  # a stale token for a live pid
-    (claims / ".lock").write_text("junk")
 
     async def go() -> None:
         async with UnifiedLauncher(load_config(path, environ={})) as launcher:
@@ -223,7 +216,6 @@ def corrupt_state(tmp: Path, i: int) -> None:
 
     asyncio.run(go())
     assert not (run_dir / "garbage.json").exists() and not (run_dir / "stale.json").exists()
-    assert not (claims / "999999-1.json").exists() and not (claims / f"{os.getpid()}-garbage.json").exists()
 
 
 def unwritable_state_dir(tmp: Path, i: int) -> None:

@@ -21,6 +21,8 @@ from conftest import PY, TCP
 
 OTHER_USER = "postgres"
 OTHER_UID = 101
+#: An interpreter the second user can run (the suite's own may live under root's home).
+OTHER_PY = "/usr/bin/python3"
 
 
 def token_of(pid: int) -> str:
@@ -65,120 +67,86 @@ def run(*argv: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.
 
 # --------------------------------------------------------------------------- port claims (items 1, 7)
 
-#: A launcher reserving ports against the claims folder argv[1] (the machine-wide one, moved
-#: into the test's own folder so the test does not block other sessions on this machine).
+#: A launcher reserving three ports, printing them, then holding them until its stdin closes.
 RESERVE = """
-import logging, os, sys
-from pathlib import Path
-logging.basicConfig(level=logging.WARNING, format="WARNING %(message)s")
+import sys
 from pytest_unified_launcher import _ports
-from pytest_unified_launcher._process import process_token
-_ports._CLAIMS = Path(sys.argv[1])
-if len(sys.argv) > 2:  # say who we are, then wait until the test has planted its files
-    print(os.getpid(), process_token(os.getpid()), flush=True)
-    sys.stdin.readline()
-ports = [_ports.reserve() for _ in range(3)]
-print(*ports, flush=True)
-_ports.release(ports[:1])
+print(*(_ports.reserve() for _ in range(3)), flush=True)
+sys.stdin.read()
+"""
+
+#: Another user binding the claim names of ports argv[1:] (squatting them), until killed.
+SQUAT = """
+import socket, sys
+held = []
+for port in sys.argv[1:]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind("\\0unified-launcher-port-" + port)
+    held.append(sock)
+print("squatting", flush=True)
+sys.stdin.read()
 """
 
 
-def claims_folder(shared: Path) -> Path:
-    """The claims folder as the first launcher on the machine makes it: root's, sticky, 1777."""
-    folder = shared / "ports"
-    folder.mkdir()
-    folder.chmod(0o1777)
-    return folder
+def test_port_claims_write_no_file_another_user_could_redirect() -> None:
+    """Claims live in the kernel (abstract socket names), not in a shared folder of /tmp where
+    another user can plant links at the names a root launcher writes: reserving writes nothing."""
+    legacy = Path("/tmp/unified-launcher-ports")  # where claims files were written, mode 1777
+
+    def snapshot() -> dict[str, object]:
+        top = {p.name for p in Path("/tmp").iterdir() if p.name.startswith("unified-launcher")}
+        inside = {p.name: p.lstat().st_mtime_ns for p in legacy.iterdir()} if legacy.is_dir() else {}
+        return {"top": top, "inside": inside}
+
+    before = snapshot()
+    with subprocess.Popen([PY, "-c", RESERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and len(proc.stdout.readline().split()) == 3
+        during = snapshot()
+        proc.communicate("")
+    assert during == before
 
 
-def reserve_ports(folder: Path, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    result = run(PY, "-c", RESERVE, str(folder), timeout=timeout)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    return result
+def test_another_users_claims_are_respected_and_cannot_be_taken_over(shared: Path) -> None:
+    """Ports another user's process claims are never handed out; our claims cannot be taken by
+    another user (binding the name fails) nor outlive us."""
+    from pytest_unified_launcher import _ports
+
+    candidates = _ports.candidate_range()
+    squatted = [str(p) for p in candidates if p % 2 == 0]  # half of every candidate port
+    with subprocess.Popen([OTHER_PY, "-c", SQUAT, *squatted], user=OTHER_USER, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as squatter:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "squatting\n"
+        with subprocess.Popen([PY, "-c", RESERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as ours:
+            assert ours.stdout is not None
+            mine = [int(p) for p in ours.stdout.readline().split()]
+            assert len(mine) == 3 and all(p % 2 == 1 for p in mine)
+            taken = subprocess.run([OTHER_PY, "-c", SQUAT, *map(str, mine)], user=OTHER_USER, input="",
+                                   capture_output=True, text=True, timeout=60)
+            assert taken.returncode != 0 and "Address already in use" in taken.stderr
+            squatter.kill()
+            ours.communicate("")
+    assert not [p for p in mine if _ports.claimed(p)]
 
 
-def test_links_planted_at_claims_file_names_are_never_followed(shared: Path, tmp_path: Path) -> None:
-    """A link another user plants at a launcher's claims file names (its ``.tmp``, its ``.json``)
-    never makes it write or chmod the link's target."""
-    folder = claims_folder(shared)
-    victim = tmp_path / "victim"
-    victim.write_text("precious")
-    victim.chmod(0o600)
-    with subprocess.Popen([PY, "-c", RESERVE, str(folder), "wait"], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        pid, token = proc.stdout.readline().split()
-        for suffix in (".tmp", ".json"):
-            as_other("ln", "-s", str(victim), str(folder / f"{pid}-{token}{suffix}"))
-        out, err = proc.communicate("go\n", timeout=60)
-    assert proc.returncode == 0 and "Traceback" not in err, err
-    assert len(out.split()) == 3
-    assert victim.read_text() == "precious"
-    assert stat.S_IMODE(victim.lstat().st_mode) == 0o600
+def test_every_port_squatted_is_a_clear_error_not_a_hang(shared: Path, tmp_path: Path) -> None:
+    """Another user squatting every candidate port makes loading a config that needs one a
+    usage error naming the service and the fix, at once (no traceback, no endless search)."""
+    from pytest_unified_launcher import _ports
 
-
-def test_a_link_planted_at_the_lock_creates_nothing(shared: Path, tmp_path: Path) -> None:
-    """A ``.lock`` link to a file that does not exist yet (``/etc/nologin``) is not created."""
-    folder = claims_folder(shared)
-    target = tmp_path / "nologin"
-    as_other("ln", "-s", str(target), str(folder / ".lock"))
-    reserve_ports(folder)
-    assert not target.exists()
-
-
-@pytest.mark.parametrize("how", ["a link to a folder of root", "a folder of another user"])
-def test_an_untrusted_claims_folder_is_not_used(shared: Path, tmp_path: Path, how: str) -> None:
-    """A claims folder that is a link, or another (non-root) user's, is not written into: the
-    launcher falls back to a private folder of its own and says so."""
-    folder = shared / "ports"
-    victim_dir = tmp_path / "victim-dir"
-    victim_dir.mkdir(mode=0o700)
-    if how.startswith("a link"):
-        as_other("ln", "-s", str(victim_dir), str(folder))
-        watched = victim_dir
-    else:
-        as_other("mkdir", "-m", "1777", str(folder))
-        watched = folder
-    result = reserve_ports(folder)
-    assert len(result.stdout.split()) == 3
-    assert not [p for p in watched.iterdir() if p.lstat().st_uid == 0], list(watched.iterdir())
-    assert "WARNING" in result.stderr and str(folder) in result.stderr
-    private = shared / f"ports-{os.geteuid()}"
-    assert stat.S_IMODE(private.lstat().st_mode) == 0o700 and private.lstat().st_uid == os.geteuid()
-
-
-def test_a_lock_held_by_another_user_delays_launchers_a_bounded_time(shared: Path) -> None:
-    """Another user holding the claims lock forever does not hang launchers: after a bounded
-    wait they go on, with a warning naming the holder."""
-    folder = claims_folder(shared)
-    reserve_ports(folder)  # the lock file exists, as on any used machine
-    with subprocess.Popen(["flock", str(folder / ".lock"), "sh", "-c", "echo held; exec sleep 120"],
-                          user=OTHER_USER, stdout=subprocess.PIPE, text=True) as holder:
+    config = tmp_path / "launcher.toml"
+    config.write_text(f'[services.api]\ncommand = ["{PY}", "{TCP}", "${{port}}"]\n')
+    everything = [str(p) for p in _ports.candidate_range()]
+    with subprocess.Popen(["prlimit", f"--nofile={len(everything) + 100}", OTHER_PY, "-c", SQUAT, *everything],
+                          user=OTHER_USER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as squatter:
         try:
-            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-            result = reserve_ports(folder, timeout=40)
-            assert len(result.stdout.split()) == 3
-            assert str(folder / ".lock") in result.stderr and str(holder.pid) in result.stderr
+            assert squatter.stdout is not None and squatter.stdout.readline() == "squatting\n"
+            result = run(str(Path(PY).parent / "unified-launcher"), "--config", str(config), "check", "--no-import",
+                         cwd=tmp_path)
         finally:
-            holder.kill()
-
-
-@pytest.mark.parametrize("content", ["null", "{garbage", '{"a": 1}', '["1", 2.5]', json.dumps(list(range(1, 65536)))])
-def test_foreign_claims_files_of_any_content_are_skipped(shared: Path, content: str) -> None:
-    """Another user's claims file holding garbage, or claiming every port, is skipped with a
-    warning: no traceback, and ports are still reserved."""
-    folder = claims_folder(shared)
-    with subprocess.Popen(["sleep", "120"], user=OTHER_USER) as other:
-        try:
-            claims = folder / f"{other.pid}-{token_of(other.pid)}.json"
-            claims.write_text(content)
-            os.chown(claims, OTHER_UID, -1)
-            result = reserve_ports(folder)
-            assert len(result.stdout.split()) == 3
-            assert "WARNING" in result.stderr and claims.name in result.stderr
-            assert claims.read_text() == content  # a living process's file: not ours to delete
-        finally:
-            other.kill()
+            squatter.kill()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    output = result.stdout + result.stderr
+    assert "no free port to reserve" in output and "api" in output and "port = N" in output
 
 
 # --------------------------------------------------------------------------- run files, up.json (items 3, 8)

@@ -258,12 +258,9 @@ def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: s
 # --------------------------------------------------------------------------- reap at once (the sentinel)
 
 
-CLAIMS = Path("/tmp/unified-launcher-ports")
-
-
 def leftovers(pids: list[int], roots: list[Path], ports: list[int], state: Path, owner: int) -> list[str]:
     """What a killed launcher left: live processes, scratch folders, bound ports, run files, port claims."""
-    from pytest_unified_launcher._ports import is_free
+    from pytest_unified_launcher._ports import claimed, is_free
 
     left = []
     for pid in pids:
@@ -275,7 +272,7 @@ def leftovers(pids: list[int], roots: list[Path], ports: list[int], state: Path,
     left += [str(root) for root in roots if root.exists()]
     left += [f"port {port}" for port in ports if not is_free("127.0.0.1", port)]
     left += [str(p) for p in (state / "run").glob("*.json")]
-    left += [str(p) for p in CLAIMS.glob(f"{owner}-*.json")]
+    left += [f"claim on port {port}" for port in ports if claimed(port)]
     return left
 
 

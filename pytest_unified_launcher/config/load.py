@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -194,28 +195,33 @@ def load_config(
     source = Path(path)
     data = read_toml(source)
     reserved: list[int] = []
-    with _ports.reserver() as reserve:
 
-        def allocate(name: str, host: str) -> int:
-            port = reserve(host)
-            reserved.append(port)
-            return port
-
+    def allocate(name: str, host: str) -> int:
         try:
-            return parse(
-                data,
-                source=source,
-                profile=profile,
-                mode=mode,
-                xdist=xdist,
-                budget=budget,
-                timeout=timeout,
-                ini=ini,
-                environ=environ,
-                allocate_port=allocate,
-                pinned_ports=pinned_ports,
-                tmp_root=tmp_root,
-            )
-        except BaseException:
-            _ports.unclaim(reserved)  # still under the lock: the claims file is rewritten on exit
-            raise
+            port = _ports.reserve(host)
+        except OSError as exc:
+            fix = ("raise the open-files limit (`ulimit -n`)" if exc.errno == errno.EMFILE
+                   else "stop what holds the ports of that range, or give the service a fixed `port = N`")
+            raise ConfigError(f"no free port to reserve on {host}: {exc.strerror}", source=str(source),
+                              service=name, key="port", fix=fix) from None
+        reserved.append(port)
+        return port
+
+    try:
+        return parse(
+            data,
+            source=source,
+            profile=profile,
+            mode=mode,
+            xdist=xdist,
+            budget=budget,
+            timeout=timeout,
+            ini=ini,
+            environ=environ,
+            allocate_port=allocate,
+            pinned_ports=pinned_ports,
+            tmp_root=tmp_root,
+        )
+    except BaseException:
+        _ports.release(reserved)  # a config that does not load claims nothing
+        raise
