@@ -25,17 +25,25 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+#: Every process this test process starts inherits this mark, so the orphan checks count only
+#: what this suite started (its own xdist worker's, when run with -n), never what another
+#: session on the machine runs at the same moment.
+SUITE_VAR = "UL_TEST_SUITE"
+os.environ[SUITE_VAR] = str(os.getpid())
+
+
 def launcher_processes() -> list[psutil.Process]:
-    """Every live process started by any launcher (they carry the owner marker variable)."""
+    """Every live process a launcher of this suite started (they carry the owner marker)."""
     found = []
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == os.getpid():
             continue
         try:
-            if OWNER_VAR in proc.environ():
-                found.append(proc)
+            environ = proc.environ()
         except (psutil.Error, OSError):
             continue
+        if OWNER_VAR in environ and environ.get(SUITE_VAR) == os.environ[SUITE_VAR]:
+            found.append(proc)
     return found
 
 

@@ -14,6 +14,7 @@ Another user can squat names, which only makes us skip those ports, as binding t
 
 from __future__ import annotations
 
+import atexit
 import errno
 import random
 import resource
@@ -125,3 +126,8 @@ def release(ports: Iterable[int]) -> None:
     for port in list(ports):
         _unclaim(port)
 
+
+@atexit.register
+def _release_all() -> None:
+    """Close the claims at a normal exit (a killed process loses them all the same)."""
+    release(list(_mine))
