@@ -211,7 +211,14 @@ class ForkServer:
         self._lock = asyncio.Lock()
         self.failed: str | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     async def start(self, env: dict[str, str]) -> None:
+        """Start the helper with ``env``: the launcher's, with its owner marker, which every child
+        it forks shows as its own (/proc shows the environment a process was exec'd with), so a
+        child forked just before the launcher is killed is still found and reaped."""
         if self._ready is not None:
             return
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import os
 import random
 import resource
 import socket
@@ -37,11 +38,15 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def candidate_range() -> range:
-    """Ports the kernel never picks on its own: below the ephemeral range, or above it."""
+    """Ports the kernel never picks on its own: below the ephemeral range, or above it; the
+    whole unprivileged range when the ephemeral range covers it (claims and a bind check then
+    do all the work)."""
     low, high = ephemeral_range()
     if low - 1024 >= 2000:
         return range(max(1024, low - 12768), low)
-    return range(high + 1, 65536)
+    if high < 65535:
+        return range(high + 1, 65536)
+    return range(1024, 65536)
 
 
 def is_free(host: str, port: int) -> bool:
@@ -56,12 +61,16 @@ def is_free(host: str, port: int) -> bool:
 
 
 def _raise_fd_limit() -> bool:
-    """Lift the soft open-files limit to the hard one (one fd per claim); whether it rose."""
+    """Lift the soft open-files limit a step towards the hard one (one fd per claim); whether it
+    rose. A step, not all the way: children inherit it, and some size tables by it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft >= hard:
+    wanted = max(2 * soft, soft + 1024)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted <= soft:
         return False
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     except (ValueError, OSError):
         return False
     return True
@@ -83,9 +92,11 @@ def _claim(port: int) -> bool:
     sock = _socket()
     try:
         sock.bind(f"\0{CLAIM_PREFIX}{port}")
-    except OSError:
+    except OSError as exc:
         sock.close()
-        return False
+        if exc.errno == errno.EADDRINUSE:
+            return False
+        raise  # not "taken" (a security module's EPERM, ENOMEM): say so rather than try 4000 ports
     _mine[port] = sock
     return True
 
@@ -103,8 +114,10 @@ def claimed(port: int) -> bool:
     with _socket() as probe:
         try:
             probe.bind(f"\0{CLAIM_PREFIX}{port}")
-        except OSError:
-            return True
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
     return False
 
 
@@ -131,3 +144,14 @@ def release(ports: Iterable[int]) -> None:
 def _release_all() -> None:
     """Close the claims at a normal exit (a killed process loses them all the same)."""
     release(list(_mine))
+
+
+def _forget_in_child() -> None:
+    """A forked child (multiprocessing, a forking test server) closes its copies, so the claims
+    end with the launcher, not with the last child that happened to inherit them."""
+    for sock in _mine.values():
+        sock.close()
+    _mine.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -123,22 +123,23 @@ except OSError:
     pass
 import select
 fd, owner = int(sys.argv[1]), int(sys.argv[3])
-waits = [fd]
+poller = select.poll()  # not select(): the launcher's fds may be numbered past 1023
+poller.register(fd, select.POLLIN)
 if owner:
     try:
-        waits.append(os.pidfd_open(owner))
+        poller.register(os.pidfd_open(owner), select.POLLIN)
     except OSError:
         pass
 while True:
     try:
-        if fd not in select.select(waits, [], [])[0]:
+        if fd not in [ready for ready, _ in poller.poll()]:
             break  # the run file's owner (an xdist controller) died
         if not os.read(fd, 64):
             break  # the launcher died, or let us go
     except InterruptedError:
         continue
-    except OSError:
-        break
+    except Exception:
+        break  # whatever went wrong, reap: main() waits for the launcher's end first
 if not os.path.exists(os.path.join(sys.argv[4], "run", sys.argv[5] + ".json")):
     sys.exit(0)  # released normally (or handed over): nothing to reap, so nothing to import
 import site
@@ -175,7 +176,9 @@ def _wait_gone(pid: int, token: str) -> None:
             if fd >= 0:
                 import select
 
-                select.select([fd], [], [], 5.0)
+                poller = select.poll()  # not select(): fd may be past 1023
+                poller.register(fd, select.POLLIN)
+                poller.poll(5000)
             else:
                 import time
 

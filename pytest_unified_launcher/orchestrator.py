@@ -523,11 +523,17 @@ class UnifiedLauncher:
         if self._log_capper is None or self._log_capper.done():
             self._log_capper = asyncio.ensure_future(self._cap_logs())
         if ctx.forkserver is not None and any(self._services[n].config.kind == "app" for n in wanted):
+            from ._process import OWNER_VAR, SERVICE_VAR
+
+            started = ctx.forkserver.pid is not None
             try:
-                await ctx.forkserver.start(self._base_env)
+                await ctx.forkserver.start({**self._base_env, OWNER_VAR: self.id, SERVICE_VAR: SPAWNER})
             except OSError as exc:
                 log.warning("the pre-imported spawner could not start (%s): spawning apps directly", exc)
                 ctx.forkserver = None
+            else:
+                if not started and ctx.forkserver.pid is not None:
+                    ctx.on_spawn(SPAWNER, ctx.forkserver.pid)  # on record (and watched) before it forks
         if self._run is None:
             self._run = RunTiming()
             self._runs.append(self._run)
@@ -627,10 +633,17 @@ class UnifiedLauncher:
                 if exc.port_in_use is not None and svc.config.rebind is not None and rebinds < 3:
                     # Its port was taken since it was reserved, and nothing else names its
                     # address: move it to a fresh port and try again (not counted as an attempt).
-                    from ._ports import reserve
+                    from ._ports import release, reserve
 
                     rebinds += 1
-                    new_port = reserve(svc.config.host)
+                    try:
+                        new_port = reserve(svc.config.host)
+                    except OSError as no_port:
+                        exc.cause += f"; no free port to move it to ({no_port.strerror})"
+                        timing.failed = True
+                        svc.error = exc
+                        raise exc from None
+                    release([exc.port_in_use])
                     log.warning("%s: port %d was taken; moving to port %d", name, exc.port_in_use, new_port)
                     svc.config = svc.config.rebind(new_port)
                     attempt -= 1
@@ -750,12 +763,18 @@ class UnifiedLauncher:
             self._log_capper = None
         if self._ctx is not None:
             if self._ctx.forkserver is not None:
+                if self._ctx.forkserver.pid is not None:
+                    self._ctx.on_exit(SPAWNER, self._ctx.forkserver.pid)
                 await self._ctx.forkserver.close()
                 self._ctx.forkserver = self._new_forkserver()
         if self._state_file is not None:
             self._state_file.close()
             self._sentinel.disarm()
         remove_scratch(self.config.tmp_root)
+
+
+#: The run file's name for the pre-imported spawner (no service is named with parentheses).
+SPAWNER = "(spawner)"
 
 
 def _ended(runner: Any) -> bool:

@@ -139,3 +139,20 @@ async def test_a_request_larger_than_one_read_keeps_its_file_descriptors(tmp_pat
         handle = (await launcher.start(["big"]))["big"]
         assert launcher._ctx.forkserver is not None  # it went through the helper
         assert get(f"{handle.url}/env/BIG2")["value"] == big
+
+
+async def test_a_forked_app_is_found_even_before_the_launcher_records_it(tmp_path: Path, no_orphans: None) -> None:
+    """The spawner is on record (so the sentinel is armed) before it forks anything, and every
+    child it forks carries the launcher's marker: a launcher killed between a fork and its record
+    of the child still has that child reaped (the example's kill loop found one such leftover)."""
+    from pytest_unified_launcher._process import marked_pids
+
+    launcher = UnifiedLauncher(load_config(project(tmp_path), environ={}))
+    try:
+        handles = await launcher.start()
+        record = json.loads(next((tmp_path / "state" / "run").glob("*.json")).read_text())
+        spawner = launcher._ctx.forkserver
+        assert record["processes"][str(spawner.pid)]["service"] == "(spawner)"
+        assert {handles["a"].pid, handles["b"].pid} <= set(marked_pids(launcher.id))
+    finally:
+        await launcher.stop()

@@ -85,8 +85,8 @@ def test_a_claim_goes_with_its_holder_even_after_kill_9() -> None:
 
 
 def test_reserving_lifts_a_used_up_open_files_limit_and_else_says_so(tmp_path: Path) -> None:
-    """Each claim holds a file descriptor: with the soft limit used up it is lifted to the hard
-    one; where even that is used up, loading the config is an error that names the fix."""
+    """Each claim holds a file descriptor: with the soft limit used up it is lifted a step towards
+    the hard one; where even that is used up, loading the config is an error that names the fix."""
     config = tmp_path / "launcher.toml"
     config.write_text("".join(f'[services.s{i}]\ncommand = ["sleep", "${{port}}"]\n' for i in range(100)))
     script = """
@@ -102,7 +102,8 @@ else:
     print(len({s.port for s in config.services.values()}), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
     lifted = subprocess.run([PY, "-c", script, "4096", str(config)], capture_output=True, text=True, timeout=60)
-    assert lifted.returncode == 0 and lifted.stdout.split() == ["100", "4096"], lifted.stderr
+    assert lifted.returncode == 0 and lifted.stdout.split()[0] == "100", lifted.stdout + lifted.stderr
+    assert 64 < int(lifted.stdout.split()[1]) < 4096  # a step up, not all the way to the hard limit
     capped = subprocess.run([PY, "-c", script, "64", str(config)], capture_output=True, text=True, timeout=60)
     assert capped.returncode == 0 and "Traceback" not in capped.stderr, capped.stderr
     assert "no free port to reserve on 127.0.0.1: Too many open files" in capped.stdout

@@ -156,6 +156,39 @@ def test_every_port_squatted_is_a_clear_error_not_a_hang(shared: Path, tmp_path:
     assert "no free port to reserve" in output and "api" in output and "port = N" in output
 
 
+def test_a_taken_port_with_nowhere_to_move_is_a_startup_error_not_a_trace(shared: Path, tmp_path: Path) -> None:
+    """Another user binds a service's reserved port and squats every other claim: the move to a
+    fresh port finds none, and the start fails naming both, as a ServiceStartupError."""
+    import asyncio
+    import socket
+
+    from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, _ports, load_config
+
+    config = tmp_path / "launcher.toml"
+    config.write_text(f'[services.api]\ncommand = ["{PY}", "{TCP}", "${{port}}"]\n')
+    loaded = load_config(config, environ={})
+    port = loaded.services["api"].port
+    everything = [str(p) for p in _ports.candidate_range()]
+    with socket.socket() as taken, \
+         subprocess.Popen(["prlimit", f"--nofile={len(everything) + 100}", OTHER_PY, "-c", SQUAT, *everything],
+                          user=OTHER_USER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as squatter:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        try:
+            assert squatter.stdout is not None and squatter.stdout.readline() == "squatting\n"
+
+            async def start() -> ServiceStartupError:
+                async with UnifiedLauncher(loaded) as launcher:
+                    with pytest.raises(ServiceStartupError) as info:
+                        await launcher.start()
+                return info.value
+
+            error = asyncio.run(start())
+        finally:
+            squatter.kill()
+    assert f"port {port} already in use" in str(error) and "no free port to move it to" in str(error)
+
+
 # --------------------------------------------------------------------------- run files, up.json (items 3, 8)
 
 REAP = """

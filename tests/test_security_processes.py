@@ -305,9 +305,19 @@ tmpfs = true
 """
 
 
-def test_sigkill_of_pytest_mid_session_leaves_nothing(pytester: pytest.Pytester) -> None:
-    """kill -9 of a pytest session: its services, ${tmp} in /dev/shm, run file and port claims go at once, with no later run."""
+@pytest.mark.parametrize("fds", ["few fds", "fds past 1023"])
+def test_sigkill_of_pytest_mid_session_leaves_nothing(pytester: pytest.Pytester, fds: str) -> None:
+    """kill -9 of a pytest session: its services, ${tmp} in /dev/shm, run file and port claims go
+    at once, with no later run; also from a session whose fds are numbered past select()'s 1023
+    (the sentinel's pipe end then is too)."""
     pytester.makefile(".toml", launcher=SENTINEL_CONFIG)
+    if fds == "fds past 1023":
+        pytester.makeconftest("""
+            import os, resource
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))
+            HELD = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        """)
     pytester.makepyfile("""
         import json, os, time
         import pytest

@@ -200,7 +200,7 @@ def load_config(
         try:
             port = _ports.reserve(host)
         except OSError as exc:
-            fix = ("raise the open-files limit (`ulimit -n`)" if exc.errno == errno.EMFILE
+            fix = ("raise the open-files limit (`ulimit -n`)" if exc.errno in (errno.EMFILE, errno.ENFILE)
                    else "stop what holds the ports of that range, or give the service a fixed `port = N`")
             raise ConfigError(f"no free port to reserve on {host}: {exc.strerror}", source=str(source),
                               service=name, key="port", fix=fix) from None
