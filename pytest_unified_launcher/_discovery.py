@@ -27,6 +27,16 @@ def find_config(
             if not path.is_absolute() and origin == "ini launcher_config" and rootdir:
                 path = rootdir / path
             return path.resolve(), [f"{origin}={given}"]
+    folder_given = environ.get("LAUNCHER_CONFIG_DIR")
+    if folder_given:  # asked for by name: its launcher.toml, or the error that it has none
+        path = (Path(folder_given) / CONFIG_FILENAME).resolve()
+        if not path.exists():
+            from .errors import ConfigError
+
+            raise ConfigError(f"LAUNCHER_CONFIG_DIR={folder_given} has no {CONFIG_FILENAME}", source=str(path),
+                              fix=f"create one there (`unified-launcher init` in {folder_given}), "
+                                  "or unset LAUNCHER_CONFIG_DIR to use the project's")
+        return path, [f"LAUNCHER_CONFIG_DIR={folder_given}"]
     for folder in dict.fromkeys(d for d in (rootdir, invocation_dir) if d is not None):
         candidate = folder / CONFIG_FILENAME
         looked.append(str(candidate))

@@ -97,12 +97,15 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     shared_env = os.environ.get("UNIFIED_LAUNCHER_SHARED")
     in_worker = "PYTEST_XDIST_WORKER" in os.environ
     payload = json.loads(shared_env) if (shared_env and in_worker) else None
-    path, looked = find_config(
-        explicit=payload["config"] if payload else _opt(early_config, "config", ns),
-        ini=None if payload else early_config.getini("launcher_config") or None,
-        rootdir=early_config.rootpath,
-        invocation_dir=early_config.invocation_params.dir,
-    )
+    try:
+        path, looked = find_config(
+            explicit=payload["config"] if payload else _opt(early_config, "config", ns),
+            ini=None if payload else early_config.getini("launcher_config") or None,
+            rootdir=early_config.rootpath,
+            invocation_dir=early_config.invocation_params.dir,
+        )
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     session = _Session(path, looked)
     early_config.stash[_KEY] = session
     if path is None:

@@ -585,3 +585,103 @@ def test_scheme_mistakes(table: str, fragments: list[str]) -> None:
         build(f"[services.x]\n{table}\n")
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
+
+
+# --------------------------------------------------------------------------- [env] and env_file (SPEC 11)
+
+ENV_BASE = """
+[env]
+DATABASE_URL = "postgresql://127.0.0.1:${services.database.port}/app"
+DEBUG = true
+[launcher.test_env]
+DEBUG = "tests"
+[services.database]
+command = ["postgres", "-p", "${port}"]
+[services.api]
+command = ["serve", "${port}"]
+depends_on = ["database"]
+env = { DEBUG = "api" }
+[services.worker]
+command = ["work"]
+"""
+
+
+def test_top_level_env_reaches_every_service_and_the_tests_each_own_value_winning() -> None:
+    """[env] is written once: every service and test_env get it; their own values win."""
+    cfg = build(ENV_BASE)
+    url = f"postgresql://127.0.0.1:{cfg.services['database'].port}/app"
+    assert {n: s.env["DATABASE_URL"] for n, s in cfg.services.items()} == dict.fromkeys(cfg.services, url)
+    assert [cfg.services[n].env["DEBUG"] for n in ("database", "api", "worker")] == ["true", "api", "true"]
+    assert cfg.test_env == {"DATABASE_URL": url, "DEBUG": "tests"}
+
+
+def test_a_profile_may_set_env() -> None:
+    cfg = build(ENV_BASE + '[profiles.ci.env]\nDEBUG = "ci"\n', profile="ci")
+    assert cfg.services["worker"].env["DEBUG"] == "ci" and cfg.test_env["DEBUG"] == "tests"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ('X = "${port}"', "unknown placeholder '${port}'"),
+        ('X = "${services.nope.url}"', "unknown service 'nope'"),
+        ('X = "${env.UNSET_VAR_FOR_TEST}"', "UNSET_VAR_FOR_TEST is not set"),
+        ("X = [1]", "env"),
+    ],
+    ids=["own-port", "unknown-service", "unset-variable", "not-a-value"],
+)
+def test_env_mistakes_are_one_config_error(env: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        build(f"[env]\n{env}\n[services.a]\ncommand = ['x']\n")
+    assert expected in str(info.value)
+
+
+def write_project(tmp_path: Path, config: str, files: dict[str, str | bytes]) -> Path:
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    path = tmp_path / "launcher.toml"
+    path.write_text(textwrap.dedent(config))
+    return path
+
+
+def test_env_files_are_read_in_order_with_env_winning(tmp_path: Path) -> None:
+    """dotenv syntax (quotes, export, comments); a later file wins, env wins over files; a bare
+    NAME comes from the environment (or is left out); values take the config's placeholders."""
+    path = write_project(tmp_path, """
+        [services.db]
+        command = ["db", "${port}"]
+        [services.api]
+        command = ["api"]
+        depends_on = ["db"]
+        env_file = [".env", "sub/.env.test"]
+        env = { LEVEL = "from-env" }
+    """, {".env": "# defaults\nexport A=1\nB='two words'\nLEVEL=file\nFROM_HOST\nMISSING\n",
+          "sub/.env.test": 'A=overridden\nDB="postgresql://x:${services.db.port}/t"\nLITERAL=$$HOME\n'}
+          if (tmp_path / "sub").mkdir() is None else {})
+    cfg = load_config(path, environ={"FROM_HOST": "host-value"})
+    env = cfg.services["api"].env
+    assert env["A"] == "overridden" and env["B"] == "two words" and env["LEVEL"] == "from-env"
+    assert env["FROM_HOST"] == "host-value" and "MISSING" not in env
+    assert env["DB"] == f"postgresql://x:{cfg.services['db'].port}/t" and env["LITERAL"] == "$HOME"
+
+
+@pytest.mark.parametrize(
+    ("env_file", "files", "expected"),
+    [
+        ('".env.missing"', {}, "env file {root}/.env.missing does not exist"),
+        ('"folder"', {"folder/x": ""}, "env file {root}/folder is not a regular file"),
+        ('".env"', {".env": b"A=\xff\n"}, "env file {root}/.env is not UTF-8"),
+        ('".env"', {".env": "A=${nope}\n"}, "unknown placeholder '${nope}'"),
+        ("3", {}, "env_file"),
+    ],
+    ids=["missing", "folder", "not-utf8", "bad-placeholder", "not-a-path"],
+)
+def test_env_file_mistakes_name_the_file_and_the_service(tmp_path: Path, env_file: str,
+                                                         files: dict[str, str | bytes], expected: str) -> None:
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    path = write_project(tmp_path, f"[services.api]\ncommand = ['x']\nenv_file = {env_file}\n", files)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert expected.replace("{root}", str(tmp_path.resolve())) in message and "api" in message

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .models import LauncherConfig
+from .envfiles import read_env_file
 from .parsing import parse
 
 #: A config larger than this is refused before it is read (a link to /dev/zero, a log file).
@@ -221,6 +222,7 @@ def load_config(
             allocate_port=allocate,
             pinned_ports=pinned_ports,
             tmp_root=tmp_root,
+            read_env_file=read_env_file,
         )
     except BaseException:
         _ports.release(reserved)  # a config that does not load claims nothing

@@ -31,6 +31,8 @@ Kind = Literal["app", "command", "url"]
 #: How an ``app`` is served: ``asgi`` (uvicorn) or ``wsgi`` (through an adapter); None: detected.
 Interface = Literal["asgi", "wsgi"]
 PortAllocator = Callable[[str, str], int]
+#: Reads one dotenv file: ``name -> value`` (None for a bare ``NAME`` line).
+EnvFileReader = Callable[[Path], Mapping[str, str | None]]
 #: Builds the ConfigError for one place in the config: ``where(problem, fix=..., key=...)``.
 Where = Callable[..., ConfigError]
 
@@ -87,6 +89,8 @@ class ServiceModel(_Strict):
     port: int | Literal["auto"] | None = None
     host: str = "127.0.0.1"
     env: dict[str, EnvValue] = Field(default_factory=dict)
+    #: dotenv files (compose's ``env_file``), relative to the config file; ``env`` wins over them.
+    env_file: str | list[str] = Field(default_factory=list)
     cwd: str | None = None
     setup: list[list[str] | str] = Field(default_factory=list)
     user: str | None = None
@@ -158,6 +162,8 @@ class FileModel(_Strict):
     """The whole file (profiles are validated after they are merged)."""
 
     launcher: LauncherModel = Field(default_factory=LauncherModel)
+    #: ``[env]``: variables every service and ``[launcher.test_env]`` get (each one's own win).
+    env: dict[str, EnvValue] = Field(default_factory=dict)
     services: dict[str, ServiceModel] = Field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -25,6 +25,8 @@ from ..errors import ConfigError
 from .models import (
     _MODELS_BY_SECTION,
     NAME_RE,
+    EnvFileReader,
+    EnvValue,
     FileModel,
     HealthCheck,
     LauncherConfig,
@@ -138,8 +140,10 @@ def parse(
     allocate_port: PortAllocator | None = None,
     pinned_ports: Mapping[str, int] | None = None,
     tmp_root: str | os.PathLike[str] | None = None,
+    read_env_file: EnvFileReader | None = None,
 ) -> LauncherConfig:
-    """Validate and resolve a config mapping; pure apart from ``allocate_port``.
+    """Validate and resolve a config mapping; pure apart from ``allocate_port`` and
+    ``read_env_file`` (what ``env_file`` needs; ``load_config`` gives both).
 
     Precedence, highest first: the keyword arguments (command-line options) > ``LAUNCHER_*``
     in ``environ`` > ``ini`` (keys of ``[launcher]``) > the profile > the file > defaults.
@@ -151,14 +155,14 @@ def parse(
     if not isinstance(data, Mapping):
         raise ConfigError("the config must be a table", source=src)
     for key in data:
-        if key not in ("launcher", "services", "profiles"):
-            close = difflib.get_close_matches(str(key), ["launcher", "services", "profiles"], n=1)
+        if key not in ("launcher", "env", "services", "profiles"):
+            close = difflib.get_close_matches(str(key), ["launcher", "env", "services", "profiles"], n=1)
             raise ConfigError(
                 f"unknown top-level table '{key}'",
                 source=src,
                 key=str(key),
                 fix=(f"did you mean '{close[0]}'? " if close else "")
-                + "valid tables: launcher, services, profiles",
+                + "valid tables: launcher, env, services, profiles",
             )
     _check_tables(data, src)
     profile_names = tuple(sorted(data.get("profiles") or {}))
@@ -229,7 +233,42 @@ def parse(
         allocate_port=allocate_port,
         pinned_ports=pinned_ports or {},
         tmp_root=Path(tmp_root) if tmp_root else None,
+        read_env_file=read_env_file,
     )
+
+
+def _env_text(value: EnvValue) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _env_files(
+    model: FileModel, root: Path, src: str, environ: Mapping[str, str], read: EnvFileReader | None
+) -> dict[str, dict[str, str]]:
+    """Each service's ``env_file`` values, merged in order (a later file wins); a bare ``NAME``
+    line takes NAME from the environment, or is left out when it is not set (as compose does)."""
+    values: dict[str, dict[str, str]] = {}
+    cache: dict[Path, Mapping[str, str | None]] = {}
+    for name, raw in model.services.items():
+        files = [raw.env_file] if isinstance(raw.env_file, str) else raw.env_file
+        merged: dict[str, str] = {}
+        for file in files:
+            if read is None:
+                raise ConfigError("env_file needs a reader", source=src, service=name, key="env_file",
+                                  fix="use load_config(), which reads env files, or pass read_env_file")
+            path = (root / file).resolve()
+            if path not in cache:
+                try:
+                    cache[path] = read(path)
+                except ConfigError as exc:
+                    exc.source, exc.service = src, name
+                    raise
+            for key, value in cache[path].items():
+                if value is not None:
+                    merged[key] = value
+                elif key in environ:
+                    merged[key] = environ[key]
+        values[name] = merged
+    return values
 
 
 def _resolve(
@@ -243,9 +282,11 @@ def _resolve(
     allocate_port: PortAllocator | None,
     pinned_ports: Mapping[str, int],
     tmp_root: Path | None,
+    read_env_file: EnvFileReader | None = None,
 ) -> LauncherConfig:
     src = str(source)
     root = source.parent.resolve() if source.parent != Path("") else Path.cwd()
+    env_files = _env_files(model, root, src, environ, read_env_file)
     deps = {name: tuple(svc.depends_on) for name, svc in model.services.items()}
     graph_mod.validate(deps, source=src)
     if tmp_root is None:
@@ -304,6 +345,14 @@ def _resolve(
 
     reach = {name: graph_mod.Reach(deps, name) for name in deps}
     raw_services = model.services
+
+    def shared_where(problem: str, fix: str | None = None, key: str | None = None) -> ConfigError:
+        return ConfigError(problem, source=src, key=key or "env", fix=fix)
+
+    # [env] means one thing everywhere: expanded once, with what a test sees (no ${port}: whose?).
+    shared_scope = _Scope({}, environ, shared_where, None, addresses)
+    shared_env = {k: shared_scope.expand(_env_text(v)) for k, v in model.env.items()}
+
     def build(name: str, port: int | None) -> ServiceConfig:
         """One service, every placeholder expanded, with ``port`` as its own port."""
         own_address = dict(addresses[name])
@@ -351,8 +400,9 @@ def _resolve(
         if any(not step for step in setup):
             raise where("a setup step is empty", fix="remove it or give the program to run", key="setup")
         env_values = {
-            k: ex(f"env.{k}", str(v).lower() if isinstance(v, bool) else str(v))
-            for k, v in raw.env.items()
+            **shared_env,
+            **{k: ex(f"env_file: {k}", v) for k, v in env_files[name].items()},
+            **{k: ex(f"env.{k}", _env_text(v)) for k, v in raw.env.items()},
         }
         cwd_text = ex("cwd", raw.cwd) if raw.cwd else None
         cwd = (root / cwd_text).resolve() if cwd_text else root
@@ -388,7 +438,7 @@ def _resolve(
             port_auto=auto.get(name, False),
         )
 
-    referenced = _referenced_services(model)
+    referenced = _referenced_services(model, [v for values in env_files.values() for v in values.values()])
     services: dict[str, ServiceConfig] = {}
     for name in sorted(model.services):
         services[name] = build(name, ports[name])
@@ -400,10 +450,7 @@ def _resolve(
         return ConfigError(problem, source=src, key=key or "launcher.test_env", fix=fix)
 
     test_scope = _Scope({}, environ, test_env_where, None, addresses)
-    test_env = {
-        k: test_scope.expand(str(v).lower() if isinstance(v, bool) else str(v))
-        for k, v in model.launcher.test_env.items()
-    }
+    test_env = {**shared_env, **{k: test_scope.expand(_env_text(v)) for k, v in model.launcher.test_env.items()}}
     mode = "auto" if model.launcher.mode == "auto_detect" else model.launcher.mode
     return LauncherConfig(
         source=source,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from .. import graph as graph_mod
 from ..errors import ConfigError
@@ -83,9 +83,9 @@ class _Scope:
         return PLACEHOLDER_RE.sub(sub, text)
 
 
-def _referenced_services(model: FileModel) -> set[str]:
-    """Services whose address some other service or test_env names in a placeholder."""
-    texts = [str(v) for v in model.launcher.test_env.values()]
+def _referenced_services(model: FileModel, more: Iterable[str] = ()) -> set[str]:
+    """Services whose address some other service, ``[env]``, test_env or env file names in a placeholder."""
+    texts = [str(v) for v in model.launcher.test_env.values()] + [str(v) for v in model.env.values()] + list(more)
     for svc in model.services.values():
         texts.append(repr(svc.model_dump()))
     found: set[str] = set()

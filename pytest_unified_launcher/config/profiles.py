@@ -96,7 +96,7 @@ def _not_a_table(value: Any, where: str, source: str, service: str | None = None
 
 def _check_tables(data: Mapping[str, Any], source: str) -> None:
     """The shape the merge relies on: every section and service is a table."""
-    for section in ("launcher", "services", "profiles"):
+    for section in ("launcher", "env", "services", "profiles"):
         if section in data and not isinstance(data[section], Mapping):
             raise _not_a_table(data[section], section, source)
     for name, svc in (data.get("services") or {}).items():
@@ -105,7 +105,7 @@ def _check_tables(data: Mapping[str, Any], source: str) -> None:
     for name, overlay in (data.get("profiles") or {}).items():
         if not isinstance(overlay, Mapping):
             raise _not_a_table(overlay, f"profiles.{name}", source)
-        for section in ("launcher", "services"):
+        for section in ("launcher", "env", "services"):
             if section in overlay and not isinstance(overlay[section], Mapping):
                 raise _not_a_table(overlay[section], f"profiles.{name}.{section}", source)
         for svc_name, svc in (overlay.get("services") or {}).items():
@@ -135,16 +135,17 @@ def apply_profile(data: Mapping[str, Any], profile: str | None, source: str) -> 
             f"profile '{profile}' must be a table", source=source, key=f"profiles.{profile}"
         )
     for key in overlay:
-        if key not in ("launcher", "services"):
+        if key not in ("launcher", "env", "services"):
             raise ConfigError(
                 f"unknown key '{key}' in profile '{profile}'",
                 source=source,
                 key=f"profiles.{profile}.{key}",
-                fix="a profile may only set 'launcher' and 'services'",
+                fix="a profile may only set 'launcher', 'env' and 'services'",
             )
     merged = dict(base)
-    if "launcher" in overlay:
-        merged["launcher"] = deep_merge(base.get("launcher") or {}, overlay["launcher"])
+    for section in ("launcher", "env"):
+        if section in overlay:
+            merged[section] = deep_merge(base.get(section) or {}, overlay[section])
     services = dict(base.get("services") or {})
     for name, svc in (overlay.get("services") or {}).items():
         if name not in services:
