@@ -28,6 +28,8 @@ EXAMPLES = {
     "down": "example: unified-launcher down",
     "bench": "example: unified-launcher bench api_gateway --runs 10 --json bench.json --svg waterfall.svg",
     "init": "example: unified-launcher init --with postgres,redis,fastapi",
+    "port": "example: psql -h 127.0.0.1 -p \"$(unified-launcher port database)\"",
+    "url": "example: curl \"$(unified-launcher url api_gateway)/health\"",
 }
 
 
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="start, wait until healthy, print the table, return")
     up.add_argument("--daemon-fd", type=int, default=None, help=argparse.SUPPRESS)
     add("status", "show the running environment's services, URLs and pids")
+    for what in ("port", "url"):
+        address = add(what, f"print a running service's {what} (for the shell, as `docker compose port`)")
+        address.add_argument("service", help="a service of the running environment")
     add("down", "stop the running environment gracefully")
     bench = add("bench", "cold-start and stop the services N times; P50/P95/P99/max against the budget")
     bench.add_argument("services", nargs="*", help="services to start (default: all)")
@@ -400,6 +405,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_address(args: argparse.Namespace) -> int:
+    """``port NAME`` / ``url NAME``: one value on stdout, nothing else, so ``$(...)`` can use it."""
+    from ._process import process_token
+    from ._up import read_up_record
+
+    record = read_up_record(_state_dir(args))
+    entry = record["services"].get(args.service)
+    running = ", ".join(sorted(record["services"])) or "none"
+    if entry is None:
+        print(f"error: service {args.service!r} is not running in this environment (running: {running}); "
+              f"start it with `unified-launcher up {args.service}`", file=sys.stderr)
+        return 1
+    pid, token = entry.get("pid"), entry.get("token")
+    if pid and token and process_token(pid) != token:
+        print(f"error: service {args.service!r} (pid {pid}) is no longer running; see `unified-launcher status`",
+              file=sys.stderr)
+        return 1
+    value = entry.get(args.command)
+    if value is None:
+        print(f"error: service {args.service!r} has no {args.command} (it listens on no port)", file=sys.stderr)
+        return 1
+    print(value)
+    return 0
+
+
 def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
     """Every service's state as `up` itself sees it (GET /services), or None if it does not answer."""
     import urllib.request
@@ -548,6 +578,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "check": cmd_check, "up": cmd_up, "status": cmd_status, "down": cmd_down,
+    "check": cmd_check, "up": cmd_up, "status": cmd_status, "down": cmd_down, "port": cmd_address, "url": cmd_address,
     "bench": cmd_bench, "init": cmd_init,
 }

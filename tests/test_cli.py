@@ -158,11 +158,19 @@ def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytes
     assert result.returncode == 0, result.stdout + result.stderr
     # The attached session did not stop the environment.
     assert cli(project, "status").returncode == 0
+    # port / url print one value for the shell, as `docker compose port` does.
+    assert cli(project, "port", "plain").stdout == f"{running['services']['plain']['port']}\n"
+    assert cli(project, "url", "api").stdout == f"{api_url}\n"
+    missing = cli(project, "url", "nope")
+    assert missing.returncode == 1 and missing.stdout == "" and "'nope' is not running" in missing.stderr
+    assert "running: api, plain" in missing.stderr
     down = cli(project, "down")
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not (project / "state" / "up.json").exists()
     again = cli(project, "status")
     assert again.returncode == 1 and "no environment is running" in again.stderr
+    none = cli(project, "port", "plain")
+    assert none.returncode == 1 and none.stdout == "" and "no environment is running" in none.stderr
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])

@@ -685,3 +685,25 @@ def test_env_file_mistakes_name_the_file_and_the_service(tmp_path: Path, env_fil
         load_config(path, environ={})
     message = str(info.value)
     assert expected.replace("{root}", str(tmp_path.resolve())) in message and "api" in message
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ('app = "x:app"\nstop_command = ["true"]', "stop_command is for command services"),
+        ('command = ["x"]\nstop_command = []', "the stop command is empty"),
+        ('command = ["x"]\nstop_command = "redis-cli -p ${nope}"', "unknown placeholder '${nope}'"),
+    ],
+    ids=["app", "empty", "placeholder"],
+)
+def test_stop_command_mistakes(service: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(f"[services.svc]\n{service}\n")
+    assert expected in str(info.value)
+
+
+def test_stop_command_takes_placeholders() -> None:
+    cfg = build('[services.cache]\ncommand = ["redis-server", "--port", "${port}"]\n'
+                'stop_command = "redis-cli -p ${port} shutdown nosave"\n')
+    cache = cfg.services["cache"]
+    assert cache.stop_command == ("redis-cli", "-p", str(cache.port), "shutdown", "nosave")

@@ -637,3 +637,41 @@ async def test_a_setup_step_cut_short_gets_the_stop_signal_before_sigkill(tmp_pa
     assert "did not finish within 2.0 s" in str(error)
     assert (tmp_path / "started").exists()
     assert cleaned.exists(), "the setup step got SIGKILL without a chance to clean up"
+
+
+#: A service that exits once ${tmp}/quit exists, and notes a SIGTERM in the file argv[2].
+POLITE = (
+    "import os,pathlib,signal,sys,time\n"
+    "tmp, term = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (term.write_text('x'), sys.exit(0)))\n"
+    "while not (tmp / 'quit').exists(): time.sleep(0.02)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("stop_command", "signalled"),
+    [
+        ('["{PY}", "-c", "import pathlib; pathlib.Path(\'${tmp}/quit\').touch()"]', False),
+        ('["{PY}", "-c", "import sys; sys.exit(3)"]', True),
+        ('["{PY}", "-c", "pass"]', True),
+        ('["./no-such-program"]', True),
+    ],
+    ids=["stops-it", "fails", "succeeds-but-it-keeps-running", "cannot-run"],
+)
+async def test_stop_command_runs_before_the_stop_signal(tmp_path: Path, stop_command: str, signalled: bool,
+                                                        no_orphans: None, caplog: pytest.LogCaptureFixture) -> None:
+    """stop_command (compose users' `redis-cli shutdown`) runs first, with placeholders; when it
+    fails, or the service is still running when stop_timeout is up, the stop signal follows."""
+    path = write_config(tmp_path, f"""
+        [services.svc]
+        command = ["{{PY}}", "-c", {json.dumps(POLITE)}, "${{tmp}}", "{tmp_path / 'term'}"]
+        stop_command = {stop_command}
+        stop_timeout = 1
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handle = (await launcher.start())["svc"]
+        await launcher.stop(close=False)
+        assert handle.state == "stopped"
+        assert (tmp_path / "term").exists() is signalled
+    if signalled:
+        assert "stop_command" in caplog.text and "sending signal 15" in caplog.text

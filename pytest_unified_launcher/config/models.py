@@ -99,6 +99,8 @@ class ServiceModel(_Strict):
     health: HealthModel | None = None
     startup_timeout: float | None = Field(default=None, gt=0)
     stop_signal: StrictStr | StrictInt = "SIGTERM"  # strict: true is not SIGHUP
+    #: Run before ``stop_signal`` (``redis-cli -p ${port} shutdown``); the signal still follows.
+    stop_command: list[str] | str | None = None
     stop_timeout: float = Field(default=10.0, ge=0)
     retries: int = Field(default=1, ge=1)
     watch: list[str] = Field(default_factory=list)
@@ -131,6 +133,9 @@ class ServiceModel(_Strict):
             )
         if self.task and self.command is None:
             raise ValueError("task = true needs a command")
+        if self.stop_command is not None and self.command is None:
+            raise ValueError("stop_command is for command services (an app is stopped by its server, "
+                             "an external service is never stopped)")
         return self
 
 
@@ -223,6 +228,7 @@ class ServiceConfig:
     health: HealthCheck = HealthCheck("alive")
     startup_timeout: float = DEFAULT_TIMEOUT
     stop_signal: int = int(signal.SIGTERM)
+    stop_command: tuple[str, ...] = ()
     stop_timeout: float = 10.0
     retries: int = 1
     watch: tuple[Path, ...] = ()

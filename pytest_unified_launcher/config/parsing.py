@@ -411,6 +411,11 @@ def _resolve(
         health = _resolve_health(raw, name, port, own_address["host"], http_url, ex, where)
         current_key[0] = "stop_signal"
         stop_signal = _signal_number(raw.stop_signal, where)
+        stop_command = (tuple(ex("stop_command", a) for a in _argv(raw.stop_command, where, "stop_command"))
+                        if raw.stop_command is not None else ())
+        if raw.stop_command is not None and not stop_command:
+            raise where("the stop command is empty", fix="give the program to run, or remove stop_command",
+                        key="stop_command")
         watch = tuple((root / w).resolve() for w in raw.watch)
         return ServiceConfig(
             name=name,
@@ -429,6 +434,7 @@ def _resolve(
             health=health,
             startup_timeout=timeout_override or raw.startup_timeout or model.launcher.startup_timeout,
             stop_signal=stop_signal,
+            stop_command=stop_command,
             stop_timeout=raw.stop_timeout,
             retries=raw.retries,
             watch=watch,

@@ -103,6 +103,8 @@ def _uses_port(raw: ServiceModel) -> bool:
     for step in raw.setup:
         texts.extend([step] if isinstance(step, str) else step)
     texts.extend(str(v) for v in raw.env.values())
+    if raw.stop_command is not None:
+        texts.extend([raw.stop_command] if isinstance(raw.stop_command, str) else raw.stop_command)
     if raw.health is not None:
         texts.extend(str(v) for v in raw.health.model_dump().values() if v is not None)
     if raw.cwd:

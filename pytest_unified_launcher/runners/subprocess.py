@@ -298,6 +298,36 @@ class SubprocessRunner(Runner):
         if code != 0:
             raise self._fail(f"setup command `{shlex.join(step)}` {describe_exit(code)}", exit_code=code)
 
+    async def _run_stop_command(self) -> None:
+        """``stop_command`` (e.g. ``redis-cli shutdown``), then the exit it asks for, both within
+        ``stop_timeout``; whatever happens, :func:`stop_process` follows (its signal reaches only a
+        process still running). A failure is logged, never raised: the stop goes on."""
+        assert self.proc is not None
+        argv = self.svc.stop_command
+        deadline = _timing.monotonic() + self.svc.stop_timeout
+        if self._log_fd is not None:
+            os.write(self._log_fd, f"$ {shlex.join(argv)}\n".encode())
+        try:
+            code = await run_to_end(
+                argv, env=self._env(), cwd=self.svc.cwd, ids=user_ids(self.svc.user),
+                log_file=self._log_fd if self._log_fd is not None else asyncio.subprocess.DEVNULL,
+                timeout=self.svc.stop_timeout, stop_timeout=min(2.0, self.svc.stop_timeout),
+            )
+        except (OSError, TimeoutError) as exc:
+            problem = (f"stop_command did not finish within {self.svc.stop_timeout:.1f} s"
+                       if isinstance(exc, TimeoutError) else cannot_run("stop_command", argv[0], exc, self.svc.cwd))
+            log.warning("%s: %s; sending signal %d", self.svc.name, problem, self.svc.stop_signal)
+            return
+        if code != 0:
+            log.warning("%s: stop_command `%s` %s; sending signal %d", self.svc.name, shlex.join(argv),
+                        describe_exit(code), self.svc.stop_signal)
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), max(0.0, deadline - _timing.monotonic()))
+        except TimeoutError:
+            log.warning("%s: still running %.1f s after its stop_command; sending signal %d", self.svc.name,
+                        self.svc.stop_timeout, self.svc.stop_signal)
+
     def _drop_cgroup(self) -> None:
         if self._cgroup is not None:
             self._cgroup.remove()
@@ -413,6 +443,8 @@ class SubprocessRunner(Runner):
                 self.proc = None
         try:
             if self.proc is not None:
+                if self.svc.stop_command and self.proc.returncode is None:
+                    await self._run_stop_command()
                 await stop_process(self.proc, stop_signal=self.svc.stop_signal, stop_timeout=self.svc.stop_timeout,
                                    token=self._token)
                 self.ctx.on_exit(self.svc.name, self.proc.pid)
