@@ -186,6 +186,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return max(problem.exit_code for problem in problems)
     print(f"{config.source}: OK ({count} service{'' if count == 1 else 's'}"
           + (f", profile {config.profile}" if config.profile else "") + f"; mode {mode}: {reason})")
+    from .config import describe_dependencies
     from .report import render_table
 
     rows = []
@@ -197,7 +198,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             probe = svc.health.describe()
             if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
                 probe = re.sub(rf"(?<![0-9]){svc.port}(?![0-9])", "${port}", probe)
-            rows.append([str(level), name, kind, port, probe, ", ".join(svc.depends_on) or "-"])
+            rows.append([str(level), name, kind, port, probe, describe_dependencies(svc) or "-"])
     print("\nstart order (each service starts as soon as its own dependencies are ready):")
     for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):
         print(redact(line))

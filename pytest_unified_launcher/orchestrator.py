@@ -10,6 +10,7 @@ All the work happens on the launcher's background loop thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import enum
 import logging
@@ -56,6 +57,8 @@ class _Service:
         self.startup_seconds: float | None = None
         #: Its row in the current run (its first start there), which the summary shows.
         self.timing: ServiceTiming | None = None
+        #: Set once its process runs (for dependents with ``condition = "started"``).
+        self.spawned = asyncio.Event()
 
     def mark_died(self) -> None:
         """Note in the report that its process ended on its own (before any stop of ours)."""
@@ -151,8 +154,11 @@ class ServiceHandle:
         await self._launcher.stop([self.name])
 
     async def arestart(self) -> ServiceHandle:
-        await self.astop()
-        return await self.astart()
+        """Restart it, and the running services that depend on it with ``restart = true``."""
+        names = self._launcher.restart_group(self.name)
+        await self._launcher.stop(names)
+        await self._launcher.start(names, retry_failed=True)
+        return self
 
     def start(self) -> ServiceHandle:
         with self._launcher.guard():
@@ -168,11 +174,13 @@ class ServiceHandle:
             self._launcher.on_change([self.name])
 
     def restart(self) -> ServiceHandle:
+        """Restart it, and the running services that depend on it with ``restart = true``."""
         with self._launcher.guard():
-            self._launcher.refresh([self.name])
-            self._launcher.stop_blocking([self.name])
-            self._launcher.start_blocking([self.name], retry_failed=True)
-            self._launcher.on_change([self.name])
+            names = self._launcher.restart_group(self.name)
+            self._launcher.refresh(names)
+            self._launcher.stop_blocking(names)
+            self._launcher.start_blocking(names, retry_failed=True)
+            self._launcher.on_change(names)
         return self
 
     def __repr__(self) -> str:
@@ -509,6 +517,20 @@ class UnifiedLauncher:
 
         return ForkServer(self.log_dir / "_forkserver.log", preload=self.config.preload)
 
+    def restart_group(self, name: str) -> list[str]:
+        """``name`` and the running services that restart with it: those depending on it (or on
+        one of them) with ``restart = true``, compose's rule."""
+        group = {name}
+        grew = True
+        while grew:
+            grew = False
+            for other, svc in self._services.items():
+                if other not in group and svc.state == "running" and any(
+                        d.restart and d.service in group for d in svc.config.dependencies):
+                    group.add(other)
+                    grew = True
+        return sorted(group)
+
     # ------------------------------------------------------------------ internals: start
 
     async def _start(self, names: Iterable[str] | None, *, retry_failed: bool = False) -> dict[str, ServiceHandle]:
@@ -555,10 +577,19 @@ class UnifiedLauncher:
         for result in results:
             if isinstance(result, asyncio.CancelledError):
                 raise result
-        errors = [r for r in results if isinstance(r, BaseException)]
+        # A service wanted only as someone's optional dependency may fail: its dependents said so.
+        needed = graph_mod.closure(self._required_graph, names if names is not None else self._graph)
+        errors = [r for n, r in zip(wanted, results, strict=True) if isinstance(r, BaseException) and n in needed]
         if errors:
             raise _root_cause(errors, self._services)
         return {name: self._handles[name] for name in wanted}
+
+    @functools.cached_property
+    def _required_graph(self) -> dict[str, tuple[str, ...]]:
+        """The start graph without its ``required = false`` edges."""
+        return {name: tuple(d for d in deps if all(e.required for e in self.config.services[name].dependencies
+                                                        if e.service == d))
+                for name, deps in self._graph.items()}
 
     def _started_once(self, name: str) -> bool:
         """Whether this run already brought ``name`` up (a start now is a restart)."""
@@ -580,6 +611,23 @@ class UnifiedLauncher:
             svc.machine.fail()
             raise svc.error
 
+    async def _ensure_started(self, name: str) -> None:
+        """Start ``name`` if needed and return once its process runs (``condition = "started"``),
+        not when it is healthy; its failure before that is raised, as :meth:`_ensure` does."""
+        svc = self._services[name]
+        if svc.error is not None:
+            raise svc.error
+        if svc.start_task is None:
+            svc.start_task = asyncio.ensure_future(self._start_service(svc))
+        task = svc.start_task
+        spawned = asyncio.ensure_future(svc.spawned.wait())
+        try:
+            await asyncio.wait({spawned, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            spawned.cancel()
+        if not svc.spawned.is_set():
+            await asyncio.shield(task)  # ended before it ran: its error, or it completed (a task)
+
     async def _start_service(self, svc: _Service) -> None:
         name = svc.config.name
         deps = self._graph[name]
@@ -594,11 +642,23 @@ class UnifiedLauncher:
                 self._run.services[name] = timing
             svc.timing = self._run.services[name]
 
+        svc.spawned.clear()
+        for missing in svc.config.skipped:
+            log.warning("%s: optional dependency '%s' is not defined in the config: starting without it", name, missing)
         if deps:
-            results = await asyncio.gather(*(self._ensure(d) for d in deps), return_exceptions=True)
+            wanted = {d.service: d for d in svc.config.dependencies}
+            results = await asyncio.gather(
+                *(self._ensure_started(d) if d in wanted and wanted[d].condition == "started" else self._ensure(d)
+                  for d in deps),
+                return_exceptions=True,
+            )
             for dep, result in zip(deps, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
+                if isinstance(result, BaseException) and dep in wanted and not wanted[dep].required:
+                    log.warning("%s: optional dependency '%s' failed (%s): starting without it", name, dep,
+                                getattr(result, "cause", result))
+                    continue
                 if isinstance(result, BaseException):
                     svc.error = DependencyFailedError(name, dep)
                     if isinstance(result, ServiceStartupError):
@@ -626,6 +686,7 @@ class UnifiedLauncher:
             deadline = _timing.monotonic() + svc.config.startup_timeout
             try:
                 await runner.start(deadline)
+                svc.spawned.set()
                 await runner.wait_ready(deadline)
             except ServiceStartupError as exc:
                 await self._quiet_stop(runner)

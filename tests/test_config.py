@@ -707,3 +707,54 @@ def test_stop_command_takes_placeholders() -> None:
                 'stop_command = "redis-cli -p ${port} shutdown nosave"\n')
     cache = cfg.services["cache"]
     assert cache.stop_command == ("redis-cli", "-p", str(cache.port), "shutdown", "nosave")
+
+
+DEPS = """
+[services.db]
+command = ["db"]
+[services.migrate]
+command = ["migrate"]
+task = true
+[services.api]
+command = ["api"]
+depends_on = {deps}
+"""
+
+
+@pytest.mark.parametrize(
+    ("deps", "expected"),
+    [
+        ('["db", "migrate"]', [("db", "healthy", True, False), ("migrate", "completed", True, False)]),
+        ('[{ service = "db", condition = "started" }]', [("db", "started", True, False)]),
+        ('[{ service = "db", condition = "service_healthy", restart = true }]', [("db", "healthy", True, True)]),
+        ('[{ service = "migrate", condition = "service_completed_successfully" }]',
+         [("migrate", "completed", True, False)]),
+        ('[{ service = "search", required = false }, "db"]', [("db", "healthy", True, False)]),
+    ],
+    ids=["plain-names", "started", "compose-healthy-restart", "compose-completed", "optional-missing"],
+)
+def test_depends_on_entries_resolve_with_their_conditions(deps: str, expected: list[tuple[str, str, bool, bool]]) -> None:
+    """A plain name waits for healthy (completed for a task); tables say the condition, compose's
+    names included; an optional dependency the config lacks is left out and noted."""
+    api = build(DEPS.format(deps=deps)).services["api"]
+    assert [(d.service, d.condition, d.required, d.restart) for d in api.dependencies] == expected
+    assert api.depends_on == tuple(e[0] for e in expected)
+    assert api.skipped == (("search",) if "search" in deps else ())
+
+
+@pytest.mark.parametrize(
+    ("deps", "expected"),
+    [
+        ('[{ service = "db", condition = "completed" }]', "condition 'completed' on 'db', which is a long-running"),
+        ('[{ service = "migrate", condition = "healthy" }]', "condition 'healthy' on 'migrate', which is a task"),
+        ('[{ service = "db", condition = "ready" }]', "condition"),
+        ('[{ service = "nope" }]', "nope"),
+        ('["db", { service = "db" }]', "depends on 'db' twice"),
+        ('[{ condition = "started" }]', "service"),
+    ],
+    ids=["completed-on-service", "healthy-on-task", "unknown-condition", "unknown-required", "twice", "no-service"],
+)
+def test_depends_on_mistakes(deps: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(DEPS.format(deps=deps))
+    assert expected in str(info.value) and "api" in str(info.value)

@@ -675,3 +675,90 @@ async def test_stop_command_runs_before_the_stop_signal(tmp_path: Path, stop_com
         assert (tmp_path / "term").exists() is signalled
     if signalled:
         assert "stop_command" in caplog.text and "sending signal 15" in caplog.text
+
+
+# --------------------------------------------------------------------------- depends_on conditions (SPEC 11)
+
+#: Listens at once, says "ready" in its log only once ${tmp}/go exists.
+LATE_READY = (
+    "import pathlib,socket,sys,time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
+    "while not pathlib.Path(sys.argv[2], 'go').exists(): time.sleep(0.02)\n"
+    "print('ready', flush=True); time.sleep(300)\n"
+)
+
+
+async def test_condition_started_starts_a_dependent_before_its_dependency_is_healthy(tmp_path: Path,
+                                                                                     no_orphans: None) -> None:
+    """condition = "started" (compose's service_started): the dependent starts once the
+    dependency's process runs; a plain name still waits for healthy."""
+    path = write_config(tmp_path, f"""
+        [services.slow]
+        command = ["{{PY}}", "-c", {json.dumps(LATE_READY)}, "${{port}}", "${{tmp}}"]
+        health = {{ log = "ready" }}
+        [services.eager]
+        command = ["{{PY}}", "-c", "import pathlib,time; pathlib.Path('{tmp_path}/go-dir').mkdir(); time.sleep(300)"]
+        depends_on = [{{ service = "slow", condition = "started" }}]
+        [services.patient]
+        command = ["sleep", "300"]
+        depends_on = ["slow"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        starting = asyncio.ensure_future(launcher.start())
+        while not (tmp_path / "go-dir").exists():  # noqa: ASYNC110 (eager's process has run)
+            assert not starting.done(), starting.result()
+            await asyncio.sleep(0.02)
+        assert launcher.services["slow"].state == "starting"  # not healthy yet, and eager ran
+        assert launcher.services["patient"].pid is None  # waits for slow to be healthy
+        (launcher.config.services["slow"].tmp / "go").touch()
+        handles = await starting
+        assert {n: h.state for n, h in handles.items()} == dict.fromkeys(handles, "running")
+        runs = launcher.report()["runs"][0]["services"]
+        assert runs["patient"]["started_at"] >= runs["slow"]["ready_at"]
+
+
+async def test_an_optional_dependency_that_fails_or_is_missing_is_skipped(tmp_path: Path, no_orphans: None,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """required = false: a dependency that fails, or that the config does not define, is skipped
+    with a note; a required one still fails its dependents."""
+    path = write_config(tmp_path, """
+        [services.broken]
+        command = ["{PY}", "-c", "import sys; sys.exit(3)"]
+        [services.app]
+        command = ["sleep", "300"]
+        depends_on = [{ service = "broken", required = false }, { service = "search", required = false }]
+        [services.strict]
+        command = ["sleep", "300"]
+        depends_on = ["broken"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        assert (await launcher.start(["app"]))["app"].state == "running"
+        with pytest.raises(ServiceStartupError, match="'broken' failed to start: exited with code 3"):
+            await launcher.start(["strict"])
+    assert "optional dependency 'broken' failed" in caplog.text
+    assert "optional dependency 'search' is not defined in the config: starting without it" in caplog.text
+
+
+async def test_restart_true_restarts_the_dependent_with_its_dependency(tmp_path: Path, no_orphans: None) -> None:
+    """A test's restart() of a dependency restarts the running dependents that say restart = true
+    (and theirs), and leaves the others alone, as compose does."""
+    path = write_config(tmp_path, """
+        [services.cache]
+        command = ["{PY}", "{TCP}", "${port}"]
+        [services.worker]
+        command = ["sleep", "300"]
+        depends_on = [{ service = "cache", restart = true }]
+        [services.reporter]
+        command = ["sleep", "301"]
+        depends_on = [{ service = "worker", restart = true }]
+        [services.viewer]
+        command = ["sleep", "302"]
+        depends_on = ["cache"]
+    """)
+    async with UnifiedLauncher(load_config(path, environ={})) as launcher:
+        handles = await launcher.start()
+        before = {n: h.pid for n, h in handles.items()}
+        await handles["cache"].arestart()
+        after = {n: h.pid for n, h in launcher.services.items()}
+        assert [n for n in sorted(before) if after[n] != before[n]] == ["cache", "reporter", "worker"]
+        assert all(h.state == "running" for h in launcher.services.values())

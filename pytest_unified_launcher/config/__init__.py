@@ -20,6 +20,8 @@ from .models import (
     NAME_RE,
     PLACEHOLDER_RE,
     XDIST_CHOICES,
+    Condition,
+    Dependency,
     EnvValue,
     FileModel,
     HealthCheck,
@@ -38,6 +40,7 @@ from .models import (
     Where,
     XdistSetting,
     client_url,
+    describe_dependencies,
 )
 from .modes import DEV_RELOAD, KEEP, SHARED_WORKERS, inprocess_env_conflict, resolve_mode
 from .parsing import parse
@@ -56,6 +59,8 @@ __all__ = [
     "PLACEHOLDER_RE",
     "SHARED_WORKERS",
     "XDIST_CHOICES",
+    "Condition",
+    "Dependency",
     "EnvValue",
     "FileModel",
     "HealthCheck",
@@ -76,6 +81,7 @@ __all__ = [
     "apply_profile",
     "client_url",
     "deep_merge",
+    "describe_dependencies",
     "inprocess_env_conflict",
     "load_config",
     "memory_root",

@@ -76,6 +76,25 @@ class HealthModel(_Strict):
 
 
 EnvValue = str | int | float | bool
+#: When a dependent may start: once the dependency's process runs, once it is healthy, or once
+#: it (a task) exited 0. Compose's names are accepted too.
+Condition = Literal["started", "healthy", "completed"]
+_COMPOSE_CONDITIONS = {"service_started": "started", "service_healthy": "healthy",
+                       "service_completed_successfully": "completed"}
+
+
+class DependencyModel(_Strict):
+    """``depends_on = [{ service = "db", condition = "healthy", required = true, restart = false }]``."""
+
+    service: str
+    condition: Condition | None = None
+    required: bool = True
+    restart: bool = False
+
+    @field_validator("condition", mode="before")
+    @classmethod
+    def _compose_names(cls, value: Any) -> Any:
+        return _COMPOSE_CONDITIONS.get(value, value) if isinstance(value, str) else value
 
 
 class ServiceModel(_Strict):
@@ -85,7 +104,7 @@ class ServiceModel(_Strict):
     interface: Interface | None = None
     command: list[str] | str | None = None
     url: str | None = None
-    depends_on: list[str] = Field(default_factory=list, alias="dependencies")
+    depends_on: list[str | DependencyModel] = Field(default_factory=list, alias="dependencies")
     port: int | Literal["auto"] | None = None
     host: str = "127.0.0.1"
     env: dict[str, EnvValue] = Field(default_factory=dict)
@@ -208,6 +227,17 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class Dependency:
+    """One resolved ``depends_on`` entry (a plain name: ``healthy``, or ``completed`` for a task)."""
+
+    service: str
+    condition: Condition = "healthy"
+    required: bool = True
+    #: Restart this service when that one restarts (compose's ``restart: true``).
+    restart: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """One service with every placeholder expanded and every path absolute."""
 
@@ -233,6 +263,10 @@ class ServiceConfig:
     retries: int = 1
     watch: tuple[Path, ...] = ()
     depends_on: tuple[str, ...] = ()
+    #: Each of ``depends_on`` with its condition; optional ones the config does not define are
+    #: left out of both (``skipped`` names them).
+    dependencies: tuple[Dependency, ...] = ()
+    skipped: tuple[str, ...] = ()
     tmp: Path = Path("/tmp")
     #: ``tmpfs = true`` was asked for (``tmp`` is under MEMORY_TMP unless that had no room).
     tmpfs: bool = False
@@ -282,6 +316,17 @@ class LauncherConfig:
 
     def with_mode(self, mode: Mode) -> LauncherConfig:
         return replace(self, mode=mode)
+
+
+def describe_dependencies(svc: ServiceConfig) -> str:
+    """``db, cache (started), search (optional, skipped: not defined)``: what is not the default said."""
+    parts = []
+    for dep in svc.dependencies:
+        notes: list[str] = [] if dep.condition in ("healthy", "completed") else [dep.condition]
+        notes += ([] if dep.required else ["optional"]) + (["restart"] if dep.restart else [])
+        parts.append(dep.service + (f" ({', '.join(notes)})" if notes else ""))
+    parts += [f"{name} (optional, skipped: not defined)" for name in svc.skipped]
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- addresses

@@ -25,6 +25,8 @@ from ..errors import ConfigError
 from .models import (
     _MODELS_BY_SECTION,
     NAME_RE,
+    Dependency,
+    DependencyModel,
     EnvFileReader,
     EnvValue,
     FileModel,
@@ -271,6 +273,37 @@ def _env_files(
     return values
 
 
+def _dependencies(model: FileModel, src: str) -> tuple[dict[str, tuple[Dependency, ...]], dict[str, tuple[str, ...]]]:
+    """Each service's ``depends_on`` entries resolved (a plain name waits for ``healthy``, or
+    ``completed`` for a task), and the optional ones left out because the config lacks them."""
+    resolved: dict[str, tuple[Dependency, ...]] = {}
+    skipped: dict[str, tuple[str, ...]] = {}
+    for name, raw in model.services.items():
+        entries: list[Dependency] = []
+        left_out: list[str] = []
+        for entry in raw.depends_on:
+            dep = DependencyModel(service=entry) if isinstance(entry, str) else entry
+            target = model.services.get(dep.service)
+            if target is None and not dep.required:
+                left_out.append(dep.service)
+                continue
+            if any(e.service == dep.service for e in entries):
+                raise ConfigError(f"depends on '{dep.service}' twice", source=src, service=name, key="depends_on",
+                                  fix="keep one entry for it")
+            condition = dep.condition or ("completed" if target is not None and target.task else "healthy")
+            if target is not None and (condition == "completed") != target.task and condition != "started":
+                what = ("a task: it is done when it exits 0" if target.task
+                        else "a long-running service: it never completes")
+                raise ConfigError(
+                    f"condition '{condition}' on '{dep.service}', which is {what}", source=src, service=name,
+                    key="depends_on", fix=f"use condition = \"{'completed' if target.task else 'healthy'}\" "
+                                          "(or \"started\")",
+                )
+            entries.append(Dependency(dep.service, condition, dep.required, dep.restart))
+        resolved[name], skipped[name] = tuple(entries), tuple(left_out)
+    return resolved, skipped
+
+
 def _resolve(
     model: FileModel,
     *,
@@ -287,7 +320,8 @@ def _resolve(
     src = str(source)
     root = source.parent.resolve() if source.parent != Path("") else Path.cwd()
     env_files = _env_files(model, root, src, environ, read_env_file)
-    deps = {name: tuple(svc.depends_on) for name, svc in model.services.items()}
+    dependencies, skipped = _dependencies(model, src)
+    deps = {name: tuple(d.service for d in entries) for name, entries in dependencies.items()}
     graph_mod.validate(deps, source=src)
     if tmp_root is None:
         import secrets
@@ -438,7 +472,9 @@ def _resolve(
             stop_timeout=raw.stop_timeout,
             retries=raw.retries,
             watch=watch,
-            depends_on=tuple(raw.depends_on),
+            depends_on=deps[name],
+            dependencies=dependencies[name],
+            skipped=skipped[name],
             tmp=tmp,
             tmpfs=raw.tmpfs,
             port_auto=auto.get(name, False),
