@@ -705,7 +705,7 @@ async def test_condition_started_starts_a_dependent_before_its_dependency_is_hea
     """)
     async with UnifiedLauncher(load_config(path, environ={})) as launcher:
         starting = asyncio.ensure_future(launcher.start())
-        while not (tmp_path / "go-dir").exists():  # noqa: ASYNC110 (eager's process has run)
+        while not (tmp_path / "go-dir").exists():  # until eager's process has run
             assert not starting.done(), starting.result()
             await asyncio.sleep(0.02)
         assert launcher.services["slow"].state == "starting"  # not healthy yet, and eager ran
