@@ -159,6 +159,7 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
         launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed",
                        log_path=Path(entry["log_path"]) if entry.get("log_path") else None,
                        startup_seconds=entry.get("startup_seconds"))
+    launcher.delegate = UpDelegate(launcher, state_dir, record)
     running = [n for n, e in record["services"].items() if n in launcher.services and e["state"] == "running"]
     for name, reason in sorted(launcher.probe(running).items()):
         if reason is not None:
@@ -168,6 +169,57 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
                 "then `unified-launcher up --detach`"
             )
     return record
+
+
+class UpDelegate:
+    """Under ``--launcher-attach``, a test's ``stop()``/``restart()``/``start()`` of a service
+    `up` runs is asked of `up` through its control API, so `up` stays its only owner: done here,
+    `up`'s supervision would restart it on the same port beside the session's new process.
+
+    Afterwards every service of `up`'s is adopted again from up.json (a restart there restarts
+    its dependents too), or marked stopped when `up` no longer runs it.
+    """
+
+    def __init__(self, launcher: Any, state_dir: Path, record: dict[str, Any]) -> None:
+        self.launcher, self.state_dir = launcher, state_dir
+        self.control = record.get("control") if isinstance(record.get("control"), dict) else None
+        self.names = {n for n in record["services"] if n in launcher.services}
+
+    def __call__(self, action: str, name: str) -> bool:
+        if name not in self.names or self.control is None:
+            return False
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.control['url']}/services/{name}/{action}", method="POST",
+            data=json.dumps({"reason": f"{action}() in the attached pytest session (pid {os.getpid()})"}).encode(),
+            headers={"Authorization": f"Bearer {self.control['token']}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=max(60.0, self.launcher.config.startup_timeout * 2)):
+                pass
+        except (OSError, ValueError) as exc:
+            raise AttachError(
+                f"cannot ask `unified-launcher up` to {action} '{name}' through its control API ({exc}); "
+                "see `unified-launcher status`"
+            ) from None
+        self.sync()
+        return True
+
+    def sync(self) -> None:
+        """Adopt `up`'s services as up.json now records them; those it does not run are stopped."""
+        services = read_up_record(self.state_dir)["services"]
+        for name in sorted(self.names):
+            entry = services.get(name)
+            if entry is None:
+                self.launcher.mark_stopped(name)
+                continue
+            self.launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
+                                completed=entry["state"] == "completed",
+                                log_path=Path(entry["log_path"]) if entry.get("log_path") else None,
+                                startup_seconds=entry.get("startup_seconds"))
 
 
 class NothingRunning(AttachError):

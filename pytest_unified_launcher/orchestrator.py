@@ -147,14 +147,18 @@ class ServiceHandle:
         return runner.logs(tail) if runner is not None else ""
 
     async def astart(self) -> ServiceHandle:
-        await self._launcher.start([self.name], retry_failed=True)
+        if not (self.state == "stopped" and await asyncio.to_thread(self._launcher.delegate, "restart", self.name)):
+            await self._launcher.start([self.name], retry_failed=True)
         return self
 
     async def astop(self) -> None:
-        await self._launcher.stop([self.name])
+        if not await asyncio.to_thread(self._launcher.delegate, "stop", self.name):
+            await self._launcher.stop([self.name])
 
     async def arestart(self) -> ServiceHandle:
         """Restart it, and the running services that depend on it with ``restart = true``."""
+        if await asyncio.to_thread(self._launcher.delegate, "restart", self.name):
+            return self
         names = self._launcher.restart_group(self.name)
         await self._launcher.stop(names)
         await self._launcher.start(names, retry_failed=True)
@@ -163,19 +167,24 @@ class ServiceHandle:
     def start(self) -> ServiceHandle:
         with self._launcher.guard():
             self._launcher.refresh([self.name])
-            self._launcher.start_blocking([self.name], retry_failed=True)
+            if not (self.state == "stopped" and self._launcher.delegate("restart", self.name)):
+                self._launcher.start_blocking([self.name], retry_failed=True)
             self._launcher.on_change([self.name])
         return self
 
     def stop(self) -> None:
         with self._launcher.guard():
             self._launcher.refresh([self.name])
-            self._launcher.stop_blocking([self.name])
+            if not self._launcher.delegate("stop", self.name):
+                self._launcher.stop_blocking([self.name])
             self._launcher.on_change([self.name])
 
     def restart(self) -> ServiceHandle:
         """Restart it, and the running services that depend on it with ``restart = true``."""
         with self._launcher.guard():
+            if self._launcher.delegate("restart", self.name):
+                self._launcher.on_change(sorted(self._launcher.services))
+                return self
             names = self._launcher.restart_group(self.name)
             self._launcher.refresh(names)
             self._launcher.stop_blocking(names)
@@ -248,6 +257,9 @@ class UnifiedLauncher:
         self.refresh: Callable[[list[str]], None] = lambda names: None
         #: Held around a handle's start/stop (the xdist plugin makes it the shared file lock).
         self.guard: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+        #: ``delegate(action, name)``: under ``--launcher-attach``, ask `up` (the owner of the
+        #: service) to ``stop``/``restart`` it and adopt the result, True; False: not `up`'s.
+        self.delegate: Callable[[str, str], bool] = lambda action, name: False
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -351,6 +363,18 @@ class UnifiedLauncher:
         done.set_result(None)
         svc.start_task = done  # type: ignore[assignment]
         svc.error = None
+
+    def mark_stopped(self, name: str) -> None:
+        """An adopted service its owner stopped: stopped here too, with nothing of ours to stop."""
+        self._thread.run(self._mark_stopped(name))
+
+    async def _mark_stopped(self, name: str) -> None:
+        svc = self._services[name]
+        if svc.state in ("running", "completed"):
+            svc.machine.halt()
+            svc.machine.finish()
+        svc.start_task = None
+        svc.runner = None
 
     def release_attached(self) -> None:
         """End a session attached to `up`'s environment: stop what this launcher started itself

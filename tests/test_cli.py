@@ -173,6 +173,36 @@ def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytes
     assert none.returncode == 1 and none.stdout == "" and "no environment is running" in none.stderr
 
 
+def test_attached_restart_stop_and_start_are_asked_of_up(project: Path, running: dict[str, Any]) -> None:
+    """Under --launcher-attach, a test's restart()/stop()/start() of a service `up` runs goes
+    through up's control API: `up` stays its only owner (before, both restarted it on one port)."""
+    old = running["services"]["plain"]["pid"]
+    (project / "test_attached.py").write_text(
+        "import pathlib, pytest\n"
+        "@pytest.mark.services('api')\n"
+        "def test_restart(services):\n"
+        "    plain = services['plain']\n"
+        "    plain.restart()\n"
+        f"    assert plain.state == 'running' and plain.pid not in (None, {old})\n"
+        "    plain.stop()\n"
+        "    assert plain.state == 'stopped'\n"
+        "    plain.start()\n"
+        "    assert plain.state == 'running'\n"
+        "    pathlib.Path('plain-pid').write_text(str(plain.pid))\n"
+    )
+    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach", "test_attached.py"],
+                            cwd=project, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((project / "state" / "up.json").read_text())
+    assert record["services"]["plain"]["pid"] == int((project / "plain-pid").read_text())
+    port = record["services"]["plain"]["port"]
+    listeners = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"}
+    assert listeners == {record["services"]["plain"]["pid"]}
+    log = (project / "state" / "up.log").read_text()
+    assert "(restart() in the attached pytest session" in log and "(stop() in the attached pytest session" in log
+    assert cli(project, "status").returncode == 0
+
+
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
 def test_attached_session_stops_only_what_it_started(project: Path, xdist: list[str], no_orphans: None) -> None:
     """Attached to an `up` that runs only `plain`, pytest starts `api` itself and stops it at the
