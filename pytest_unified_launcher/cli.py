@@ -108,6 +108,7 @@ def _selection(config: Any, names: list[str]) -> list[str] | None:
     from . import graph as graph_mod
 
     if names:
+        names = config.expand(names)  # a replicated service: all its instances
         graph_mod.closure(config.graph, names)  # raises UnknownServiceError, which lists the known ones
     return names or None
 

@@ -10,17 +10,17 @@ All the work happens on the launcher's background loop thread.
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import enum
 import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 from . import _timing
 from . import graph as graph_mod
@@ -196,6 +196,32 @@ class ServiceHandle:
         return f"<ServiceHandle {self.name!r} {self.state} url={self.url} pid={self.pid} runner={self.runner}>"
 
 
+class HandleGroup(Sequence[ServiceHandle]):
+    """``services["worker"]`` of a service with ``replicas = N``: its instances' handles in order
+    (``group[0].url``, ``len(group)``, ``[h.url for h in group]``)."""
+
+    def __init__(self, name: str, handles: Sequence[ServiceHandle]) -> None:
+        self.name = name
+        self._handles = tuple(handles)
+
+    @overload
+    def __getitem__(self, index: int) -> ServiceHandle: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ServiceHandle]: ...
+    def __getitem__(self, index: int | slice) -> ServiceHandle | Sequence[ServiceHandle]:
+        return self._handles[index]
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    @property
+    def urls(self) -> list[str | None]:
+        return [h.url for h in self._handles]
+
+    def __repr__(self) -> str:
+        return f"<HandleGroup {self.name!r} of {len(self)}: {', '.join(h.name for h in self._handles)}>"
+
+
 class UnifiedLauncher:
     """Starts and stops the services of one config (SPEC 6).
 
@@ -324,7 +350,7 @@ class UnifiedLauncher:
 
     def closure(self, names: Iterable[str]) -> list[str]:
         """``names`` and their transitive dependencies, sorted (UnknownServiceError if unknown)."""
-        return sorted(graph_mod.closure(self._graph, names))
+        return sorted(graph_mod.closure(self._graph, self.config.expand(names)))
 
     def all_up(self, names: Iterable[str]) -> bool:
         """Whether every one of ``names`` is running (and alive) or completed: no start needed."""
@@ -558,6 +584,7 @@ class UnifiedLauncher:
     # ------------------------------------------------------------------ internals: start
 
     async def _start(self, names: Iterable[str] | None, *, retry_failed: bool = False) -> dict[str, ServiceHandle]:
+        names = self.config.expand(names) if names is not None else None
         wanted = sorted(graph_mod.closure(self._graph, names if names is not None else self._graph))
         if retry_failed:
             for name in names or []:
@@ -768,7 +795,7 @@ class UnifiedLauncher:
 
     async def _stop(self, names: Iterable[str] | None) -> None:
         full = names is None
-        targets = set(self._services) if names is None else set(names)
+        targets = set(self._services) if names is None else set(self.config.expand(names))
         unknown = targets - set(self._services)
         if unknown:
             from .errors import UnknownServiceError

@@ -297,13 +297,18 @@ def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHan
     wanted = launcher.closure(names)
     # Fast path: everything already up (a few attribute reads, no thread hop). A shared
     # environment always asks the record: another worker may have stopped or restarted one.
-    if session.shared is None and launcher.all_up(wanted):
-        return {n: launcher.services[n] for n in wanted}
-    if session.shared is not None and session.role == "worker":
-        session.shared.ensure(launcher, wanted)
-    else:
-        launcher.start_blocking(wanted)
-    return {n: launcher.services[n] for n in wanted}
+    if not (session.shared is None and launcher.all_up(wanted)):
+        if session.shared is not None and session.role == "worker":
+            session.shared.ensure(launcher, wanted)
+        else:
+            launcher.start_blocking(wanted)
+    handles: dict[str, Any] = {n: launcher.services[n] for n in wanted}
+    from .orchestrator import HandleGroup
+
+    for group, members in launcher.config.groups.items():  # replicas = N: services["worker"][i]
+        if all(m in handles for m in members):
+            handles[group] = HandleGroup(group, [handles[m] for m in members])
+    return handles
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -758,3 +758,53 @@ def test_depends_on_mistakes(deps: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         build(DEPS.format(deps=deps))
     assert expected in str(info.value) and "api" in str(info.value)
+
+
+# --------------------------------------------------------------------------- replicas (SPEC 11)
+
+REPLICAS = """
+[services.cache]
+command = ["redis-server", "--port", "${port}"]
+[services.worker]
+command = ["work", "--id", "${replica}", "--name", "${name}", "--port", "${port}", "--cache", "${services.cache.port}"]
+replicas = 3
+depends_on = [{ service = "cache", condition = "started" }]
+[services.api]
+command = ["api", "${services.worker-1.url}"]
+depends_on = ["worker"]
+"""
+
+
+def test_replicas_are_instances_with_their_own_ports_and_index() -> None:
+    """replicas = 3: worker-0 .. worker-2, each its own port and ${replica}; a dependency on
+    worker is one on each instance; services["worker"] names the group."""
+    cfg = build(REPLICAS)
+    members = ("worker-0", "worker-1", "worker-2")
+    assert cfg.groups == {"worker": members} and set(cfg.services) == {"cache", "api", *members}
+    ports = {cfg.services[m].port for m in members}
+    assert len(ports) == 3 and cfg.services["cache"].port not in ports
+    for i, m in enumerate(members):
+        svc = cfg.services[m]
+        assert svc.command == ("work", "--id", str(i), "--name", m, "--port", str(svc.port),
+                               "--cache", str(cfg.services["cache"].port))
+        assert [(d.service, d.condition) for d in svc.dependencies] == [("cache", "started")]
+    assert cfg.services["api"].depends_on == members
+    assert cfg.services["api"].command[1] == cfg.services["worker-1"].url
+    assert cfg.expand(["api", "worker"]) == ["api", *members]
+    assert build(BASE).groups == {}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[services.x]\ncommand = ["x", "${services.worker.url}"]\ndepends_on = ["worker"]',
+         "'worker' has 3 replicas, each with its own address"),
+        ('[services.worker-1]\ncommand = ["x"]', "replica 'worker-1' of 'worker' has the name of another service"),
+        ('[profiles.p.services.worker]\nreplicas = 0', "replicas"),
+    ],
+    ids=["group-address", "name-clash", "zero"],
+)
+def test_replica_mistakes(extra: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(REPLICAS + extra, profile="p" if "profiles" in extra else None)
+    assert expected in str(info.value)

@@ -977,3 +977,37 @@ def test_explicit_single_process_conflict_is_a_usage_error(pytester: pytest.Pyte
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--launcher-mode=single_process")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*in single_process mode, services 'a' and 'b' set GREETING to different values*"])
+
+
+def test_replicas_are_a_handle_group_in_services(pytester: pytest.Pytester, no_orphans: None) -> None:
+    """replicas = 3: the marker names the service once; services["worker"] holds its three
+    instances, each its own process and port, and each instance is a service of its own too."""
+    pytester.makefile(".toml", launcher=f"""
+        [launcher]
+        state_dir = "state"
+        [services.worker]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        replicas = 3
+        env = {{ REPLICA = "${{replica}}" }}
+    """)
+    pytester.makepyfile("""
+        import psutil
+        import pytest
+
+        @pytest.mark.services("worker")
+        def test_group(services):
+            group = services["worker"]
+            assert len(group) == 3 and [h.name for h in group] == ["worker-0", "worker-1", "worker-2"]
+            assert len({h.port for h in group}) == 3 and len({h.pid for h in group}) == 3
+            assert [psutil.Process(h.pid).environ()["REPLICA"] for h in group] == ["0", "1", "2"]
+            assert group[1] is services["worker-1"] and group.urls == [h.url for h in group]
+            group[2].restart()
+            assert group[2].state == "running" and group[0].state == "running"
+
+        @pytest.mark.services("worker-1")
+        def test_one_instance(services):
+            assert list(services) == ["worker-1"]
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*worker-0 *", "*worker-2 *"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -122,6 +122,8 @@ class ServiceModel(_Strict):
     stop_command: list[str] | str | None = None
     stop_timeout: float = Field(default=10.0, ge=0)
     retries: int = Field(default=1, ge=1)
+    #: N instances named NAME-0 .. NAME-(N-1), each with its own port; ``${replica}`` is 0..N-1.
+    replicas: int = Field(default=1, ge=1, le=1000)
     watch: list[str] = Field(default_factory=list)
     #: The scheme of the service's url when the launcher cannot tell (``amqp``, ``mysql``, ``https``).
     scheme: str | None = None
@@ -302,6 +304,12 @@ class LauncherConfig:
     spawner: Spawner = "preimport"
     #: Third-party modules the pre-imported spawner imports too (``[launcher] preload``).
     preload: tuple[str, ...] = ()
+    #: A service with ``replicas = N``: its name -> its instances' names (NAME-0 ...).
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """``names`` with each replicated service's name replaced by its instances' names."""
+        return [member for name in names for member in self.groups.get(name, (name,))]
 
     @property
     def graph(self) -> dict[str, tuple[str, ...]]:

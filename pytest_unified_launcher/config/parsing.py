@@ -225,8 +225,10 @@ def parse(
                 key="scheme",
                 fix=f"remove scheme, or write the url as {raw.scheme}://host:port",
             )
+    model, groups = _expand_replicas(model, src)
     return _resolve(
         model,
+        groups=groups,
         source=Path(src),
         profile=profile,
         profile_names=profile_names,
@@ -237,6 +239,29 @@ def parse(
         tmp_root=Path(tmp_root) if tmp_root else None,
         read_env_file=read_env_file,
     )
+
+
+def _expand_replicas(model: FileModel, src: str) -> tuple[FileModel, dict[str, tuple[str, ...]]]:
+    """A service with ``replicas = N`` becomes N services NAME-0 .. NAME-(N-1); a dependency on
+    NAME becomes one on each of them (with the same condition)."""
+    groups = {name: tuple(f"{name}-{i}" for i in range(raw.replicas))
+              for name, raw in model.services.items() if raw.replicas > 1}
+    if not groups:
+        return model, {}
+    services: dict[str, ServiceModel] = {}
+    for name, raw in model.services.items():
+        depends_on: list[str | DependencyModel] = []
+        for entry in raw.depends_on:
+            dep = DependencyModel(service=entry) if isinstance(entry, str) else entry
+            depends_on += ([dep.model_copy(update={"service": m}) for m in groups[dep.service]]
+                           if dep.service in groups else [entry])
+        raw = raw.model_copy(update={"depends_on": depends_on})
+        for member in groups.get(name, (name,)):
+            if member != name and member in model.services:
+                raise ConfigError(f"replica '{member}' of '{name}' has the name of another service", source=src,
+                                  service=name, key="replicas", fix=f"rename the service '{member}'")
+            services[member] = raw
+    return model.model_copy(update={"services": services}), groups
 
 
 def _env_text(value: EnvValue) -> str:
@@ -307,6 +332,7 @@ def _dependencies(model: FileModel, src: str) -> tuple[dict[str, tuple[Dependenc
 def _resolve(
     model: FileModel,
     *,
+    groups: Mapping[str, tuple[str, ...]],
     source: Path,
     profile: str | None,
     profile_names: tuple[str, ...],
@@ -379,12 +405,13 @@ def _resolve(
 
     reach = {name: graph_mod.Reach(deps, name) for name in deps}
     raw_services = model.services
+    replica_index = {member: str(i) for members in groups.values() for i, member in enumerate(members)}
 
     def shared_where(problem: str, fix: str | None = None, key: str | None = None) -> ConfigError:
         return ConfigError(problem, source=src, key=key or "env", fix=fix)
 
     # [env] means one thing everywhere: expanded once, with what a test sees (no ${port}: whose?).
-    shared_scope = _Scope({}, environ, shared_where, None, addresses)
+    shared_scope = _Scope({}, environ, shared_where, None, addresses, groups)
     shared_env = {k: shared_scope.expand(_env_text(v)) for k, v in model.env.items()}
 
     def build(name: str, port: int | None) -> ServiceConfig:
@@ -400,11 +427,12 @@ def _resolve(
             return ConfigError(problem, source=src, service=name, key=key or current_key[0], fix=fix)
 
         tmp = ((raw.tmpfs and memory_root(tmp_root)) or tmp_root) / name
-        own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable}
+        own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable,
+               "replica": replica_index.get(name, "0")}
         for attr in ("port", "url"):
             if attr in own_address:
                 own[attr] = own_address[attr]
-        scope = _Scope(own, environ, where, reach[name], addresses)
+        scope = _Scope(own, environ, where, reach[name], addresses, groups)
 
         def ex(key: str, text: str, scope: _Scope = scope, current_key: list[str] = current_key) -> str:
             current_key[0] = key
@@ -491,7 +519,7 @@ def _resolve(
     def test_env_where(problem: str, fix: str | None = None, key: str | None = None) -> ConfigError:
         return ConfigError(problem, source=src, key=key or "launcher.test_env", fix=fix)
 
-    test_scope = _Scope({}, environ, test_env_where, None, addresses)
+    test_scope = _Scope({}, environ, test_env_where, None, addresses, groups)
     test_env = {**shared_env, **{k: test_scope.expand(_env_text(v)) for k, v in model.launcher.test_env.items()}}
     mode = "auto" if model.launcher.mode == "auto_detect" else model.launcher.mode
     return LauncherConfig(
@@ -512,6 +540,7 @@ def _resolve(
         profiles=profile_names,
         spawner=model.launcher.spawner,
         preload=tuple(model.launcher.preload),
+        groups=dict(groups),
     )
 
 

@@ -22,12 +22,14 @@ class _Scope:
         where: Where,
         allowed_services: Container[str] | None,
         all_services: Mapping[str, Mapping[str, str]],
+        groups: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.values = values
         self.environ = environ
         self.where = where
         self.allowed = allowed_services
         self.all_services = all_services
+        self.groups = groups or {}
 
     def lookup(self, name: str) -> str:
         if name in self.values:
@@ -60,12 +62,18 @@ class _Scope:
                         f"placeholder '${{{name}}}': service '{target}' has no port",
                         f"give '{target}' a port (port = \"auto\")",
                     )
+            if len(parts) == 3 and parts[1] in self.groups:
+                members = self.groups[parts[1]]
+                raise self._error(
+                    f"placeholder '${{{name}}}': '{parts[1]}' has {len(members)} replicas, each with its own address",
+                    f"name one: ${{services.{members[0]}.{parts[2]}}} (its replicas are {', '.join(members)})",
+                )
             if len(parts) == 3 and parts[1] not in self.all_services:
                 raise self._error(
                     f"placeholder '${{{name}}}' names an unknown service '{parts[1]}'",
                     graph_mod._known_fix(parts[1], self.all_services),
                 )
-        known = sorted(self.values) + ["env.VAR", "services.NAME.port|host|url"]
+        known = sorted(self.values) + ["env.VAR", "services.NAME.port|host|url"]  # replica: 0 .. N-1
         raise self._error(
             f"unknown placeholder '${{{name}}}'",
             "known placeholders: " + ", ".join("${" + k + "}" for k in known) + "; write $$ for a literal $",
