@@ -682,7 +682,9 @@ class UnifiedLauncher:
     async def _start_service(self, svc: _Service) -> None:
         name = svc.config.name
         deps = self._graph[name]
-        timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config), depends_on=deps)
+        timing = ServiceTiming(level=svc.level, runner=self._runner_kind(svc.config), depends_on=deps,
+                               started_after=tuple(d.service for d in svc.config.dependencies
+                                                   if d.condition == "started"))
 
         def record() -> None:
             """The first start is the run's row; a later one is listed among its restarts."""

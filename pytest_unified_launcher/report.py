@@ -25,6 +25,8 @@ class ServiceTiming:
     teardown_seconds: float | None = None
     attempts: int = 0
     depends_on: tuple[str, ...] = ()
+    #: Those of ``depends_on`` it waited for only to run (``condition = "started"``), not to be ready.
+    started_after: tuple[str, ...] = ()
     failed: bool = False
     #: The dependency whose failure kept this service from starting at all.
     blocked_by: str | None = None
@@ -93,6 +95,7 @@ def run_to_json(run: RunTiming) -> dict[str, Any]:
                 "teardown_seconds": _r(t.teardown_seconds),
                 "attempts": t.attempts,
                 "depends_on": list(t.depends_on),
+                "started_after": list(t.started_after),
                 "failed": t.failed,
                 "blocked_by": t.blocked_by,
                 "died": t.died,
@@ -111,7 +114,8 @@ def timing_from_json(s: Mapping[str, Any]) -> ServiceTiming:
     return ServiceTiming(
         level=s["level"], runner=s["runner"], started_at=s["started_at"], spawned_at=s.get("spawned_at"),
         ready_at=s["ready_at"], startup_seconds=s["startup_seconds"], teardown_seconds=s["teardown_seconds"],
-        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())), failed=s.get("failed", False),
+        attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())),
+        started_after=tuple(s.get("started_after", ())), failed=s.get("failed", False),
         blocked_by=s.get("blocked_by"), died=s.get("died"), interrupted=s.get("interrupted", False),
         restarts=[ServiceTiming(level=s["level"], runner=s["runner"], started_at=r["started_at"],
                                 ready_at=r["ready_at"], startup_seconds=r["startup_seconds"])
@@ -229,7 +233,8 @@ def bench_summary(report: Mapping[str, Any]) -> list[str]:
 
 
 def critical_path(services: Mapping[str, Mapping[str, Any]]) -> set[str]:
-    """The chain of services that determined when the last one became ready."""
+    """The chain of services that determined when the last one became ready (a dependency it
+    waited for only to run, ``condition = "started"``, counts by when it was spawned)."""
     if not services:
         return set()
     done = {n: s for n, s in services.items() if s.get("ready_at") is not None}
@@ -238,10 +243,16 @@ def critical_path(services: Mapping[str, Mapping[str, Any]]) -> set[str]:
     current = max(done, key=lambda n: done[n]["ready_at"])
     path = {current}
     while True:
+        after_start = set(services[current].get("started_after", ()))
         deps = [d for d in services[current].get("depends_on", []) if d in done]
         if not deps:
             return path
-        current = max(deps, key=lambda n: done[n]["ready_at"])
+
+        def released(dep: str, after_start: set[str] = after_start) -> float:
+            moment = done[dep].get("spawned_at") if dep in after_start else None
+            return float(moment if moment is not None else done[dep]["ready_at"])
+
+        current = max(deps, key=released)
         path.add(current)
 
 
@@ -320,7 +331,8 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
 
 def _bar_note(s: Mapping[str, Any]) -> str:
     """What the waterfall says beside a bar besides its time: restarts, death, interruption."""
-    notes = [f"restarted {len(s['restarts'])}x"] if s.get("restarts") else []
+    notes = [f"after {', '.join(s['started_after'])} started"] if s.get("started_after") else []
+    notes += [f"restarted {len(s['restarts'])}x"] if s.get("restarts") else []
     if s.get("died"):
         notes.append("died")
     if s.get("interrupted"):

@@ -161,3 +161,28 @@ def test_waterfall_draws_the_first_start_and_lists_restarts() -> None:
     bar = next(g for g in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}g") if g.get("data-service") == "svc")
     assert "restarted 1x" in "".join(bar.itertext())
     assert float(bar[0].get("x", "0")) < 200  # drawn at 0 s, not 5 s
+
+
+@pytest.mark.parametrize(
+    ("started_after", "expected"),
+    [((), {"app", "db"}), (("db",), {"app", "cache"})],
+    ids=["healthy", "started"],
+)
+def test_critical_path_follows_what_a_dependent_waited_for(started_after: tuple[str, ...], expected: set[str]) -> None:
+    """A dependency waited for only to run (condition = "started") releases its dependent when
+    it is spawned, not when it is ready: the path follows whichever released it last."""
+    services = {
+        "db": {"depends_on": [], "spawned_at": 0.05, "ready_at": 0.9},
+        "cache": {"depends_on": [], "spawned_at": 0.05, "ready_at": 0.3},
+        "app": {"depends_on": ["db", "cache"], "started_after": list(started_after), "ready_at": 1.2},
+    }
+    assert critical_path(services) == expected
+
+
+def test_waterfall_says_what_started_after_a_start() -> None:
+    run = {"total_startup_seconds": 1.0, "services": {
+        "db": {"level": 0, "started_at": 0.0, "spawned_at": 0.05, "ready_at": 0.9, "startup_seconds": 0.9,
+               "depends_on": []},
+        "app": {"level": 1, "started_at": 0.06, "ready_at": 0.5, "startup_seconds": 0.44, "depends_on": ["db"],
+                "started_after": ["db"]}}}
+    assert "(after db started)" in render_svg(run, budget_seconds=25)
