@@ -881,10 +881,12 @@ class UnifiedLauncher:
                     self._ctx.on_exit(SPAWNER, self._ctx.forkserver.pid)
                 await self._ctx.forkserver.close()
                 self._ctx.forkserver = self._new_forkserver()
+        # Scratch first, the record after: a kill in between leaves a run file the sentinel
+        # reaps (scratch included), never scratch that nothing names any more.
+        remove_scratch(self.config.tmp_root)
         if self._state_file is not None:
             self._state_file.close()
             self._sentinel.disarm()
-        remove_scratch(self.config.tmp_root)
 
 
 #: The run file's name for the pre-imported spawner (no service is named with parentheses).
