@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import ConfigError
+from .errors import ConfigError, LauncherError
 
 if TYPE_CHECKING:
     from .config import LauncherConfig
@@ -107,6 +107,16 @@ def share_up_services(shared: SharedEnvironment, state_dir: Path) -> dict[str, i
     return {name: entry.get("pid") for name, entry in services.items()}
 
 
+def _up_pids(state_dir: Path) -> set[int | None]:
+    """The pids `up` runs now (a worker may have had it restart one since the session began)."""
+    from ._up import read_up_record
+
+    try:
+        return {entry.get("pid") for entry in read_up_record(state_dir)["services"].values()}
+    except LauncherError:
+        return set()
+
+
 def keep(state: _Session, launcher: UnifiedLauncher) -> None:
     """Leave the services running, recorded for `unified-launcher down` (--launcher-keep)."""
     from ._up import write_up_record
@@ -150,11 +160,12 @@ def finish_controller(state: _Session) -> None:
         reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
     record = state.shared.read()
     launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS, log_dir=state.log_dir)
+    up_now = _up_pids(state.lconfig.state_dir) if state.attach else set()
     for name, entry in record.items():
         if name not in launcher.services or entry.get("state") not in ("running", "completed"):
             continue
-        if state.attach and state.up_pids.get(name) == entry.get("pid"):
-            continue  # `up`'s own process: never ours to stop
+        if state.attach and entry.get("pid") in up_now | {state.up_pids.get(name)}:
+            continue  # `up`'s own process (also one a test had `up` restart): never ours to stop
         launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
                        completed=entry["state"] == "completed")
     shutil.rmtree(state.shared.folder, ignore_errors=True)

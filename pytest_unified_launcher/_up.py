@@ -185,9 +185,9 @@ class UpDelegate:
         self.control = record.get("control") if isinstance(record.get("control"), dict) else None
         self.names = {n for n in record["services"] if n in launcher.services}
 
-    def __call__(self, action: str, name: str) -> bool:
+    def __call__(self, action: str, name: str) -> list[str] | None:
         if name not in self.names or self.control is None:
-            return False
+            return None
         import json
         import urllib.error
         import urllib.request
@@ -206,7 +206,7 @@ class UpDelegate:
                 "see `unified-launcher status`"
             ) from None
         self.sync()
-        return True
+        return sorted(self.names)
 
     def sync(self) -> None:
         """Adopt `up`'s services as up.json now records them; those it does not run are stopped."""

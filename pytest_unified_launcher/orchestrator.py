@@ -147,17 +147,17 @@ class ServiceHandle:
         return runner.logs(tail) if runner is not None else ""
 
     async def astart(self) -> ServiceHandle:
-        if not (self.state == "stopped" and await asyncio.to_thread(self._launcher.delegate, "restart", self.name)):
+        if self.state != "stopped" or await asyncio.to_thread(self._launcher.delegate, "restart", self.name) is None:
             await self._launcher.start([self.name], retry_failed=True)
         return self
 
     async def astop(self) -> None:
-        if not await asyncio.to_thread(self._launcher.delegate, "stop", self.name):
+        if await asyncio.to_thread(self._launcher.delegate, "stop", self.name) is None:
             await self._launcher.stop([self.name])
 
     async def arestart(self) -> ServiceHandle:
         """Restart it, and the running services that depend on it with ``restart = true``."""
-        if await asyncio.to_thread(self._launcher.delegate, "restart", self.name):
+        if await asyncio.to_thread(self._launcher.delegate, "restart", self.name) is not None:
             return self
         names = self._launcher.restart_group(self.name)
         await self._launcher.stop(names)
@@ -167,23 +167,26 @@ class ServiceHandle:
     def start(self) -> ServiceHandle:
         with self._launcher.guard():
             self._launcher.refresh([self.name])
-            if not (self.state == "stopped" and self._launcher.delegate("restart", self.name)):
+            changed = self._launcher.delegate("restart", self.name) if self.state == "stopped" else None
+            if changed is None:
                 self._launcher.start_blocking([self.name], retry_failed=True)
-            self._launcher.on_change([self.name])
+            self._launcher.on_change(changed or [self.name])
         return self
 
     def stop(self) -> None:
         with self._launcher.guard():
             self._launcher.refresh([self.name])
-            if not self._launcher.delegate("stop", self.name):
+            changed = self._launcher.delegate("stop", self.name)
+            if changed is None:
                 self._launcher.stop_blocking([self.name])
-            self._launcher.on_change([self.name])
+            self._launcher.on_change(changed or [self.name])
 
     def restart(self) -> ServiceHandle:
         """Restart it, and the running services that depend on it with ``restart = true``."""
         with self._launcher.guard():
-            if self._launcher.delegate("restart", self.name):
-                self._launcher.on_change(sorted(self._launcher.services))
+            changed = self._launcher.delegate("restart", self.name)
+            if changed is not None:
+                self._launcher.on_change(changed)
                 return self
             names = self._launcher.restart_group(self.name)
             self._launcher.refresh(names)
@@ -284,8 +287,9 @@ class UnifiedLauncher:
         #: Held around a handle's start/stop (the xdist plugin makes it the shared file lock).
         self.guard: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
         #: ``delegate(action, name)``: under ``--launcher-attach``, ask `up` (the owner of the
-        #: service) to ``stop``/``restart`` it and adopt the result, True; False: not `up`'s.
-        self.delegate: Callable[[str, str], bool] = lambda action, name: False
+        #: service) to ``stop``/``restart`` it and adopt the result: the names adopted again;
+        #: None when the service is not `up`'s.
+        self.delegate: Callable[[str, str], list[str] | None] = lambda action, name: None
         self._closed = False
 
     # ------------------------------------------------------------------ public API

@@ -75,6 +75,24 @@ def test_check_prints_levels(project: Path) -> None:
     assert any(parts[:2] == ["0", "plain"] for parts in lines) and any(parts[:2] == ["1", "api"] for parts in lines)
 
 
+def test_check_shows_dependency_conditions_and_replicas(tmp_path: Path) -> None:
+    """check's table says each dependency's condition when it is not the default, optional and
+    skipped ones, restart = true, and lists each replica."""
+    (tmp_path / "launcher.toml").write_text(f"""
+[services.cache]
+command = ["{PY}", "{TCP}", "${{port}}"]
+[services.worker]
+command = ["{PY}", "{TCP}", "${{port}}"]
+replicas = 2
+depends_on = [{{ service = "cache", condition = "service_started", restart = true }}, {{ service = "search", required = false }}]
+""")
+    result = cli(tmp_path, "check", "--no-import")
+    assert result.returncode == 0, result.stderr
+    for replica in ("worker-0", "worker-1"):
+        row = next(line for line in result.stdout.splitlines() if f" {replica} " in line)
+        assert row.split()[0] == "1" and row.endswith("cache (started, restart), search (optional, skipped: not defined)")
+
+
 def test_check_says_where_a_tmpfs_service_keeps_its_tmp(project: Path) -> None:
     """check tells whether a tmpfs service's ${tmp} is in memory or had to stay on disk."""
     from pytest_unified_launcher.config import memory_root
@@ -173,9 +191,12 @@ def test_up_status_down_and_attach(project: Path, running: dict[str, Any], pytes
     assert none.returncode == 1 and none.stdout == "" and "no environment is running" in none.stderr
 
 
-def test_attached_restart_stop_and_start_are_asked_of_up(project: Path, running: dict[str, Any]) -> None:
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_attached_restart_stop_and_start_are_asked_of_up(project: Path, running: dict[str, Any],
+                                                         xdist: list[str]) -> None:
     """Under --launcher-attach, a test's restart()/stop()/start() of a service `up` runs goes
-    through up's control API: `up` stays its only owner (before, both restarted it on one port)."""
+    through up's control API: `up` stays its only owner (before, both restarted it on one port),
+    and an xdist controller leaves the process `up` restarted alone at the end."""
     old = running["services"]["plain"]["pid"]
     (project / "test_attached.py").write_text(
         "import pathlib, pytest\n"
@@ -190,11 +211,12 @@ def test_attached_restart_stop_and_start_are_asked_of_up(project: Path, running:
         "    assert plain.state == 'running'\n"
         "    pathlib.Path('plain-pid').write_text(str(plain.pid))\n"
     )
-    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach", "test_attached.py"],
-                            cwd=project, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach", *xdist,
+                             "test_attached.py"], cwd=project, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((project / "state" / "up.json").read_text())
     assert record["services"]["plain"]["pid"] == int((project / "plain-pid").read_text())
+    assert psutil.pid_exists(record["services"]["plain"]["pid"])
     port = record["services"]["plain"]["port"]
     listeners = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"}
     assert listeners == {record["services"]["plain"]["pid"]}
