@@ -19,7 +19,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .config import LauncherConfig, ServiceConfig, load_config, parse
-    from .orchestrator import LauncherStatus, ServiceHandle, UnifiedLauncher
+    from ._handles import ServiceHandle
+    from .orchestrator import LauncherStatus, UnifiedLauncher
 
 __version__ = "0.1.0"
 
@@ -29,7 +30,7 @@ _LAZY = {
     "load_config": "config",
     "parse": "config",
     "LauncherStatus": "orchestrator",
-    "ServiceHandle": "orchestrator",
+    "ServiceHandle": "_handles",
     "UnifiedLauncher": "orchestrator",
 }
 

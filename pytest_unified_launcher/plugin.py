@@ -20,7 +20,8 @@ from .errors import ConfigError, LauncherError, UnknownServiceError
 
 if TYPE_CHECKING:
     from .config import LauncherConfig
-    from .orchestrator import LauncherStatus, ServiceHandle, UnifiedLauncher
+    from ._handles import ServiceHandle
+    from .orchestrator import LauncherStatus, UnifiedLauncher
     from .xdist import SharedEnvironment
 
 _OPTIONS = [
@@ -303,7 +304,7 @@ def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHan
         else:
             launcher.start_blocking(wanted)
     handles: dict[str, Any] = {n: launcher.services[n] for n in wanted}
-    from .orchestrator import HandleGroup
+    from ._handles import HandleGroup
 
     for group, members in launcher.config.groups.items():  # replicas = N: services["worker"][i]
         if all(m in handles for m in members):
