@@ -1011,3 +1011,39 @@ def test_replicas_are_a_handle_group_in_services(pytester: pytest.Pytester, no_o
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*worker-0 *", "*worker-2 *"])
+
+
+def test_env_and_env_files_reach_services_and_tests(pytester: pytest.Pytester, no_orphans: None) -> None:
+    """[env] written once reaches every service and the test process (before conftest.py is
+    imported, like [launcher.test_env]); a service's env_file values reach it, its env wins."""
+    pytester.makefile(".toml", launcher=f"""
+        [env]
+        CACHE_URL = "${{services.cache.url}}"
+        [services.cache]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        [services.worker]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        depends_on = [{{ service = "cache", condition = "started" }}]
+        env_file = "worker.env"
+        env = {{ LEVEL = "from-env" }}
+    """)
+    (pytester.path / "worker.env").write_text("LEVEL=from-file\nFLAVOUR='from file'\n")
+    pytester.makeconftest("""
+        import os
+        AT_IMPORT = os.environ.get("CACHE_URL")
+    """)
+    pytester.makepyfile("""
+        import os
+        import psutil
+        import pytest
+        from conftest import AT_IMPORT
+
+        @pytest.mark.services("worker")
+        def test_env(services):
+            url = services["cache"].url
+            assert AT_IMPORT == os.environ["CACHE_URL"] == url
+            env = psutil.Process(services["worker"].pid).environ()
+            assert (env["CACHE_URL"], env["LEVEL"], env["FLAVOUR"]) == (url, "from-env", "from file")
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
