@@ -69,8 +69,32 @@ def assign_role(
             config_path=lconfig.source, ports=lconfig.ports, tmp_root=lconfig.tmp_root, folder=folder
         )
         session.shared = SharedEnvironment(folder)
+        _watch_controller(session, lconfig)
         if session.attach:
             session.up_pids = share_up_services(session.shared, lconfig.state_dir)
+
+
+def _watch_controller(session: _Session, lconfig: LauncherConfig) -> None:
+    """Record the shared environment's scratch roots (its ``-xdist`` folder included) under the
+    controller's name and arm a sentinel: a controller killed before any worker recorded a
+    service left them behind (the workers' records name the controller, but there were none)."""
+    from ._sentinel import Sentinel
+    from ._state import StateFile
+
+    record_id = f"xdist-controller-{os.getpid()}"
+    session.controller_record = StateFile(lconfig.state_dir, record_id, tmp_root=lconfig.tmp_root)
+    session.controller_record.write()
+    session.controller_sentinel = Sentinel(lconfig.state_dir, record_id,
+                                           log_path=session.log_dir / "_sentinel.log" if session.log_dir else None)
+    session.controller_sentinel.arm()
+
+
+def _unwatch_controller(session: _Session) -> None:
+    """The controller ends normally: its record goes first, so no reap takes the kept folders."""
+    if session.controller_record is not None:
+        session.controller_record.close()
+        session.controller_sentinel.disarm()
+        session.controller_record = session.controller_sentinel = None
 
 
 #: The log folder the xdist controller claimed for its workers (they inherit it).
@@ -148,6 +172,7 @@ def finish_worker(config: pytest.Config, state: _Session) -> None:
 def finish_controller(state: _Session) -> None:
     """After the last worker: stop the shared environment, or keep it (--launcher-keep), or,
     attached to `up`, stop only what the workers started themselves."""
+    _unwatch_controller(state)
     if state.shared is None or state.lconfig is None:
         return
     import shutil

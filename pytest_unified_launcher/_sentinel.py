@@ -141,7 +141,10 @@ while True:
     except Exception:
         break  # whatever went wrong, reap: main() waits for the launcher's end first
 if not os.path.exists(os.path.join(sys.argv[4], "run", sys.argv[5] + ".json")):
-    sys.exit(0)  # released normally (or handed over): nothing to reap, so nothing to import
+    # Released normally (or handed over): nothing to reap, so nothing to import. Unless the
+    # launcher died (we were reparented) with its first spawn in flight, not yet on record.
+    if os.getppid() == int(sys.argv[6]):
+        sys.exit(0)
 import site
 site.main()
 sys.path.insert(0, sys.argv[2])
@@ -188,9 +191,13 @@ def _wait_gone(pid: int, token: str) -> None:
             os.close(fd)
 
 
-def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
+def sweep(state_dir: Path, launcher_id: str, log_path: Path | None, launcher_pid: int | None = None) -> None:
     """The launcher is gone (or let us go): reap what it left, if anything."""
     run_file = _read_run_file(state_dir / "run" / f"{launcher_id}.json")
+    if launcher_pid is not None and os.getppid() != launcher_pid:
+        # It died: what it was spawning is on no record. Its marked processes are killed here only
+        # without a run file: with one, they may be handed over (a shared xdist worker's).
+        _kill_spawns_in_flight(launcher_pid, launcher_id if run_file is None else None)
     if run_file is None:
         return  # released normally (or handed over: --launcher-keep): nothing of ours to reap
     owner, processes = run_file
@@ -221,6 +228,35 @@ def sweep(state_dir: Path, launcher_id: str, log_path: Path | None) -> None:
     # Its port claims went with it: the kernel drops a dead process's claim sockets (see _ports).
 
 
+def _kill_spawns_in_flight(launcher_pid: int, launcher_id: str | None) -> None:
+    """What the dead launcher spawned but never recorded: the cgroups it made for such spawns
+    (named ``unified-launcher-new-<its pid>-N`` until the process is on record), and processes
+    that carry its marker (a setup step; reaping a run file finds those too, but there may be
+    no run file yet)."""
+    import signal
+
+    from ._process import CGROUP_ROOT, Cgroup, kill_matching, marked_pids, process_token
+
+    try:
+        names = os.listdir(CGROUP_ROOT)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith(f"unified-launcher-new-{launcher_pid}-"):
+            cgroup = Cgroup(CGROUP_ROOT / name)
+            cgroup.kill()
+            cgroup.remove()
+    marked = [(pid, process_token(pid)) for pid in marked_pids(launcher_id)] if launcher_id else []
+    if marked:
+        kill_matching(marked, signal.SIGTERM)  # a setup step (initdb) cleans up on SIGTERM
+        import time
+
+        deadline = time.monotonic() + 2.0
+        while any(process_token(p) == t for p, t in marked) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        kill_matching(marked)
+
+
 def main(argv: list[str]) -> None:
     """``STATE_DIR LAUNCHER_ID PARENT_PID [LOG]``, once the watch in :data:`_BOOT` ended."""
-    sweep(Path(argv[0]), argv[1], Path(argv[3]) if len(argv) > 3 else None)
+    sweep(Path(argv[0]), argv[1], Path(argv[3]) if len(argv) > 3 else None, launcher_pid=int(argv[2]))

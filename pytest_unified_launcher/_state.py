@@ -278,6 +278,10 @@ class StateFile:
         self.data["processes"].pop(str(pid), None)
         self._write()
 
+    def write(self) -> None:
+        """On record before any process is (what the scratch roots alone need reaped)."""
+        self._write()
+
     def _write(self) -> None:
         if not self._enabled:
             return

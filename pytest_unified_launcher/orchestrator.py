@@ -376,6 +376,7 @@ class UnifiedLauncher:
                 base_env=self._base_env,
                 log_level=self.config.log_level if self.config.log_level != "info" else "warning",
                 on_spawn=self._sentinel.arming(self._state_file.add),
+                before_spawn=self._sentinel.arm,
                 on_exit=self._state_file.remove,
             )
             if (not self.in_process_apps and self.config.spawner == "preimport"

@@ -77,6 +77,10 @@ class _Session:
         self.previous_handlers: dict[int, Any] = {}
         #: Attached under xdist: ``service -> pid`` of `up`'s own processes (never ours to stop).
         self.up_pids: dict[str, int | None] = {}
+        #: A shared xdist controller's own run record (no processes, its scratch roots) and its
+        #: sentinel: killed before any worker recorded a service, its folders are still reaped.
+        self.controller_record: Any = None
+        self.controller_sentinel: Any = None
         #: The xdist controller's log folder for its workers, and the lock that claims it.
         self.log_dir: Path | None = None
         self.log_lock: int | None = None

@@ -26,6 +26,8 @@ class RunContext:
     base_env: Mapping[str, str]
     log_level: str = "info"
     on_spawn: Callable[[str, int], None] = lambda name, pid: None
+    #: Called before a process is spawned (arms the sentinel: see ``_sentinel``).
+    before_spawn: Callable[[], None] = lambda: None
     on_exit: Callable[[str, int], None] = lambda name, pid: None
     #: The pre-imported spawner for app subprocesses, when there is one (see _forkserver).
     forkserver: Any = None

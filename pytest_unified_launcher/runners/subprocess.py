@@ -251,6 +251,7 @@ class SubprocessRunner(Runner):
             self._spawning = asyncio.ensure_future(forkserver.spawn(
                 self._argv(None)[3:], env=env, cwd=svc.cwd, log_fd=self._log_fd, ready_fd=write_fd))
         else:
+            self.ctx.before_spawn()  # the sentinel watches before the process exists
             self._cgroup = Cgroup.create()
             self._spawning = asyncio.ensure_future(spawn(
                 self._argv(write_fd), env=env, cwd=svc.cwd, log_file=self._log_fd, ids=ids, pass_fds=pass_fds,
@@ -268,11 +269,12 @@ class SubprocessRunner(Runner):
             if write_fd is not None:
                 os.close(write_fd)
         self._token = getattr(self.proc, "token", None) or start_time(self.proc.pid)
+        # On record first: until then only its cgroup's "new" name (this launcher's pid) finds it.
+        self.ctx.on_spawn(svc.name, self.proc.pid)
         if self._cgroup is not None:
             self._cgroup.name_after(self.proc.pid, self._token)
         else:  # a forked app: it joins now (it forks nothing before its app is imported)
             self._cgroup = Cgroup.adopt(self.proc.pid, self._token)
-        self.ctx.on_spawn(svc.name, self.proc.pid)
         self._exited = asyncio.ensure_future(self.proc.wait())
 
     async def _run_setup(
