@@ -25,6 +25,7 @@ import pytest
 
 from conftest import APPS, PY, TCP
 from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
+from pytest_unified_launcher._process import process_token
 
 ATTACKER = "postgres"
 SHM = Path("/dev/shm")
@@ -544,3 +545,53 @@ def test_stale_empty_cgroups_are_removed_busy_ones_kept(tmp_path: Path) -> None:
         for path in (stale, busy):
             with contextlib.suppress(OSError):
                 path.rmdir()
+
+
+#: A launcher killed with a spawn in flight: its sentinel armed, a process spawned into the
+#: cgroup made for it (argv[2] "cgroup"), or carrying its marker (argv[2] "marker"), never recorded.
+IN_FLIGHT = """
+import asyncio, os, sys, time
+from pathlib import Path
+from pytest_unified_launcher._process import OWNER_VAR, Cgroup, spawn
+from pytest_unified_launcher._sentinel import Sentinel
+
+state = Path(sys.argv[1])
+(state / "run").mkdir(parents=True)
+sentinel = Sentinel(state, "victim-launcher")
+sentinel.arm()
+while sentinel.pid is None:
+    time.sleep(0.01)
+cgroup = Cgroup.create() if sys.argv[2] == "cgroup" else None
+env = {**os.environ, **({OWNER_VAR: "victim-launcher"} if sys.argv[2] == "marker" else {})}
+
+async def go():
+    return await spawn(["sleep", "300"], env=env, cwd=Path("/"), log_file=asyncio.subprocess.DEVNULL, cgroup=cgroup)
+
+proc = asyncio.run(go())
+print(proc.pid, flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("how", ["cgroup", "marker"])
+def test_a_spawn_in_flight_when_the_launcher_is_killed_is_reaped(tmp_path: Path, how: str) -> None:
+    """kill -9 between a spawn and its record (no run file yet): the sentinel, armed before the
+    spawn, kills what was spawned (found by the cgroup made for it, or by the launcher's marker)."""
+    if how == "cgroup" and not os.access("/sys/fs/cgroup/pids", os.W_OK):
+        pytest.skip("no writable cgroup v1 pids hierarchy here")
+    with subprocess.Popen([PY, "-c", IN_FLIGHT, str(tmp_path / "state"), how], stdout=subprocess.PIPE,
+                          text=True) as launcher:
+        try:
+            assert launcher.stdout is not None
+            line = launcher.stdout.readline()
+            assert line.strip(), "the launcher did not spawn"
+            child = int(line)
+            if how == "cgroup":  # in the cgroup made for it, which is named after the launcher
+
+                def joined() -> bool:
+                    return f"pids:/unified-launcher-new-{launcher.pid}-" in Path(f"/proc/{child}/cgroup").read_text()
+
+                assert wait_for(joined, 10)
+        finally:
+            launcher.kill()
+    assert wait_for(lambda: process_token(child) == "?", 30), f"pid {child} ({how}) outlived its killed launcher"
