@@ -595,3 +595,37 @@ def test_a_spawn_in_flight_when_the_launcher_is_killed_is_reaped(tmp_path: Path,
         finally:
             launcher.kill()
     assert wait_for(lambda: process_token(child) == "?", 30), f"pid {child} ({how}) outlived its killed launcher"
+
+
+def test_sigkill_of_an_xdist_controller_before_any_service_leaves_no_folder(pytester: pytest.Pytester,
+                                                                             tmp_path: Path) -> None:
+    """kill -9 of a shared xdist controller while its workers still collect (nothing recorded by
+    any worker yet): its scratch and -xdist folders go too, with no later run."""
+    pytester.makefile(".toml", launcher=SENTINEL_CONFIG)
+    pytester.makeconftest("""
+        import json, os, pathlib, time
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            # As a worker does when it first takes the shared lock, then stuck before any spawn.
+            folder = pathlib.Path(json.loads(os.environ["UNIFIED_LAUNCHER_SHARED"])["folder"])
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            time.sleep(300)
+    """)
+    pytester.makepyfile("def test_x():\n    pass\n")
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    with open(pytester.path / "out.txt", "wb") as out:
+        proc = subprocess.Popen([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"], cwd=pytester.path,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "TMPDIR": str(tmpdir)})
+    try:
+        assert wait_for(lambda: bool(list(tmpdir.glob("ul-*-xdist"))) or proc.poll() is not None, 60)
+        assert proc.poll() is None, (pytester.path / "out.txt").read_text()
+        workers = [c for c in psutil.Process(proc.pid).children() if c.name() != "ul-sentinel"]
+    finally:
+        proc.kill()
+        proc.wait()
+    for worker in workers:  # what a killed controller's workers do is xdist's: gone with it or not, not ours
+        with contextlib.suppress(psutil.Error):
+            worker.kill()
+    assert wait_for(lambda: not list(tmpdir.glob("ul-*")), 30), list(tmpdir.iterdir())
+    assert not list((pytester.path / "state" / "run").glob("*.json"))
