@@ -101,11 +101,16 @@ class Sentinel:
         proc.wait()
 
     def disarm(self) -> None:
-        """Let it go (the run file is closed already, so it reaps nothing); a later spawn re-arms."""
+        """Let it go, saying so ("d"): an end of file without it means the launcher died (its
+        parent pid cannot tell: the end of file comes before the kernel reparents us)."""
         with self._lock:
             self._armed = False
             fd, self._fd, self.pid = self._fd, None, None
         if fd is not None:
+            try:
+                os.write(fd, b"d")
+            except OSError:
+                pass
             os.close(fd)
 
 
@@ -130,26 +135,28 @@ if owner:
         poller.register(os.pidfd_open(owner), select.POLLIN)
     except OSError:
         pass
+died = False  # the launcher's end of file without its "d": it died (else its owner died)
 while True:
     try:
         if fd not in [ready for ready, _ in poller.poll()]:
             break  # the run file's owner (an xdist controller) died
-        if not os.read(fd, 64):
-            break  # the launcher died, or let us go
+        data = os.read(fd, 64)
+        if not data:
+            died = True
+            break
+        if b"d" in data:
+            sys.exit(0)  # released normally (or handed over): nothing to reap, so nothing to import
     except InterruptedError:
         continue
     except Exception:
-        break  # whatever went wrong, reap: main() waits for the launcher's end first
-if not os.path.exists(os.path.join(sys.argv[4], "run", sys.argv[5] + ".json")):
-    # Released normally (or handed over): nothing to reap, so nothing to import. Unless the
-    # launcher died (we were reparented) with its first spawn in flight, not yet on record.
-    if os.getppid() == int(sys.argv[6]):
-        sys.exit(0)
+        break  # whatever went wrong, reap what a record names: main() waits for its owner's end
+if not died and not os.path.exists(os.path.join(sys.argv[4], "run", sys.argv[5] + ".json")):
+    sys.exit(0)
 import site
 site.main()
 sys.path.insert(0, sys.argv[2])
 from pytest_unified_launcher._sentinel import main
-main(sys.argv[4:])
+main(sys.argv[4:], launcher_died=died)
 """
 
 
@@ -192,9 +199,10 @@ def _wait_gone(pid: int, token: str) -> None:
 
 
 def sweep(state_dir: Path, launcher_id: str, log_path: Path | None, launcher_pid: int | None = None) -> None:
-    """The launcher is gone (or let us go): reap what it left, if anything."""
+    """The launcher is gone, or the owner of its run file is (``launcher_pid``: the launcher
+    died, so what it was spawning is reaped too): reap what it left, if anything."""
     run_file = _read_run_file(state_dir / "run" / f"{launcher_id}.json")
-    if launcher_pid is not None and os.getppid() != launcher_pid:
+    if launcher_pid is not None:
         # It died: what it was spawning is on no record. Its marked processes are killed here only
         # without a run file: with one, they may be handed over (a shared xdist worker's).
         _kill_spawns_in_flight(launcher_pid, launcher_id if run_file is None else None)
@@ -257,6 +265,7 @@ def _kill_spawns_in_flight(launcher_pid: int, launcher_id: str | None) -> None:
         kill_matching(marked)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], *, launcher_died: bool = True) -> None:
     """``STATE_DIR LAUNCHER_ID PARENT_PID [LOG]``, once the watch in :data:`_BOOT` ended."""
-    sweep(Path(argv[0]), argv[1], Path(argv[3]) if len(argv) > 3 else None, launcher_pid=int(argv[2]))
+    sweep(Path(argv[0]), argv[1], Path(argv[3]) if len(argv) > 3 else None,
+          launcher_pid=int(argv[2]) if launcher_died else None)
