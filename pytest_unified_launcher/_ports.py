@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import os
 import random
 import resource
@@ -29,6 +30,7 @@ CLAIM_PREFIX = "unified-launcher-port-"
 _mine: dict[int, socket.socket] = {}
 
 
+@functools.cache  # read once per process: a config reserves its ports one by one
 def ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()

@@ -730,8 +730,9 @@ depends_on = {deps}
         ('[{ service = "migrate", condition = "service_completed_successfully" }]',
          [("migrate", "completed", True, False)]),
         ('[{ service = "search", required = false }, "db"]', [("db", "healthy", True, False)]),
+        ('["db", "db", { service = "db" }]', [("db", "healthy", True, False)]),
     ],
-    ids=["plain-names", "started", "compose-healthy-restart", "compose-completed", "optional-missing"],
+    ids=["plain-names", "started", "compose-healthy-restart", "compose-completed", "optional-missing", "repeated"],
 )
 def test_depends_on_entries_resolve_with_their_conditions(deps: str, expected: list[tuple[str, str, bool, bool]]) -> None:
     """A plain name waits for healthy (completed for a task); tables say the condition, compose's
@@ -749,7 +750,7 @@ def test_depends_on_entries_resolve_with_their_conditions(deps: str, expected: l
         ('[{ service = "migrate", condition = "healthy" }]', "condition 'healthy' on 'migrate', which is a task"),
         ('[{ service = "db", condition = "ready" }]', "condition"),
         ('[{ service = "nope" }]', "nope"),
-        ('["db", { service = "db" }]', "depends on 'db' twice"),
+        ('["db", { service = "db", condition = "started" }]', "depends on 'db' twice, differently"),
         ('[{ condition = "started" }]', "service"),
     ],
     ids=["completed-on-service", "healthy-on-task", "unknown-condition", "unknown-required", "twice", "no-service"],

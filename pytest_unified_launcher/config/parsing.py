@@ -312,10 +312,13 @@ def _dependencies(model: FileModel, src: str) -> tuple[dict[str, tuple[Dependenc
             if target is None and not dep.required:
                 left_out.append(dep.service)
                 continue
-            if any(e.service == dep.service for e in entries):
-                raise ConfigError(f"depends on '{dep.service}' twice", source=src, service=name, key="depends_on",
-                                  fix="keep one entry for it")
             condition = dep.condition or ("completed" if target is not None and target.task else "healthy")
+            same = next((e for e in entries if e.service == dep.service), None)
+            if same is not None:
+                if (same.condition, same.required, same.restart) != (condition, dep.required, dep.restart):
+                    raise ConfigError(f"depends on '{dep.service}' twice, differently", source=src, service=name,
+                                      key="depends_on", fix="keep one entry for it")
+                continue  # the same entry twice: once is enough
             if target is not None and (condition == "completed") != target.task and condition != "started":
                 what = ("a task: it is done when it exits 0" if target.task
                         else "a long-running service: it never completes")
