@@ -285,8 +285,11 @@ def test_control_api_tokens_and_metrics(running: dict[str, Any]) -> None:
     assert http(f"{base}/services/nope", token)[0] == 404
     assert http(f"{base}/services/plain/restart", token, "POST", {"reasonn": 1})[0] == 422
     old_pid = json.loads(http(f"{base}/services/plain", token)[1])["pid"]
+    old_api = json.loads(http(f"{base}/services/api", token)[1])["pid"]
     code, body = http(f"{base}/services/plain/restart", token, "POST", {"reason": "test"})
     assert code == 200 and json.loads(body)["pid"] != old_pid
+    # `up` restarts the dependents of a restarted service (what restart = true asks for, and more).
+    assert json.loads(http(f"{base}/services/api", token)[1])["pid"] not in (None, old_api)
     code, text = http(f"{base}/metrics", token)
     assert code == 200
     names = {f.name for f in text_string_to_metric_families(text)}
