@@ -243,7 +243,7 @@ def _kill_spawns_in_flight(launcher_pid: int, launcher_id: str | None) -> None:
     no run file yet)."""
     import signal
 
-    from ._process import CGROUP_ROOT, Cgroup, kill_matching, marked_pids, process_token
+    from ._process import CGROUP_ROOT, Cgroup, marked_pids, stop_marked
 
     try:
         names = os.listdir(CGROUP_ROOT)
@@ -254,15 +254,11 @@ def _kill_spawns_in_flight(launcher_pid: int, launcher_id: str | None) -> None:
             cgroup = Cgroup(CGROUP_ROOT / name)
             cgroup.kill()
             cgroup.remove()
-    marked = [(pid, process_token(pid)) for pid in marked_pids(launcher_id)] if launcher_id else []
-    if marked:
-        kill_matching(marked, signal.SIGTERM)  # a setup step (initdb) cleans up on SIGTERM
-        import time
+    marked = marked_pids(launcher_id) if launcher_id else []
+    if marked:  # SIGTERM first: a setup step (initdb) cleans up on it
+        import asyncio
 
-        deadline = time.monotonic() + 2.0
-        while any(process_token(p) == t for p, t in marked) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        kill_matching(marked)
+        asyncio.run(stop_marked(marked, stop_signal=signal.SIGTERM, stop_timeout=2.0))
 
 
 def main(argv: list[str], *, launcher_died: bool = True) -> None:

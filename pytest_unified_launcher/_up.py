@@ -171,6 +171,24 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
     return record
 
 
+def call_control(control: Any, path: str, *, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+    """One call to `up`'s control API (a GET, or a POST of ``body``), with the token of its
+    record; the answer's JSON. Raises OSError (no answer, an HTTP error) or ValueError."""
+    import json
+    import urllib.request
+
+    if not isinstance(control, dict) or not control.get("url") or not control.get("token"):
+        raise ValueError("the record names no control API")
+    headers = {"Authorization": f"Bearer {control['token']}"}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(f"{control['url']}{path}", data=data, headers=headers,
+                                     method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 class UpDelegate:
     """Under ``--launcher-attach``, a test's ``stop()``/``restart()``/``start()`` of a service
     `up` runs is asked of `up` through its control API, so `up` stays its only owner: done here,
@@ -188,18 +206,10 @@ class UpDelegate:
     def __call__(self, action: str, name: str) -> list[str] | None:
         if name not in self.names or self.control is None:
             return None
-        import json
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(
-            f"{self.control['url']}/services/{name}/{action}", method="POST",
-            data=json.dumps({"reason": f"{action}() in the attached pytest session (pid {os.getpid()})"}).encode(),
-            headers={"Authorization": f"Bearer {self.control['token']}", "Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=max(60.0, self.launcher.config.startup_timeout * 2)):
-                pass
+            call_control(self.control, f"/services/{name}/{action}",
+                         body={"reason": f"{action}() in the attached pytest session (pid {os.getpid()})"},
+                         timeout=max(60.0, self.launcher.config.startup_timeout * 2))
         except (OSError, ValueError) as exc:
             raise AttachError(
                 f"cannot ask `unified-launcher up` to {action} '{name}' through its control API ({exc}); "

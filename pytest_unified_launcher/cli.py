@@ -434,21 +434,15 @@ def cmd_address(args: argparse.Namespace) -> int:
 
 def _ask_supervisor(record: dict[str, Any]) -> dict[str, Any] | None:
     """Every service's state as `up` itself sees it (GET /services), or None if it does not answer."""
-    import urllib.request
+    from ._up import call_control
 
-    control = record.get("control") or {}
-    if not isinstance(control, dict) or not control.get("url") or not control.get("token"):
-        return None
-    request = urllib.request.Request(f"{control['url']}/services",
-                                     headers={"Authorization": f"Bearer {control['token']}"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            data = json.loads(response.read())
+        data = call_control(record.get("control"), "/services")
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("services"), list):
         return None
-    return data
+    return dict(data)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -460,10 +460,7 @@ class UnifiedLauncher:
 
     @functools.cached_property
     def _required_graph(self) -> dict[str, tuple[str, ...]]:
-        """The start graph without its ``required = false`` edges."""
-        return {name: tuple(d for d in deps if all(e.required for e in self.config.services[name].dependencies
-                                                        if e.service == d))
-                for name, deps in self._graph.items()}
+        return self.config.required_graph
 
     def _started_once(self, name: str) -> bool:
         """Whether this run already brought ``name`` up (a start now is a restart)."""
@@ -522,16 +519,16 @@ class UnifiedLauncher:
         for missing in svc.config.skipped:
             log.warning("%s: optional dependency '%s' is not defined in the config: starting without it", name, missing)
         if deps:
-            wanted = {d.service: d for d in svc.config.dependencies}
+            entries = {d.service: d for d in svc.config.dependencies}
             results = await asyncio.gather(
-                *(self._ensure_started(d) if d in wanted and wanted[d].condition == "started" else self._ensure(d)
+                *(self._ensure_started(d) if d in entries and entries[d].condition == "started" else self._ensure(d)
                   for d in deps),
                 return_exceptions=True,
             )
             for dep, result in zip(deps, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                if isinstance(result, BaseException) and dep in wanted and not wanted[dep].required:
+                if isinstance(result, BaseException) and dep in entries and not entries[dep].required:
                     log.warning("%s: optional dependency '%s' failed (%s): starting without it", name, dep,
                                 getattr(result, "cause", result))
                     continue

@@ -104,7 +104,8 @@ class ServiceModel(_Strict):
     interface: Interface | None = None
     command: list[str] | str | None = None
     url: str | None = None
-    depends_on: list[str | DependencyModel] = Field(default_factory=list, alias="dependencies")
+    #: Plain names become tables here, so everything after reads one shape.
+    depends_on: list[DependencyModel] = Field(default_factory=list, alias="dependencies")
     port: int | Literal["auto"] | None = None
     host: str = "127.0.0.1"
     env: dict[str, EnvValue] = Field(default_factory=dict)
@@ -127,6 +128,13 @@ class ServiceModel(_Strict):
     watch: list[str] = Field(default_factory=list)
     #: The scheme of the service's url when the launcher cannot tell (``amqp``, ``mysql``, ``https``).
     scheme: str | None = None
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _names_as_tables(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"service": entry} if isinstance(entry, str) else entry for entry in value]
+        return value
 
     @field_validator("scheme")
     @classmethod
@@ -316,6 +324,14 @@ class LauncherConfig:
         """``name -> dependencies`` to start (an external service's own are never started)."""
         return {
             name: () if svc.is_external else svc.depends_on for name, svc in self.services.items()
+        }
+
+    @property
+    def required_graph(self) -> dict[str, tuple[str, ...]]:
+        """:attr:`graph` without its ``required = false`` edges."""
+        return {
+            name: () if svc.is_external else tuple(d.service for d in svc.dependencies if d.required)
+            for name, svc in self.services.items()
         }
 
     @property

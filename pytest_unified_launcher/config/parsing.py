@@ -250,11 +250,10 @@ def _expand_replicas(model: FileModel, src: str) -> tuple[FileModel, dict[str, t
         return model, {}
     services: dict[str, ServiceModel] = {}
     for name, raw in model.services.items():
-        depends_on: list[str | DependencyModel] = []
-        for entry in raw.depends_on:
-            dep = DependencyModel(service=entry) if isinstance(entry, str) else entry
+        depends_on: list[DependencyModel] = []
+        for dep in raw.depends_on:
             depends_on += ([dep.model_copy(update={"service": m}) for m in groups[dep.service]]
-                           if dep.service in groups else [entry])
+                           if dep.service in groups else [dep])
         raw = raw.model_copy(update={"depends_on": depends_on})
         for member in groups.get(name, (name,)):
             if member != name and member in model.services:
@@ -306,8 +305,7 @@ def _dependencies(model: FileModel, src: str) -> tuple[dict[str, tuple[Dependenc
     for name, raw in model.services.items():
         entries: list[Dependency] = []
         left_out: list[str] = []
-        for entry in raw.depends_on:
-            dep = DependencyModel(service=entry) if isinstance(entry, str) else entry
+        for dep in raw.depends_on:
             target = model.services.get(dep.service)
             if target is None and not dep.required:
                 left_out.append(dep.service)
