@@ -133,7 +133,8 @@ def reserve(host: str = "127.0.0.1") -> int:
         if is_free(host, port):
             return port
         _unclaim(port)  # bound by something that never claims (not a launcher)
-    raise OSError(errno.EADDRINUSE, f"no free port found to reserve in {candidates.start}-{candidates.stop - 1}")
+    raise OSError(errno.EADDRINUSE, f"every port tried in {candidates.start}-{candidates.stop - 1} is in use "
+                                    "or claimed by another launcher")
 
 
 def release(ports: Iterable[int]) -> None:
