@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -184,43 +185,32 @@ class AliveProbe:
 
 
 class NotifySocket:
-    """A NOTIFY_SOCKET (sd_notify) for one service: READY=1 sets :attr:`ready`.
+    """A NOTIFY_SOCKET (sd_notify) for one start of a service: READY=1 sets :attr:`ready`.
 
-    The socket lives in a folder of its own that the launcher creates (0700, or 0710 with the
-    group of ``ids``, the service's user): the service can reach the socket but not replace it,
-    so nobody can squat its name or swap it for a link between the bind and the chmod. The
-    folder's parent must be the launcher's own (the session's scratch root).
+    Each start gets a new folder of its own under ``root`` (the session's scratch root), made by
+    the launcher (0700, or 0710 with the group of ``ids``, the service's user): the service can
+    reach the socket but not replace it, so nobody can squat its name or swap it for a link
+    between the bind and the chmod. A new folder per start, not one per service: when a shared
+    xdist worker restarts a service another worker started, the other one closing its socket
+    must not remove the new instance's (redis-server then reported "sd_notify: -2" and never
+    became ready).
     """
 
-    def __init__(self, path: Path, *, ids: tuple[int, int] | None = None) -> None:
-        self.path = path
+    def __init__(self, root: Path, service: str, *, ids: tuple[int, int] | None = None) -> None:
+        folder = Path(tempfile.mkdtemp(prefix=f".notify-{service}-", dir=root))
+        self.path = folder / "notify.sock"
         self.ready = asyncio.Event()
         self.status = ""
-        folder = path.parent
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass  # left by an earlier start of this service
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid():
-                raise OSError(f"{folder} is owned by uid {st.st_uid}, not the launcher")
-            if ids is not None:
-                os.fchown(fd, -1, ids[1])
-            os.fchmod(fd, 0o710 if ids is not None else 0o700)
-            try:
-                os.unlink(path.name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-        finally:
-            os.close(fd)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self.sock.bind(str(path))
-            os.chmod(path, 0o777)  # safe: nobody else can write the folder; the folder gates access
+            if ids is not None:
+                os.chown(folder, -1, ids[1])  # mkdtemp made it 0700, where only we can write
+                os.chmod(folder, 0o710)
+            self.sock.bind(str(self.path))
+            os.chmod(self.path, 0o777)  # safe: nobody else can write the folder; the folder gates access
         except OSError:
             self.sock.close()
+            self._remove()
             raise
         self.sock.setblocking(False)
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
@@ -242,6 +232,9 @@ class NotifySocket:
         except RuntimeError:
             pass
         self.sock.close()
+        self._remove()
+
+    def _remove(self) -> None:
         for remove, target in ((os.unlink, self.path), (os.rmdir, self.path.parent)):
             try:
                 remove(target)

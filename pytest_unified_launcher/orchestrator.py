@@ -198,6 +198,8 @@ class UnifiedLauncher:
         svc.startup_seconds = startup_seconds
         if svc.state == "running":
             svc.machine.fail()
+        if svc.runner is not None and hasattr(svc.runner, "detach"):
+            svc.runner.detach()  # another process replaced our instance: close what we held of it
         svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token, log_path=log_path)
         if self._run is None:  # so that stopping an adopted environment is timed like any other
             self._run = RunTiming()

@@ -762,3 +762,65 @@ async def test_restart_true_restarts_the_dependent_with_its_dependency(tmp_path:
         after = {n: h.pid for n, h in launcher.services.items()}
         assert [n for n in sorted(before) if after[n] != before[n]] == ["cache", "reporter", "worker"]
         assert all(h.state == "running" for h in launcher.services.values())
+
+
+NOTIFY_WHEN_TOLD = (
+    "import os, pathlib, socket, sys, time\n"
+    "folder = pathlib.Path(sys.argv[1])\n"
+    "(folder / f'spawned-{os.getpid()}').touch()\n"
+    "while not (folder / 'go').exists():\n"
+    "    time.sleep(0.01)\n"
+    "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_a_restart_by_another_launcher_keeps_its_notify_socket(tmp_path: Path, no_orphans: None) -> None:
+    """Shared xdist: worker B restarts a notify service worker A started; A ending its session
+    (or adopting the new instance) must not remove the socket B's new instance reports READY=1
+    on. Both used one path, so A's cleanup removed B's socket: redis-server's restart in the
+    example project timed out with "sd_notify: -2" on CI."""
+    import threading
+
+    from pytest_unified_launcher._process import process_token
+
+    script = tmp_path / "notify_when_told.py"
+    script.write_text(NOTIFY_WHEN_TOLD)
+    config = load_config(write_config(tmp_path, f"""
+        [services.db]
+        command = ["{{PY}}", "{script}", "{tmp_path}"]
+        health = {{ notify = true }}
+        startup_timeout = 20
+    """), environ={})
+    (tmp_path / "go").touch()
+    first = UnifiedLauncher(config)
+    pid = first.start_blocking(["db"])["db"].pid
+    assert pid is not None
+    (tmp_path / "go").unlink()
+    second = UnifiedLauncher(config)
+    try:
+        second.adopt("db", pid=pid, token=process_token(pid))
+        second.stop_blocking(["db"], close=False)
+        outcome: list[BaseException | None] = []
+
+        def restart() -> None:
+            try:
+                second.start_blocking(["db"])
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        for _ in range(2000):
+            if len(list(tmp_path.glob("spawned-*"))) == 2:
+                break
+            thread.join(0.01)
+        assert len(list(tmp_path.glob("spawned-*"))) == 2, "the restart never spawned its process"
+        first.forget()  # A's session ends while B's new instance is starting
+        (tmp_path / "go").touch()
+        thread.join(30)
+        assert outcome == [None]
+        assert second.services["db"].state == "running" and second.services["db"].pid != pid
+    finally:
+        second.stop_blocking()

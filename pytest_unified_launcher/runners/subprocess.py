@@ -239,7 +239,7 @@ class SubprocessRunner(Runner):
             asyncio.get_running_loop().add_reader(self._ready_fd, self._on_ready_pipe)
         if svc.health.kind == "notify":
             try:
-                self._notify = NotifySocket(svc.tmp.parent / f".notify-{svc.name}" / "notify.sock", ids=ids)
+                self._notify = NotifySocket(svc.tmp.parent, svc.name, ids=ids)
             except OSError as exc:
                 raise self._fail(f"cannot create its NOTIFY_SOCKET under {svc.tmp.parent} ({exc})") from None
             env["NOTIFY_SOCKET"] = str(self._notify.path)
