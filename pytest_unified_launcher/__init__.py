@@ -13,6 +13,7 @@ from .errors import (
     DependencyFailedError,
     LauncherError,
     ServiceDiedError,
+    ServiceResetError,
     ServiceStartupError,
     UnknownServiceError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "LauncherStatus",
     "ServiceConfig",
     "ServiceDiedError",
+    "ServiceResetError",
     "ServiceHandle",
     "ServiceStartupError",
     "UnifiedLauncher",

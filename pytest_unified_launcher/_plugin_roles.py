@@ -244,7 +244,11 @@ def combined_report(state: _Session) -> dict[str, Any] | None:
         # ... and they stopped side by side: the slowest teardown is the session's (it was missing).
         teardowns = [run["total_teardown_seconds"] for run in runs if run.get("total_teardown_seconds") is not None]
         merged.total_teardown_seconds = max(teardowns) if teardowns else None
+    resets: dict[str, list[float]] = {}
+    for rep in state.worker_reports:
+        for name, r in (rep.get("resets") or {}).items():
+            resets.setdefault(name, []).extend(r["seconds"])
     return build_report(
         [merged], profile=first["profile"], mode=first["mode"], mode_reason=first["mode_reason"],
-        budget_seconds=first["budget_seconds"],
+        budget_seconds=first["budget_seconds"], resets=resets,
     )

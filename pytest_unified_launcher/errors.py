@@ -119,6 +119,13 @@ class ServiceDiedError(ServiceStartupError):
         return super().__str__().replace("failed to start", "is no longer running", 1)
 
 
+class ServiceResetError(ServiceStartupError):
+    """A service's ``reset`` hook failed (before a ``fresh=True`` test, or ``launcher.reset``)."""
+
+    def __str__(self) -> str:
+        return super().__str__().replace("failed to start", "could not be reset", 1)
+
+
 class AttachError(LauncherError):
     """``--launcher-attach`` found no running environment, or an unhealthy one."""
 
@@ -129,6 +136,7 @@ __all__ = [
     "DependencyFailedError",
     "LauncherError",
     "ServiceDiedError",
+    "ServiceResetError",
     "ServiceStartupError",
     "UnknownServiceError",
 ]

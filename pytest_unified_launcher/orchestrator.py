@@ -108,6 +108,8 @@ class UnifiedLauncher:
         #: service) to ``stop``/``restart`` it and adopt the result: the names adopted again;
         #: None when the service is not `up`'s.
         self.delegate: Callable[[str, str], list[str] | None] = lambda action, name: None
+        #: ``name -> seconds`` of each reset run (``reset``, ``fresh=True``), for the report.
+        self.reset_seconds: dict[str, list[float]] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -164,6 +166,29 @@ class UnifiedLauncher:
                       file=sys.stderr, flush=True)
         if names is None and close:
             self.close()
+
+    async def reset(self, names: Iterable[str]) -> None:
+        """Run the ``reset`` hook of each of ``names`` in order (each must be up), timed."""
+        await self._thread.call(self._reset(list(names)))
+
+    def reset_blocking(self, names: Iterable[str]) -> None:
+        self._thread.run(self._reset(list(names)))
+
+    async def _reset(self, names: list[str]) -> None:
+        from ._reset import run_reset
+        from .errors import ServiceResetError
+
+        for name in self.config.expand(names):
+            self.service(name)  # an unknown name: UnknownServiceError, listing the known ones
+            svc = self._services[name]
+            if svc.config.reset is None:
+                raise ServiceResetError(name, f"it has no reset hook: add reset = [\"program\", \"arg\", ...] or "
+                                              f"reset = \"module:function\" to [services.{name}]")
+            if svc.state not in ("running", "completed"):
+                raise ServiceResetError(name, f"it is {svc.state}: reset works on a running service (start it first)")
+            t0 = _timing.monotonic()
+            await run_reset(svc.config, self._context(), handle=self._handles[name], worker=self.config.worker)
+            self.reset_seconds.setdefault(name, []).append(_timing.monotonic() - t0)
 
     @property
     def graph(self) -> Mapping[str, tuple[str, ...]]:
@@ -314,7 +339,7 @@ class UnifiedLauncher:
     def report(self) -> dict[str, Any]:
         return build_report(
             self._runs, profile=self.config.profile, mode=self.mode, mode_reason=self.mode_reason,
-            budget_seconds=self.config.startup_budget,
+            budget_seconds=self.config.startup_budget, resets=self.reset_seconds,
         )
 
     def close(self) -> None:

@@ -136,6 +136,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
             ini=ini,
             pinned_ports=payload["ports"] if payload else None,
             tmp_root=payload["tmp_root"] if payload else None,
+            worker=os.environ.get("PYTEST_XDIST_WORKER") if in_worker else None,
         )
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -275,16 +276,21 @@ def _attach(session: _Session) -> None:
     attach_launcher(session.launcher, session.lconfig.state_dir)
 
 
-def _marked_services(item: pytest.Item) -> list[str]:
-    """The names in the item's ``services`` markers (test, class, module), each once.
+def _marked_services(item: pytest.Item) -> tuple[list[str], list[str]]:
+    """The names in the item's ``services`` markers (test, class, module), each once, and those
+    of its markers with ``fresh=True`` (their data is reset before the test).
 
     Names are strings, or lists of strings; anything else is a LauncherError that shows the fix.
     """
     names: list[str] = []
+    fresh: list[str] = []
     for marker in item.iter_markers("services"):
-        if marker.kwargs:
-            raise LauncherError(f"@pytest.mark.services takes no keyword arguments (got {', '.join(marker.kwargs)}=...); "
-                                'name the services as strings: @pytest.mark.services("api", "db")')
+        unknown = sorted(set(marker.kwargs) - {"fresh"})
+        if unknown:
+            raise LauncherError(f"@pytest.mark.services takes only fresh=True as a keyword (got {', '.join(unknown)}=...); "
+                                'name the services as strings: @pytest.mark.services("api", "db", fresh=True)')
+        if not isinstance(marker.kwargs.get("fresh", False), bool):
+            raise LauncherError(f"@pytest.mark.services: fresh={marker.kwargs['fresh']!r}; write fresh=True or fresh=False")
         for arg in marker.args:
             group = [arg] if isinstance(arg, str) else arg if isinstance(arg, (list, tuple)) else [arg]
             for name in group:
@@ -293,7 +299,24 @@ def _marked_services(item: pytest.Item) -> list[str]:
                                         'name the services as strings: @pytest.mark.services("api", "db")')
                 if name not in names:
                     names.append(name)
-    return names
+                if marker.kwargs.get("fresh") and name not in fresh:
+                    fresh.append(name)
+    return names, fresh
+
+
+def _reset_fresh(config: pytest.Config, names: list[str]) -> None:
+    """``fresh=True``: reset ``names`` and their dependencies that have a reset hook,
+    dependencies first; none having one is a mistake to name."""
+    launcher = _launcher(config)
+    wanted = launcher.closure(names)
+    hooked = sorted((n for n in wanted if launcher.config.services[n].reset is not None),
+                    key=lambda n: (launcher.services[n].level, n))
+    if not hooked:
+        raise LauncherError(
+            f"@pytest.mark.services(..., fresh=True): none of {', '.join(wanted)} has a reset hook, so nothing "
+            f"can be made fresh; add reset = [\"program\", \"arg\", ...] or reset = \"module:function\" "
+            f"to [services.{names[0]}] (or to the dependency that holds the data)")
+    launcher.reset_blocking(hooked)
 
 
 def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHandle]:
@@ -347,10 +370,13 @@ def _check_mode(state: _Session) -> None:
 
 @pytest.hookimpl  # not tryfirst: pytest's skip and xfail(run=False) marks must win (a skipped test starts nothing)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker_error: str | None = None
     try:
-        names = _marked_services(item)
+        names, fresh = _marked_services(item)
     except LauncherError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        marker_error = str(exc)
+    if marker_error is not None:
+        pytest.fail(marker_error, pytrace=False)  # outside the except: no "during handling" echo of it
     if not names or item.config.option.setupplan:  # --setup-plan shows the plan, runs nothing
         return
     state = _session(item.config)
@@ -363,6 +389,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
     try:
         _ensure(item.config, names)
+        if fresh:
+            _reset_fresh(item.config, fresh)
         return
     except UnknownServiceError as exc:
         message = f"@pytest.mark.services: {exc}"
@@ -396,7 +424,7 @@ def _add_log_sections(item: pytest.Item, report: pytest.TestReport, launcher: Un
     if lines == 0:
         return
     try:
-        marked = _marked_services(item)
+        marked, _ = _marked_services(item)
         wanted = launcher.closure(marked)
     except LauncherError:  # a wrong marker or name: its own error says so
         return
@@ -451,6 +479,10 @@ class LauncherFacade:
     def service(self, name: str) -> ServiceHandle:
         return self._launcher.service(name)
 
+    def reset(self, names: Iterable[str] | str) -> None:
+        """Run the ``reset`` hook of ``names`` (each must be up): their data clean again."""
+        self._launcher.reset_blocking([names] if isinstance(names, str) else names)
+
     @property
     def services(self) -> Mapping[str, ServiceHandle]:
         return self._launcher.services
@@ -486,7 +518,7 @@ def launcher(pytestconfig: pytest.Config) -> LauncherFacade:
 @pytest.fixture
 def services(request: pytest.FixtureRequest) -> Mapping[str, ServiceHandle]:
     """Read-only ``name -> ServiceHandle`` of the test's marked services and their dependencies."""
-    names = _marked_services(request.node)
+    names, _ = _marked_services(request.node)
     if not names:
         return types.MappingProxyType({})
     return types.MappingProxyType(_ensure(request.config, names))
@@ -523,7 +555,7 @@ def startup_benchmark(request: pytest.FixtureRequest) -> Any:
         try:
             graph_mod.closure(state.lconfig.graph, wanted or ())
             config = load_config(state.config_path, profile=state.lconfig.profile, mode=state.lconfig.mode,
-                                 budget=state.lconfig.startup_budget)
+                                 budget=state.lconfig.startup_budget, worker=state.lconfig.worker)
             # Its own logs, and the session's variables put back: in-process apps write their env
             # into os.environ, and the rounds' ports are not the session's.
             bench_launcher = UnifiedLauncher(config, log_dir=config.state_dir / "logs" / "startup_benchmark")

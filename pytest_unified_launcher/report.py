@@ -130,8 +130,10 @@ def build_report(
     mode: str,
     mode_reason: str,
     budget_seconds: float,
+    resets: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
-    """The SPEC 5 report: every run, and P50/P95/P99/max over the runs."""
+    """The SPEC 5 report: every run, and P50/P95/P99/max over the runs; ``resets``: each
+    service's reset durations (``fresh=True``, ``launcher.reset``), as a count and P50/P95."""
     run_list = [r for r in runs if r.services]
     totals = [r.total_startup_seconds for r in run_list]
     per_service: dict[str, list[float]] = {}
@@ -157,6 +159,9 @@ def build_report(
         "runs": [run_to_json(r) for r in run_list],
         "summary": summary,
         "budget_ok": bool(p95 <= budget_seconds),
+        "resets": {name: {"count": len(seconds), "p50": _r(percentile(seconds, 50)),
+                          "p95": _r(percentile(seconds, 95)), "seconds": [_r(x) for x in seconds]}
+                   for name, seconds in sorted((resets or {}).items()) if seconds},
     }
 
 
@@ -210,6 +215,10 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
                  + (f"; DIED while running: {', '.join(died)}" if died else "")
                  + (f"; teardown {run['total_teardown_seconds']:.3f} s" if run["total_teardown_seconds"] is not None else ""))
     lines.append(f"mode: {report['mode']} ({report['mode_reason']})")
+    resets = report.get("resets") or {}
+    if resets:
+        lines.append("resets: " + ", ".join(f"{name} {r['count']}x (p50 {r['p50']:.3f} s, p95 {r['p95']:.3f} s)"
+                                            for name, r in resets.items()))
     return lines
 
 

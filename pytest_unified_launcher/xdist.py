@@ -51,8 +51,16 @@ class SharedEnvironment:
         write_private(self.record_path, record)
 
     def ensure(self, launcher: Any, names: Iterable[str]) -> None:
-        """Start ``names`` once for all workers: adopt what runs, repeat what failed."""
-        wanted = launcher.closure(names)
+        """Start ``names`` once for all workers: adopt what runs, repeat what failed; then this
+        worker's own ``scope = "worker"`` tasks among them (after the shared services they need)."""
+        closure = launcher.closure(names)
+        own = [name for name in closure if launcher.config.services[name].scope == "worker"]
+        wanted = [name for name in closure if name not in own]
+        self._ensure_shared(launcher, wanted)
+        if own:
+            launcher.start_blocking(own)
+
+    def _ensure_shared(self, launcher: Any, wanted: list[str]) -> None:
         with self.lock():
             record = self.read()
             for name in sorted(wanted):

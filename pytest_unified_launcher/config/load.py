@@ -189,8 +189,10 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     pinned_ports: Mapping[str, int] | None = None,
     tmp_root: str | os.PathLike[str] | None = None,
+    worker: str | None = None,
 ) -> LauncherConfig:
-    """Read, validate and resolve a config file, reserving its ``auto`` ports machine-wide."""
+    """Read, validate and resolve a config file, reserving its ``auto`` ports machine-wide;
+    ``worker``: the xdist worker id behind ``${worker}`` (None: ``main``)."""
     from .. import _ports
 
     source = Path(path)
@@ -223,6 +225,7 @@ def load_config(
             pinned_ports=pinned_ports,
             tmp_root=tmp_root,
             read_env_file=read_env_file,
+            worker=worker,
         )
     except BaseException:
         _ports.release(reserved)  # a config that does not load claims nothing

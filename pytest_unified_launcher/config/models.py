@@ -28,6 +28,8 @@ Spawner = Literal["preimport", "plain"]
 MODE_CHOICES: tuple[str, ...] = get_args(ModeSetting)
 XDIST_CHOICES: tuple[str, ...] = get_args(XdistSetting)
 Kind = Literal["app", "command", "url"]
+#: ``session``: once for the whole session; ``worker``: a task run once in each xdist worker.
+Scope = Literal["session", "worker"]
 #: How an ``app`` is served: ``asgi`` (uvicorn) or ``wsgi`` (through an adapter); None: detected.
 Interface = Literal["asgi", "wsgi"]
 PortAllocator = Callable[[str, str], int]
@@ -128,6 +130,10 @@ class ServiceModel(_Strict):
     watch: list[str] = Field(default_factory=list)
     #: The scheme of the service's url when the launcher cannot tell (``amqp``, ``mysql``, ``https``).
     scheme: str | None = None
+    #: ``"worker"``: a task run once in each xdist worker (``shared``), after its shared dependencies.
+    scope: Scope = "session"
+    #: Brings the service's data back to a clean state: a command, or ``"module:function"``.
+    reset: list[str] | str | None = None
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -162,6 +168,9 @@ class ServiceModel(_Strict):
             )
         if self.task and self.command is None:
             raise ValueError("task = true needs a command")
+        if self.scope == "worker" and not self.task:
+            raise ValueError('scope = "worker" is for tasks (task = true): a service that keeps running is '
+                             'shared by every worker; give each worker its own data with a worker task or reset')
         if self.stop_command is not None and self.command is None:
             raise ValueError("stop_command is for command services (an app is stopped by its server, "
                              "an external service is never stopped)")
@@ -237,6 +246,18 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class ResetHook:
+    """``reset``: a command to run (``argv``), or a Python ``function`` ("module:function")
+    called with the service's handle and the worker (``gw0``, or ``main`` without xdist)."""
+
+    argv: tuple[str, ...] = ()
+    function: str | None = None
+
+    def describe(self) -> str:
+        return self.function or shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
 class Dependency:
     """One resolved ``depends_on`` entry (a plain name: ``healthy``, or ``completed`` for a task)."""
 
@@ -281,6 +302,10 @@ class ServiceConfig:
     #: ``tmpfs = true`` was asked for (``tmp`` is under MEMORY_TMP unless that had no room).
     tmpfs: bool = False
     port_auto: bool = False
+    scope: Scope = "session"
+    reset: ResetHook | None = None
+    #: The xdist worker running this worker task (its log is its own); None for everything else.
+    worker: str | None = None
     #: Set when the port is automatic and no other service or test_env names this service's
     #: address: ``rebind(port)`` is the same service on another port (retried after a clash).
     rebind: Callable[[int], ServiceConfig] | None = field(default=None, compare=False, repr=False)
@@ -288,6 +313,11 @@ class ServiceConfig:
     @property
     def is_external(self) -> bool:
         return self.kind == "url"
+
+    @property
+    def log_name(self) -> str:
+        """Its log's file name: ``NAME.log``; a worker task's ``NAME.gw0.log`` (workers share logs/)."""
+        return f"{self.name}.{self.worker}.log" if self.worker else f"{self.name}.log"
 
 
 @dataclass(frozen=True)
@@ -314,6 +344,19 @@ class LauncherConfig:
     preload: tuple[str, ...] = ()
     #: A service with ``replicas = N``: its name -> its instances' names (NAME-0 ...).
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: ``${worker}``: this process's xdist worker (``gw0``, ...), ``main`` without xdist.
+    worker: str = "main"
+
+    @property
+    def worker_index(self) -> int:
+        """``${worker_index}``: 0 for ``main`` and ``gw0``, 1 for ``gw1`` ..."""
+        digits = self.worker.removeprefix("gw")
+        return int(digits) if digits.isdigit() else 0
+
+    @property
+    def worker_tasks(self) -> tuple[str, ...]:
+        """The ``scope = "worker"`` tasks: each xdist worker runs its own."""
+        return tuple(sorted(name for name, svc in self.services.items() if svc.scope == "worker"))
 
     def expand(self, names: Iterable[str]) -> list[str]:
         """``names`` with each replicated service's name replaced by its instances' names."""

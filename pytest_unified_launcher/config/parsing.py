@@ -10,10 +10,8 @@ import difflib
 import functools
 import os
 import re
-import shlex
-import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from pydantic import ValidationError
 
 from .. import graph as graph_mod
 from ..errors import ConfigError
+from .fields import _argv, _resolve_health, _resolve_reset, _signal_number
 from .models import (
     _MODELS_BY_SECTION,
     NAME_RE,
@@ -30,12 +29,10 @@ from .models import (
     EnvFileReader,
     EnvValue,
     FileModel,
-    HealthCheck,
     LauncherConfig,
     PortAllocator,
     ServiceConfig,
     ServiceModel,
-    Where,
     client_url,
 )
 from .placeholders import _referenced_services, _Scope, _uses_port
@@ -94,37 +91,6 @@ def _validation_error(exc: ValidationError, source: str) -> ConfigError:
     )
 
 
-def _argv(value: list[str] | str, where: Where | None = None, key: str = "command") -> list[str]:
-    if not isinstance(value, str):
-        return list(value)
-    try:
-        argv = shlex.split(value)
-    except ValueError as exc:
-        raise (where or ConfigError)(
-            f"cannot split {value!r} into arguments: {exc}",
-            fix="balance the quotes, or write the command as a list of strings", key=key,
-        ) from None
-    if not argv:
-        raise (where or ConfigError)("the command is empty", fix="give the program to run", key=key)
-    return argv
-
-
-def _signal_number(value: str | int, where: Where) -> int:
-    """The number of a real signal: one the kernel refuses (EINVAL at stop) would orphan the service."""
-    fix = "use a signal name such as SIGTERM, SIGINT or SIGQUIT, or its number (15, 2, 3)"
-    if isinstance(value, int):
-        if value not in signal.valid_signals():
-            raise where(f"{value} is not a signal", fix=fix)
-        return value
-    name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise where(f"unknown signal {value!r}", fix=fix) from None
-
-
 # --------------------------------------------------------------------------- parse
 
 
@@ -143,9 +109,12 @@ def parse(
     pinned_ports: Mapping[str, int] | None = None,
     tmp_root: str | os.PathLike[str] | None = None,
     read_env_file: EnvFileReader | None = None,
+    worker: str | None = None,
 ) -> LauncherConfig:
     """Validate and resolve a config mapping; pure apart from ``allocate_port`` and
     ``read_env_file`` (what ``env_file`` needs; ``load_config`` gives both).
+
+    ``worker``: this process's xdist worker id (``gw0``, ...; None: ``main``), for ``${worker}``.
 
     Precedence, highest first: the keyword arguments (command-line options) > ``LAUNCHER_*``
     in ``environ`` > ``ini`` (keys of ``[launcher]``) > the profile > the file > defaults.
@@ -238,6 +207,7 @@ def parse(
         pinned_ports=pinned_ports or {},
         tmp_root=Path(tmp_root) if tmp_root else None,
         read_env_file=read_env_file,
+        worker=worker or "main",
     )
 
 
@@ -343,6 +313,7 @@ def _resolve(
     pinned_ports: Mapping[str, int],
     tmp_root: Path | None,
     read_env_file: EnvFileReader | None = None,
+    worker: str = "main",
 ) -> LauncherConfig:
     src = str(source)
     root = source.parent.resolve() if source.parent != Path("") else Path.cwd()
@@ -350,6 +321,8 @@ def _resolve(
     dependencies, skipped = _dependencies(model, src)
     deps = {name: tuple(d.service for d in entries) for name, entries in dependencies.items()}
     graph_mod.validate(deps, source=src)
+    _check_worker_scope(model, deps, src)
+    worker_values = {"worker": worker, "worker_index": worker.removeprefix("gw") if worker.startswith("gw") else "0"}
     if tmp_root is None:
         import secrets
         import tempfile
@@ -433,7 +406,10 @@ def _resolve(
         for attr in ("port", "url"):
             if attr in own_address:
                 own[attr] = own_address[attr]
+        if raw.scope == "worker":
+            own.update(worker_values)
         scope = _Scope(own, environ, where, reach[name], addresses, groups)
+        reset_scope = _Scope({**own, **worker_values}, environ, where, reach[name], addresses, groups)
 
         def ex(key: str, text: str, scope: _Scope = scope, current_key: list[str] = current_key) -> str:
             current_key[0] = key
@@ -480,6 +456,7 @@ def _resolve(
             raise where("the stop command is empty", fix="give the program to run, or remove stop_command",
                         key="stop_command")
         watch = tuple((root / w).resolve() for w in raw.watch)
+        reset = _resolve_reset(raw, lambda key, text: ex(key, text, reset_scope), where)
         return ServiceConfig(
             name=name,
             kind="app" if raw.app else "url" if raw.url is not None else "command",
@@ -507,6 +484,9 @@ def _resolve(
             tmp=tmp,
             tmpfs=raw.tmpfs,
             port_auto=auto.get(name, False),
+            scope=raw.scope,
+            reset=reset,
+            worker=worker if raw.scope == "worker" and worker != "main" else None,
         )
 
     referenced = _referenced_services(model, [v for values in env_files.values() for v in values.values()])
@@ -520,7 +500,7 @@ def _resolve(
     def test_env_where(problem: str, fix: str | None = None, key: str | None = None) -> ConfigError:
         return ConfigError(problem, source=src, key=key or "launcher.test_env", fix=fix)
 
-    test_scope = _Scope({}, environ, test_env_where, None, addresses, groups)
+    test_scope = _Scope(worker_values, environ, test_env_where, None, addresses, groups)
     test_env = {**shared_env, **{k: test_scope.expand(_env_text(v)) for k, v in model.launcher.test_env.items()}}
     mode = "auto" if model.launcher.mode == "auto_detect" else model.launcher.mode
     return LauncherConfig(
@@ -542,44 +522,21 @@ def _resolve(
         spawner=model.launcher.spawner,
         preload=tuple(model.launcher.preload),
         groups=dict(groups),
+        worker=worker,
     )
 
 
-def _resolve_health(
-    raw: ServiceModel,
-    name: str,
-    port: int | None,
-    host: str,
-    url: str | None,
-    ex: Callable[[str, str], str],
-    where: Where,
-) -> HealthCheck:
-    if raw.task:
-        if raw.health is not None:
-            raise where("a task has no health probe: it is ready when it exits 0",
-                        fix="remove health, or drop task = true for a long-running service", key="health")
-        return HealthCheck("exit")
-    h = raw.health
-    if h is None:
-        return HealthCheck("tcp") if port is not None else HealthCheck("alive")
-    if h.http is not None:
-        target = ex("health.http", h.http)
-        if target.startswith("/"):
-            if url is None:
-                raise where(f"http path {target!r} needs a port",
-                            fix="give the service a port, or write a full URL", key="health.http")
-            target = url.rstrip("/") + target
-        return HealthCheck("http", timeout=h.timeout, url=target)
-    if h.tcp:
-        if port is None:
-            raise where("a tcp probe needs a port", fix='set port = "auto" or use ${port} in the command',
-                        key="health.tcp")
-        return HealthCheck("tcp", timeout=h.timeout)
-    if h.command is not None:
-        argv = tuple(ex("health.command", a) for a in _argv(h.command, where, "health.command"))
-        if not argv:
-            raise where("the probe command is empty", fix="give the program to run", key="health.command")
-        return HealthCheck("command", timeout=h.timeout, argv=argv)
-    if h.log is not None:
-        return HealthCheck("log", timeout=h.timeout, pattern=ex("health.log", h.log))
-    return HealthCheck("notify", timeout=h.timeout)
+def _check_worker_scope(model: FileModel, deps: Mapping[str, tuple[str, ...]], src: str) -> None:
+    """A worker task may need shared services, never the reverse: a service every worker shares
+    cannot wait for one worker's task."""
+    for name, needs in deps.items():
+        if model.services[name].scope == "worker":
+            continue
+        for dep in needs:
+            if model.services[dep].scope == "worker":
+                raise ConfigError(
+                    f"depends on '{dep}', a scope = \"worker\" task: a service every xdist worker shares "
+                    "cannot wait for one worker's task",
+                    source=src, service=name, key="depends_on",
+                    fix=f"make '{name}' a worker task too, or drop scope = \"worker\" from '{dep}'",
+                )

@@ -73,6 +73,13 @@ class _Scope:
                     f"placeholder '${{{name}}}' names an unknown service '{parts[1]}'",
                     graph_mod._known_fix(parts[1], self.all_services),
                 )
+        if name in ("worker", "worker_index"):
+            raise self._error(
+                f"placeholder '${{{name}}}' is known only in [launcher.test_env], in reset and in "
+                'scope = "worker" tasks: anything else is one process shared by every xdist worker',
+                'use it in one of those (e.g. a task with scope = "worker" creating app_${worker}), '
+                "or write $${" + name + "} for a literal",
+            )
         known = sorted(self.values) + ["env.VAR", "services.NAME.port|host|url"]  # replica: 0 .. N-1
         raise self._error(
             f"unknown placeholder '${{{name}}}'",

@@ -83,7 +83,7 @@ class Runner:
         from .._state import make_private_dir
         from ..errors import ServiceStartupError
 
-        path = self.ctx.log_dir / f"{self.svc.name}.log"
+        path = self.ctx.log_dir / self.svc.log_name
         try:  # private: 0700 folders, a 0600 file, never opened through a link
             make_private_dir(self.ctx.log_dir)
             path.unlink(missing_ok=True)

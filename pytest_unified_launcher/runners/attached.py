@@ -36,7 +36,7 @@ class AttachedRunner(Runner):
 
     @property
     def log_path(self) -> Path:
-        return self._log_path or self.ctx.log_dir / f"{self.svc.name}.log"
+        return self._log_path or self.ctx.log_dir / self.svc.log_name
 
     def alive(self) -> bool:
         if self._pid is None:

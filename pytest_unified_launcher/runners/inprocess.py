@@ -61,7 +61,7 @@ class InProcessRunner(Runner):
 
     @property
     def log_path(self) -> Path:
-        return self.ctx.log_dir / f"{self.svc.name}.log"
+        return self.ctx.log_dir / self.svc.log_name
 
     def alive(self) -> bool:
         return self.server is not None and not self._stopped

@@ -137,7 +137,7 @@ class SubprocessRunner(Runner):
 
     @property
     def log_path(self) -> Path:
-        return self.ctx.log_dir / f"{self.svc.name}.log"
+        return self.ctx.log_dir / self.svc.log_name
 
     @property
     def exit_code(self) -> int | None:

@@ -1,0 +1,84 @@
+"""A service's ``reset`` hook: bring its data back to a clean state between tests.
+
+A command runs to its end like a setup step (the service's env, cwd and user; recorded while it
+runs, so a launcher killed meanwhile still has it reaped); a ``"module:function"`` hook is
+imported and called with the service's handle and the worker, in a thread, off the launcher's
+loop (a hook may block on its database). Either way a failure is a :class:`ServiceResetError`
+that names the hook and ends with what it printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import shlex
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ._process import OWNER_VAR, SERVICE_VAR, cannot_run, run_to_end, user_ids
+from .config import ServiceConfig
+from .errors import ServiceResetError
+from .runners import RunContext
+from .runners.subprocess import describe_exit
+
+
+async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker: str) -> None:
+    """Run ``svc.reset`` once; raise :class:`ServiceResetError` when it fails."""
+    hook = svc.reset
+    assert hook is not None
+    if hook.function is not None:
+        function = _import_hook(svc, hook.function, str(ctx.root))
+        try:
+            await asyncio.to_thread(function, handle, worker)
+        except Exception as exc:
+            trace = "".join(traceback.format_exception(exc)[-6:])
+            raise ServiceResetError(svc.name, f"reset {hook.function} raised {type(exc).__name__}: {exc}",
+                                    log_tail=trace) from None
+        return
+    env = {**ctx.base_env, **svc.env, OWNER_VAR: ctx.launcher_id, SERVICE_VAR: svc.name}
+    with tempfile.TemporaryFile() as output:
+        try:
+            code = await run_to_end(
+                hook.argv, env=env, cwd=svc.cwd, log_file=output.fileno(), ids=user_ids(svc.user),
+                timeout=svc.startup_timeout, stop_timeout=min(2.0, svc.stop_timeout),
+                on_spawn=lambda pid: ctx.on_spawn(svc.name, pid),
+                on_exit=lambda pid: ctx.on_exit(svc.name, pid),
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise ServiceResetError(svc.name, cannot_run("reset command", hook.argv[0], exc, svc.cwd)) from None
+        except TimeoutError:
+            raise ServiceResetError(
+                svc.name, f"reset `{shlex.join(hook.argv)}` did not finish within {svc.startup_timeout:.1f} s "
+                "(the service's startup_timeout)", log_tail=_tail(output.fileno())) from None
+        if code != 0:
+            raise ServiceResetError(svc.name, f"reset `{shlex.join(hook.argv)}` {describe_exit(code)}",
+                                    log_tail=_tail(output.fileno()))
+
+
+def _import_hook(svc: ServiceConfig, spec: str, root: str) -> Callable[[Any, str], object]:
+    """``module:function``, imported with the config's folder on ``sys.path`` (as apps are)."""
+    module_name, _, attr = spec.partition(":")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ServiceResetError(svc.name, f"cannot import the reset hook's module {module_name!r}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ServiceResetError(
+            svc.name, f"reset {spec}: module {module_name!r} has no function {attr!r}"
+            + ("" if function is None else f" ({attr} is a {type(function).__name__})"))
+    return function  # type: ignore[no-any-return]
+
+
+def _tail(fd: int, lines: int = 20) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return "\n".join(b"".join(chunks).decode("utf-8", errors="replace").splitlines()[-lines:])

@@ -1,0 +1,101 @@
+"""One service's fields that resolve on their own: a command's argv, a signal, the health probe,
+the reset hook. :mod:`.parsing` calls these with the service's placeholder expander ``ex``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+from collections.abc import Callable
+
+from ..errors import ConfigError
+from .models import HealthCheck, ResetHook, ServiceModel, Where
+
+
+def _argv(value: list[str] | str, where: Where | None = None, key: str = "command") -> list[str]:
+    if not isinstance(value, str):
+        return list(value)
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise (where or ConfigError)(
+            f"cannot split {value!r} into arguments: {exc}",
+            fix="balance the quotes, or write the command as a list of strings", key=key,
+        ) from None
+    if not argv:
+        raise (where or ConfigError)("the command is empty", fix="give the program to run", key=key)
+    return argv
+
+
+def _signal_number(value: str | int, where: Where) -> int:
+    """The number of a real signal: one the kernel refuses (EINVAL at stop) would orphan the service."""
+    fix = "use a signal name such as SIGTERM, SIGINT or SIGQUIT, or its number (15, 2, 3)"
+    if isinstance(value, int):
+        if value not in signal.valid_signals():
+            raise where(f"{value} is not a signal", fix=fix)
+        return value
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise where(f"unknown signal {value!r}", fix=fix) from None
+
+
+def _resolve_health(
+    raw: ServiceModel,
+    name: str,
+    port: int | None,
+    host: str,
+    url: str | None,
+    ex: Callable[[str, str], str],
+    where: Where,
+) -> HealthCheck:
+    if raw.task:
+        if raw.health is not None:
+            raise where("a task has no health probe: it is ready when it exits 0",
+                        fix="remove health, or drop task = true for a long-running service", key="health")
+        return HealthCheck("exit")
+    h = raw.health
+    if h is None:
+        return HealthCheck("tcp") if port is not None else HealthCheck("alive")
+    if h.http is not None:
+        target = ex("health.http", h.http)
+        if target.startswith("/"):
+            if url is None:
+                raise where(f"http path {target!r} needs a port",
+                            fix="give the service a port, or write a full URL", key="health.http")
+            target = url.rstrip("/") + target
+        return HealthCheck("http", timeout=h.timeout, url=target)
+    if h.tcp:
+        if port is None:
+            raise where("a tcp probe needs a port", fix='set port = "auto" or use ${port} in the command',
+                        key="health.tcp")
+        return HealthCheck("tcp", timeout=h.timeout)
+    if h.command is not None:
+        argv = tuple(ex("health.command", a) for a in _argv(h.command, where, "health.command"))
+        if not argv:
+            raise where("the probe command is empty", fix="give the program to run", key="health.command")
+        return HealthCheck("command", timeout=h.timeout, argv=argv)
+    if h.log is not None:
+        return HealthCheck("log", timeout=h.timeout, pattern=ex("health.log", h.log))
+    return HealthCheck("notify", timeout=h.timeout)
+
+
+#: ``reset = "package.module:function"``: a Python hook rather than a command.
+_FUNCTION_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _resolve_reset(raw: ServiceModel, ex: Callable[[str, str], str], where: Where) -> ResetHook | None:
+    """``reset``: ``"module:function"``, or a command (a list of arguments, or one string split
+    like a shell's), placeholders expanded (``${worker}`` among them)."""
+    if raw.reset is None:
+        return None
+    if isinstance(raw.reset, str) and _FUNCTION_RE.fullmatch(raw.reset.strip()):
+        return ResetHook(function=raw.reset.strip())
+    argv = tuple(ex("reset", a) for a in _argv(raw.reset, where, "reset"))
+    if not argv:
+        raise where("the reset command is empty", fix='give the program to run, or "module:function"',
+                    key="reset")
+    return ResetHook(argv=argv)
