@@ -194,7 +194,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for level, names in enumerate(graph_mod.levels(config.graph)):
         for name in names:
             svc = config.services[name]
-            kind = "task" if svc.task else {"app": "app", "command": "command", "url": "external"}[svc.kind]
+            kind = ("worker task" if svc.scope == "worker" else "task") if svc.task else \
+                {"app": "app", "command": "command", "url": "external"}[svc.kind]
             port = "-" if svc.port is None else ("auto" if svc.port_auto else str(svc.port))
             probe = svc.health.describe()
             if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
@@ -211,6 +212,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         elif svc.tmpfs:
             print(f"tmpfs: {svc.name}'s ${{tmp}} stays on disk (under {svc.tmp.parent.parent}): {MEMORY_TMP} is "
                   f"missing or has less than {MEMORY_MIN_FREE >> 30} GiB free")
+    for svc in config.services.values():
+        if svc.reset is not None:  # ${worker} shows as this process's: main
+            print(redact(f"reset: {svc.name}: {svc.reset.describe()}"))
     for line in apps:
         print(redact(line))
     from ._imports import shared_module_conflicts  # what auto avoids and single_process refuses

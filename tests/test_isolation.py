@@ -315,3 +315,72 @@ def test_shared_workers_run_their_own_worker_tasks_and_resets(project: pytest.Py
     assert report["resets"]["db"]["count"] == 6
     logs = sorted(p.name for p in (project.path / "state" / "logs").glob("create*.log"))
     assert logs == ["create.gw0.log", "create.gw1.log"]
+
+
+def test_redis_recipe_keeps_shared_workers_apart(pytester: pytest.Pytester, redis_server: str,
+                                                 no_orphans: None) -> None:
+    """The README's Redis recipe on a real redis-server under -n 2 shared: one server, each
+    worker in its own database (${worker_index}), emptied by FLUSHDB before each fresh test."""
+    pytester.makefile(".toml", launcher=f"""
+        [launcher]
+        state_dir = "state"
+        [launcher.test_env]
+        REDIS_URL = "redis://127.0.0.1:${{services.cache.port}}/${{worker_index}}"
+        [services.cache]
+        command = "{redis_server} --port ${{port}} --bind 127.0.0.1 --save '' --appendonly no"
+        reset = "redis-cli -p ${{port}} -n ${{worker_index}} FLUSHDB"
+    """)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(**{f"test_r{i}": """
+        import os, time, pytest, redis
+
+        @pytest.mark.parametrize("n", range(4))
+        @pytest.mark.services("cache", fresh=True)
+        def test_counts(services, n):
+            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            assert client.dbsize() == 0
+            client.mset({f"k{n}.{i}": i for i in range(n + 1)})
+            time.sleep(0.05)  # the other worker writes meanwhile, into its own database
+            assert client.dbsize() == n + 1
+            client.close()
+    """ for i in range(2)})
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--launcher-xdist=shared")
+    result.assert_outcomes(passed=8)
+    result.stdout.re_match_lines([r"resets: cache 8x \(p50 .*"])
+
+
+def test_init_recipes_give_each_worker_fresh_postgres_and_redis_data(tmp_path: Path, no_orphans: None) -> None:
+    """`init --with postgres,redis` writes the recipes (a worker task making test_${worker}, reset
+    hooks, worker URLs in test_env); on real servers under -n 2 each worker's tests see only
+    their own rows and keys, each test from empty."""
+    import subprocess
+
+    from conftest import PY as python
+
+    tmp_path.chmod(0o755)  # as a project folder is: its bin/pg-init runs as the service user `postgres`
+    init = subprocess.run([python, "-m", "pytest_unified_launcher", "init", "--with", "postgres,redis"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    for i in range(2):
+        (tmp_path / "tests" / f"test_data{i}.py").write_text(textwrap.dedent("""
+            import os, time, psycopg, pytest, redis
+
+            @pytest.mark.parametrize("n", range(3))
+            @pytest.mark.services("worker_db", "cache", fresh=True)
+            def test_fresh(services, n):
+                with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+                    conn.execute("CREATE TABLE t (n int)")   # fails if the table is left from before
+                    conn.execute("INSERT INTO t VALUES (%s)", (n,))
+                    time.sleep(0.05)
+                    assert conn.execute("SELECT n FROM t").fetchall() == [(n,)]
+                client = redis.Redis.from_url(os.environ["REDIS_URL"])
+                assert client.dbsize() == 0
+                client.set("n", n)
+                client.close()
+        """))
+    result = subprocess.run([python, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "8 passed" in result.stdout  # the 6 above and the starter's own 2
+    assert "resets: cache 6x" in result.stdout and "database 6x" in result.stdout
