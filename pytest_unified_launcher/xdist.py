@@ -74,6 +74,8 @@ class SharedEnvironment:
                     raise ServiceStartupError(name, entry["cause"], log_tail=entry.get("log_tail", ""))
                 if entry["state"] == "died":
                     raise ServiceDiedError(name, entry["cause"], log_tail=entry.get("log_tail", ""))
+                if launcher.config.services[name].is_external:
+                    continue  # no process of ours: each worker waits for its health itself (below)
                 pid = entry.get("pid")
                 if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):
                     launcher.adopt(name, pid=pid, token=entry.get("token"),
@@ -114,7 +116,8 @@ class SharedEnvironment:
         record = self.read()
         for name in names:
             entry = record.get(name)
-            if not entry or entry.get("state") not in ("running", "completed"):
+            if not entry or entry.get("state") not in ("running", "completed") or \
+                    launcher.config.services[name].is_external:
                 continue
             pid = entry.get("pid")
             if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):

@@ -37,7 +37,7 @@ sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("127.0.0.1", port))
 sock.listen(16)
-print(f"listening on {port}", flush=True)
+print(f"listening on {sock.getsockname()[1]}", flush=True)
 while True:
     conn, _ = sock.accept()
     conn.close()
