@@ -32,6 +32,46 @@ SUITE_VAR = "UL_TEST_SUITE"
 os.environ[SUITE_VAR] = str(os.getpid())
 
 
+#: What pytest-xdist puts in a worker's environment (xdist/remote.py, before any conftest loads).
+#: xdist itself reads a worker's role from ``config.workerinput`` afterwards, never from these.
+XDIST_WORKER_VARS = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker_for_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When this suite runs under xdist (``-n``), a test's children must not inherit the worker's
+    marks: the plugin under test reads PYTEST_XDIST_WORKER to know it is a worker, so a pytest or
+    `unified-launcher` a test starts (``runpytest_subprocess``, ``subprocess``, in-process
+    ``runpytest`` too) would take itself for one. Removed for each test only, so the worker's own
+    plugins (pytest-benchmark reads PYTEST_XDIST_WORKER at configure) still see them."""
+    for name in XDIST_WORKER_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive_turn(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under xdist, a test marked ``exclusive`` runs while no other test of this run does: it takes
+    a machine-wide thing whole (another user squatting every candidate port), which would make
+    any launcher of the other worker fail to reserve a port, and a port that worker frees would be
+    a hole in the squat. Every other test holds the lock shared. Outside xdist: nothing to do."""
+    if not hasattr(request.config, "workerinput"):
+        yield
+        return
+    import fcntl
+
+    run_root = tmp_path_factory.getbasetemp().parent  # popen-gwN's parent: this run's, every worker's
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with open(run_root / "exclusive.gate", "a") as gate, open(run_root / "exclusive.lock", "a") as lock:
+        # The gate keeps an exclusive test from waiting forever behind a stream of shared turns.
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def launcher_processes() -> list[psutil.Process]:
     """Every live process a launcher of this suite started (they carry the owner marker)."""
     found = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import APPS, PY, TCP, default_sigint
+from conftest import APPS, PY, TCP, default_sigint, launcher_processes
 
 
 CONFIG = f"""
@@ -547,6 +547,13 @@ depends_on = ["plain"]
 """
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # gone since it was listed
+        return []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_signal_while_a_service_starts_stops_up(tmp_path: Path, sig: signal.Signals, no_orphans: None) -> None:
     """Ctrl-C or SIGTERM to `up` while a service's health check cannot pass cancels the start,
@@ -558,8 +565,8 @@ def test_signal_while_a_service_starts_stops_up(tmp_path: Path, sig: signal.Sign
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=default_sigint)
     try:
         _wait(lambda: "stuck: starting" in out.read_text())
-        stuck = [p for p in psutil.process_iter(["cmdline"]) if "600" in (p.info["cmdline"] or [])
-                 and TCP in (p.info["cmdline"] or [])]
+        # This suite's (this xdist worker's) launchers only: the other parameter may run on another worker.
+        stuck = [p for p in launcher_processes() if {"600", TCP} <= set(_cmdline(p))]
         assert len(stuck) == 1
         proc.send_signal(sig)
         code = proc.wait(timeout=50)  # well under the service's 60 s startup_timeout

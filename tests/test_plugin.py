@@ -393,7 +393,9 @@ def test_sigkilled_session_is_reaped_by_the_next_run(project: pytest.Pytester, n
     proc.kill()  # SIGKILL: no teardown runs
     proc.communicate()
     assert psutil.pid_exists(orphan), "the killed session's service should still run before the reap"
-    left = [d for d in set(scratch.glob("ul-*")) - before if (d / "plain").is_dir()]
+    # Its own roots, named in its run file: under xdist another worker's session may make a ul-*/plain meanwhile.
+    roots = {Path(json.loads(r.read_text())["tmp_root"]).name for r in (project.path / "state" / "run").glob("*.json")}
+    left = [d for d in set(scratch.glob("ul-*")) - before if d.name in roots and (d / "plain").is_dir()]
     assert len(left) == 1, "the killed session's ${tmp} should still be there before the reap"
     project.makepyfile("""
         import pytest

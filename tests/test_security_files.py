@@ -112,6 +112,7 @@ def test_port_claims_write_no_file_another_user_could_redirect() -> None:
     assert during == before
 
 
+@pytest.mark.exclusive  # squats the machine's candidate ports: nobody else may reserve meanwhile
 def test_another_users_claims_are_respected_and_cannot_be_taken_over(shared: Path) -> None:
     """Ports another user's process claims are never handed out; our claims cannot be taken by
     another user (binding the name fails) nor outlive us."""
@@ -135,6 +136,7 @@ def test_another_users_claims_are_respected_and_cannot_be_taken_over(shared: Pat
     assert not [p for p in mine if _ports.claimed(p)]
 
 
+@pytest.mark.exclusive  # squats the machine's candidate ports: nobody else may reserve meanwhile
 def test_every_port_squatted_is_a_clear_error_not_a_hang(shared: Path, tmp_path: Path) -> None:
     """Another user squatting every candidate port makes loading a config that needs one a
     usage error naming the service and the fix, at once (no traceback, no endless search)."""
@@ -156,6 +158,7 @@ def test_every_port_squatted_is_a_clear_error_not_a_hang(shared: Path, tmp_path:
     assert "no free port to reserve" in output and "api" in output and "port = N" in output
 
 
+@pytest.mark.exclusive  # squats the machine's candidate ports: nobody else may reserve meanwhile
 def test_a_taken_port_with_nowhere_to_move_is_a_startup_error_not_a_trace(shared: Path, tmp_path: Path) -> None:
     """Another user binds a service's reserved port and squats every other claim: the move to a
     fresh port finds none, and the start fails naming both, as a ServiceStartupError."""
