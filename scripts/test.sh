@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up, the project's tests, a bare install (no extras, no pytest-xdist),
+# The whole test suite: set-up, the project's tests (under coverage, with its floor), a bare install (no extras, no pytest-xdist),
 # then the example backend's end-to-end tests in both modes and in both xdist modes. Every step
 # runs even when an earlier one failed, and the run fails at the end if any step failed (pytest's
 # exit 5, no tests, counts as a failure).
@@ -20,7 +20,10 @@ step() {  # step NAME COMMAND...: run it, remember a failure, go on
   fi
 }
 
-step "tests/" "$py" -m pytest "$@"
+# tests/ on both cores (pytest-xdist; conftest.py keeps each test's children from taking themselves
+# for xdist workers), under coverage: every Python process the tests start is measured, and the
+# run fails below the floor (raise it as coverage rises, never lower it). `-n 0` runs it serially.
+COVERAGE_FLOOR=91 step "tests/ (coverage)" ./scripts/coverage.sh -n 2 "$@"
 step "bare install" ./scripts/bare-install.sh
 cd example_project
 step "example: single_process" "$py" -m pytest -p no:cacheprovider

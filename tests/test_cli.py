@@ -549,7 +549,7 @@ depends_on = ["plain"]
 
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
-        return proc.cmdline()
+        return list(proc.cmdline())
     except psutil.Error:  # gone since it was listed
         return []
 

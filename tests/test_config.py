@@ -638,6 +638,7 @@ def test_env_mistakes_are_one_config_error(env: str, expected: str) -> None:
 
 def write_project(tmp_path: Path, config: str, files: dict[str, str | bytes]) -> Path:
     for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content.encode() if isinstance(content, str) else content)
     path = tmp_path / "launcher.toml"
     path.write_text(textwrap.dedent(config))
@@ -656,8 +657,7 @@ def test_env_files_are_read_in_order_with_env_winning(tmp_path: Path) -> None:
         env_file = [".env", "sub/.env.test"]
         env = { LEVEL = "from-env" }
     """, {".env": "# defaults\nexport A=1\nB='two words'\nLEVEL=file\nFROM_HOST\nMISSING\n",
-          "sub/.env.test": 'A=overridden\nDB="postgresql://x:${services.db.port}/t"\nLITERAL=$$HOME\n'}
-          if (tmp_path / "sub").mkdir() is None else {})
+          "sub/.env.test": 'A=overridden\nDB="postgresql://x:${services.db.port}/t"\nLITERAL=$$HOME\n'})
     cfg = load_config(path, environ={"FROM_HOST": "host-value"})
     env = cfg.services["api"].env
     assert env["A"] == "overridden" and env["B"] == "two words" and env["LEVEL"] == "from-env"

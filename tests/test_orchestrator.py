@@ -824,3 +824,29 @@ def test_a_restart_by_another_launcher_keeps_its_notify_socket(tmp_path: Path, n
         assert second.services["db"].state == "running" and second.services["db"].pid != pid
     finally:
         second.stop_blocking()
+
+
+async def test_an_external_service_that_never_answers_says_which_url_and_why(tmp_path: Path,
+                                                                             no_orphans: None) -> None:
+    """A url service is only waited for: unhealthy, it fails naming its URL and the last probe;
+    a probe that cannot run fails at once, not at the timeout."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    error = await start_error(tmp_path, f"""
+        [services.payments]
+        url = "http://127.0.0.1:{port}"
+        health = {{ tcp = true }}
+        startup_timeout = 0.5
+    """)
+    assert str(error) == (f"service 'payments' failed to start: external service http://127.0.0.1:{port} "
+                          "not healthy after 0.5 s (last probe: connection refused)")
+    error = await asyncio.wait_for(start_error(tmp_path, f"""
+        [services.payments]
+        url = "http://127.0.0.1:{port}"
+        health = {{ command = ["no-such-probe"] }}
+        startup_timeout = 60
+    """), 30)
+    assert "probe command 'no-such-probe' not found; is it installed and on PATH?" in str(error)

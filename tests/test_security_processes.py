@@ -493,6 +493,7 @@ def test_sigkill_of_an_xdist_controller_after_its_workers_leaves_nothing(pyteste
 # --------------------------------------------------------------------------- item 18: cgroups
 
 
+@pytest.mark.exclusive  # failed once beside the other xdist worker (cause not found; see the 2026-12-02 note)
 def test_a_daemon_that_clears_its_environment_is_stopped_with_its_cgroup(tmp_path: Path) -> None:
     """A daemon that leaves its group, its parent and its marker (`(setsid env -i ... &)`) is stopped with the service's cgroup."""
     if not os.access("/sys/fs/cgroup/pids", os.W_OK):

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Branch coverage of pytest_unified_launcher over tests/, with every Python process the tests
+# start (pytester subprocess runs, the CLI, app entry points, forked spawner children) measured
+# too ([tool.coverage.run] patch in pyproject.toml); prints the combined figure per module.
+#   ./scripts/coverage.sh [pytest args]      e.g. ./scripts/coverage.sh -x tests/test_cli.py
+# COVERAGE_FLOOR=N fails the run below N percent.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+py="$PWD/.venv/bin/python"
+data="$PWD/.coverage-data"
+rm -rf "$data" && mkdir -p "$data"
+export COVERAGE_FILE="$data/.coverage"   # absolute: children write here whatever their cwd
+"$py" -m coverage run -m pytest -p no:cacheprovider "$@"
+rc=$?
+"$py" -m coverage combine -q --keep "$data" >/dev/null
+"$py" -m coverage report --precision=1 ${COVERAGE_FLOOR:+--fail-under="$COVERAGE_FLOOR"}
+report_rc=$?
+[ "$rc" -ne 0 ] && exit "$rc"
+exit "$report_rc"
