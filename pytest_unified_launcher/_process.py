@@ -334,8 +334,18 @@ class Cgroup:
                 pass
         return ["/bin/sh", "-c", 'echo 0 2>/dev/null >"$0"; exec "$@"', str(procs), program, *argv[1:]]
 
-    def name_after(self, pid: int, token: str | None) -> None:
-        """Rename it after its service's pid and start token, so any stopper (or the sentinel) finds it."""
+    async def name_after(self, pid: int, token: str | None) -> None:
+        """Rename it after its service's pid and start token, so any stopper (or the sentinel) finds it.
+
+        Only once ``pid`` is in it: the wrapper shell joins through the cgroup's current path
+        (:meth:`wrap`), so a rename before its ``echo`` ran would leave the service, and every
+        daemon it forks, outside. The shell joins within a few milliseconds of its exec; a process
+        that exits first (an exec error) ends the wait, and so does a second (then: renamed anyway).
+        """
+        for _ in range(500):
+            if pid in self.pids() or process_token(pid) == "?":
+                break
+            await asyncio.sleep(0.002)
         target = self.path_for(pid, token)
         try:
             os.rename(self.path, target)

@@ -272,7 +272,7 @@ class SubprocessRunner(Runner):
         # On record first: until then only its cgroup's "new" name (this launcher's pid) finds it.
         self.ctx.on_spawn(svc.name, self.proc.pid)
         if self._cgroup is not None:
-            self._cgroup.name_after(self.proc.pid, self._token)
+            await self._cgroup.name_after(self.proc.pid, self._token)
         else:  # a forked app: it joins now (it forks nothing before its app is imported)
             self._cgroup = Cgroup.adopt(self.proc.pid, self._token)
         self._exited = asyncio.ensure_future(self.proc.wait())
