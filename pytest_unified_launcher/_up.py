@@ -148,8 +148,8 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
     """Adopt every service of the running environment; fail clearly if one is not alive."""
     record = read_up_record(state_dir)
     for name, entry in sorted(record["services"].items()):
-        if name not in launcher.services:
-            continue
+        if name not in launcher.services or launcher.config.services[name].scope == "worker":
+            continue  # a worker task: each attached session (each xdist worker) runs its own
         pid = entry.get("pid")
         if entry["state"] == "running" and pid and process_token(pid) != entry.get("token"):
             raise AttachError(

@@ -384,3 +384,51 @@ def test_init_recipes_give_each_worker_fresh_postgres_and_redis_data(tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 passed" in result.stdout  # the 6 above and the starter's own 2
     assert "resets: cache 6x" in result.stdout and "database 6x" in result.stdout
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_attached_sessions_run_their_own_worker_tasks(tmp_path: Path, xdist: list[str], no_orphans: None) -> None:
+    """Under --launcher-attach a worker task is not adopted from `up` (which ran it once, as
+    main): each attached session, and each xdist worker of one, runs its own."""
+    import subprocess
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "launcher.toml").write_text(textwrap.dedent(f"""
+        [launcher]
+        state_dir = "state"
+        [services.db]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        [services.create]
+        command = ["{PY}", "-c", "open('{out}/created-${{worker}}', 'a').write('x')"]
+        task = true
+        scope = "worker"
+        depends_on = ["db"]
+    """))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    (tmp_path / "test_w.py").write_text(textwrap.dedent("""
+        import os, pathlib, pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        @pytest.mark.services("create")
+        def test_made(services, n):
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            assert pathlib.Path("out", f"created-{worker}").exists()
+    """))
+    up = subprocess.run([PY, "-m", "pytest_unified_launcher", "up", "--detach"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120, stdin=subprocess.DEVNULL)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert (out / "created-main").read_text() == "x"   # up ran it once
+        result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--launcher-attach", *xdist],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stdout + result.stderr
+        made = sorted(p.name for p in out.iterdir())
+        if xdist:
+            assert made == ["created-gw0", "created-gw1", "created-main"]
+        else:
+            assert (out / "created-main").read_text() == "xx"  # the session ran its own too
+    finally:
+        down = subprocess.run([PY, "-m", "pytest_unified_launcher", "down"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
