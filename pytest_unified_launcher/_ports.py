@@ -40,10 +40,15 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def candidate_range() -> range:
-    """Ports the kernel never picks on its own: below the ephemeral range, or above it; the
-    whole unprivileged range when the ephemeral range covers it (claims and a bind check then
-    do all the work)."""
-    low, high = ephemeral_range()
+    """Ports the kernel never picks on its own: :func:`candidates_outside` this machine's
+    ephemeral range."""
+    return candidates_outside(*ephemeral_range())
+
+
+def candidates_outside(low: int, high: int) -> range:
+    """Below the ephemeral range ``low``-``high`` (at most 12768 ports, when 2000 fit), else above
+    it; the whole unprivileged range when it covers that (claims and a bind check then do all the
+    work)."""
     if low - 1024 >= 2000:
         return range(max(1024, low - 12768), low)
     if high < 65535:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 
@@ -203,3 +204,40 @@ def test_django_db_tests_under_xdist(django_env: pytest.Pytester, xdist: str, no
         (django_env.path / "test_celery.py").unlink()
     result = django_env.runpytest_subprocess("-p", "no:cacheprovider", *args)
     result.assert_outcomes(passed=2 if xdist == "shared" else 3)
+
+
+def _services() -> Any:
+    from pytest_unified_launcher.config import parse
+
+    ports = iter([5432, 6379, 8000])
+    return parse({"services": {
+        "db": {"command": "postgres -p ${port}", "port": 5432},
+        "cache": {"command": "redis-server --port ${port}", "port": 6379},
+        "remote": {"url": "postgresql://127.0.0.1:5433"},
+        "migrate": {"command": "true", "task": True, "depends_on": ["db"]},
+        "seed": {"command": "true", "task": True, "depends_on": ["migrate"]},
+        "warm": {"command": "true", "task": True, "depends_on": ["cache"]},
+    }}, allocate_port=lambda name, host: next(ports), environ={}).services
+
+
+@pytest.mark.parametrize(("databases", "expected"), [
+    ({"default": {"HOST": "127.0.0.1", "PORT": "5432"}}, ["db"]),
+    ({"default": {"HOST": "localhost", "PORT": 5432}, "replica": {"HOST": "::1", "PORT": "5432"}}, ["db"]),
+    ({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}, None),  # no server
+    ({"default": {"HOST": "db.example.com", "PORT": "5432"}}, None),                        # not on this machine
+    ({"default": {"HOST": "127.0.0.1", "PORT": "5433"}}, None),                             # an external url service
+    ({"default": {"HOST": "127.0.0.1", "PORT": "5432"}, "other": {"HOST": "127.0.0.1", "PORT": "9999"}}, None),
+    ({}, None),
+])
+def test_which_services_serve_djangos_databases(databases: dict[str, dict[str, Any]], expected: Any) -> None:
+    from pytest_unified_launcher._django import matching_services
+
+    assert matching_services(databases, _services()) == expected
+
+
+def test_the_tasks_that_prepare_a_database_are_started_with_it() -> None:
+    from pytest_unified_launcher._django import dependent_tasks
+
+    services = _services()
+    assert dependent_tasks(["db"], services) == ["migrate", "seed"]   # seed needs db through migrate
+    assert dependent_tasks(["cache"], services) == ["warm"]

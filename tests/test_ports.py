@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import PY
 
 from pytest_unified_launcher import _ports
@@ -108,3 +110,13 @@ else:
     assert capped.returncode == 0 and "Traceback" not in capped.stderr, capped.stderr
     assert "no free port to reserve on 127.0.0.1: Too many open files" in capped.stdout
     assert "ulimit -n" in capped.stdout
+
+
+@pytest.mark.parametrize(("ephemeral", "expected"), [
+    ((32768, 60999), range(20000, 32768)),   # Linux's default: below it
+    ((10000, 60999), range(1024, 10000)),    # a lower range: from the first unprivileged port
+    ((2000, 60999), range(61000, 65536)),    # too little room below: above it
+    ((1024, 65535), range(1024, 65536)),     # it covers everything: claims and binds decide
+])
+def test_candidate_ports_stay_outside_the_ephemeral_range(ephemeral: tuple[int, int], expected: range) -> None:
+    assert _ports.candidates_outside(*ephemeral) == expected
