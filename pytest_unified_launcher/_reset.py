@@ -10,7 +10,9 @@ that names the hook and ends with what it printed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
+import inspect
 import os
 import shlex
 import sys
@@ -31,13 +33,12 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
     hook = svc.reset
     assert hook is not None
     if hook.function is not None:
-        function = _import_hook(svc, hook.function, str(ctx.root))
+        function = import_hook(svc, hook.function, str(ctx.root))
         try:
             await asyncio.to_thread(function, handle, worker)
         except Exception as exc:
-            trace = "".join(traceback.format_exception(exc)[-6:])
             raise ServiceResetError(svc.name, f"reset {hook.function} raised {type(exc).__name__}: {exc}",
-                                    log_tail=trace) from None
+                                    log_tail=_user_frames(exc)) from None
         return
     env = {**ctx.base_env, **svc.env, OWNER_VAR: ctx.launcher_id, SERVICE_VAR: svc.name}
     with tempfile.TemporaryFile() as output:
@@ -59,8 +60,9 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
                                     log_tail=_tail(output.fileno()))
 
 
-def _import_hook(svc: ServiceConfig, spec: str, root: str) -> Callable[[Any, str], object]:
-    """``module:function``, imported with the config's folder on ``sys.path`` (as apps are)."""
+def import_hook(svc: ServiceConfig, spec: str, root: str) -> Callable[[Any, str], object]:
+    """``module:function``, imported with the config's folder on ``sys.path`` (as apps are), and
+    callable as ``function(handle, worker)``."""
     module_name, _, attr = spec.partition(":")
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -69,11 +71,27 @@ def _import_hook(svc: ServiceConfig, spec: str, root: str) -> Callable[[Any, str
     except ImportError as exc:
         raise ServiceResetError(svc.name, f"cannot import the reset hook's module {module_name!r}: {exc}") from None
     function = getattr(module, attr, None)
+    if function is None:
+        raise ServiceResetError(svc.name, f"reset {spec}: module {module_name!r} has no attribute {attr!r}")
     if not callable(function):
-        raise ServiceResetError(
-            svc.name, f"reset {spec}: module {module_name!r} has no function {attr!r}"
-            + ("" if function is None else f" ({attr} is a {type(function).__name__})"))
+        raise ServiceResetError(svc.name, f"reset {spec}: {attr} is not a function (its type is {type(function).__name__})")
+    try:
+        inspect.signature(function).bind(None, "main")
+    except TypeError as exc:
+        raise ServiceResetError(svc.name, f"reset {spec} must take two arguments, (handle, worker): {exc}") from None
+    except ValueError:
+        pass  # no signature to read (a builtin): let the call tell
     return function  # type: ignore[no-any-return]
+
+
+def _user_frames(exc: BaseException) -> str:
+    """The traceback from the hook's own frames on (not the thread pool's or ours), at most 20 lines."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = (os.path.dirname(__file__), os.path.dirname(asyncio.__file__), os.path.dirname(concurrent.futures.__file__))
+    while len(frames) > 1 and frames[0].filename.startswith(ours):
+        frames.pop(0)
+    lines = "".join(traceback.format_list(frames) + traceback.format_exception_only(exc)).splitlines()
+    return "\n".join(lines[-20:])
 
 
 def _tail(fd: int, lines: int = 20) -> str:

@@ -128,9 +128,11 @@ def _recreate_worker_database(port: str) -> str:
 ISOLATION: dict[str, Callable[[], str]] = {
     "postgres": lambda: f"""
 # Each xdist worker's own database, test_${{worker}} (test_main without xdist): made by worker_db,
-# and made new again before each @pytest.mark.services("worker_db", fresh=True) test. Faster for
-# big schemas: migrate a template database once, and CREATE DATABASE ... TEMPLATE it, or reset
-# with a function that TRUNCATEs your tables: reset = "tests.resets:truncate".
+# and made new and EMPTY again (from template1) by database's reset before each
+# @pytest.mark.services("worker_db", fresh=True) test. Once your tests need tables, keep them
+# across resets: migrate in worker_db into test_${{worker}}_tmpl and clone that in the reset
+# (TEMPLATE test_${{worker}}_tmpl), or reset with a function that TRUNCATEs your tables
+# (reset = "tests.resets:truncate", called as truncate(handle, worker); faster too).
 [services.worker_db]     # once in each xdist worker (once without xdist)
 command = {_recreate_worker_database("${services.database.port}")}
 task = true

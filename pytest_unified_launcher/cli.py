@@ -174,6 +174,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ._serve import check_apps
 
     problems = _missing_programs(config) + _busy_ports(config)
+    if not args.no_import:
+        problems += _broken_reset_functions(config)
     apps = ["apps not imported (--no-import)"] if args.no_import else []
     if not args.no_import:
         apps, not_apps = check_apps([s for s in config.services.values() if s.kind == "app"], config.root,
@@ -214,7 +216,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"missing or has less than {MEMORY_MIN_FREE >> 30} GiB free")
     for svc in config.services.values():
         if svc.reset is not None:  # ${worker} shows as this process's: main
-            print(redact(f"reset: {svc.name}: {svc.reset.describe()}"))
+            reset = svc.reset.describe()
+            if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
+                reset = re.sub(rf"(?<![0-9]){svc.port}(?![0-9])", "${port}", reset)
+            print(redact(f"reset: {svc.name}: {reset}"))
     for line in apps:
         print(redact(line))
     from ._imports import shared_module_conflicts  # what auto avoids and single_process refuses
@@ -232,6 +237,7 @@ def _missing_programs(config: Any) -> list[LauncherError]:
     problems: list[LauncherError] = []
     for svc in config.services.values():
         steps = [("setup", step) for step in svc.setup] + ([("command", svc.command)] if svc.command else [])
+        steps += [("reset", svc.reset.argv)] if svc.reset is not None and svc.reset.argv else []
         for key, argv in steps:
             program = argv[0]
             if "/" in program:  # a path: relative to the service's folder, as it is run
@@ -246,6 +252,22 @@ def _missing_programs(config: Any) -> list[LauncherError]:
                 fix = "install it, or give its full path"
             if problem:
                 problems.append(ConfigError(problem, source=str(config.source), service=svc.name, key=key, fix=fix))
+    return problems
+
+
+def _broken_reset_functions(config: Any) -> list[LauncherError]:
+    """Each ``reset = "module:function"`` that cannot be imported or called as function(handle, worker)."""
+    from ._reset import import_hook
+    from .errors import ServiceResetError
+
+    problems: list[LauncherError] = []
+    for svc in config.services.values():
+        if svc.reset is not None and svc.reset.function is not None:
+            try:
+                import_hook(svc, svc.reset.function, str(config.root))
+            except ServiceResetError as exc:
+                problems.append(ConfigError(exc.cause, source=str(config.source), service=svc.name, key="reset",
+                                            fix='reset = "package.module:function", a function(handle, worker)'))
     return problems
 
 

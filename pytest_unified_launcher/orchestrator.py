@@ -178,14 +178,18 @@ class UnifiedLauncher:
         from ._reset import run_reset
         from .errors import ServiceResetError
 
-        for name in self.config.expand(names):
+        names = self.config.expand(names)
+        for name in names:  # every one checked first: no reset is half done
             self.service(name)  # an unknown name: UnknownServiceError, listing the known ones
             svc = self._services[name]
             if svc.config.reset is None:
                 raise ServiceResetError(name, f"it has no reset hook: add reset = [\"program\", \"arg\", ...] or "
                                               f"reset = \"module:function\" to [services.{name}]")
             if svc.state not in ("running", "completed"):
-                raise ServiceResetError(name, f"it is {svc.state}: reset works on a running service (start it first)")
+                raise ServiceResetError(name, f"it is not running (state: {svc.state}); reset works on a running "
+                                              "service: start it first")
+        for name in names:
+            svc = self._services[name]
             t0 = _timing.monotonic()
             await run_reset(svc.config, self._context(), handle=self._handles[name], worker=self.config.worker)
             self.reset_seconds.setdefault(name, []).append(_timing.monotonic() - t0)

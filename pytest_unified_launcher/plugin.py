@@ -291,6 +291,9 @@ def _marked_services(item: pytest.Item) -> tuple[list[str], list[str]]:
                                 'name the services as strings: @pytest.mark.services("api", "db", fresh=True)')
         if not isinstance(marker.kwargs.get("fresh", False), bool):
             raise LauncherError(f"@pytest.mark.services: fresh={marker.kwargs['fresh']!r}; write fresh=True or fresh=False")
+        if marker.kwargs.get("fresh") and not marker.args:
+            raise LauncherError('@pytest.mark.services(fresh=True) names no service, so nothing would be made fresh; '
+                                'name them: @pytest.mark.services("db", fresh=True)')
         for arg in marker.args:
             group = [arg] if isinstance(arg, str) else arg if isinstance(arg, (list, tuple)) else [arg]
             for name in group:

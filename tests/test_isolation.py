@@ -59,7 +59,8 @@ def test_reset_is_a_function_or_a_command(reset: Any, expected: ResetHook) -> No
     ({"db": {"command": "sleep 60", "env": {"N": "${worker_index}"}}},
      "service 'db', key 'env.N': placeholder '${worker_index}' is known only"),
     ({"db": {"command": "sleep 60", "scope": "worker"}},
-     'service \'db\': scope = "worker" is for tasks (task = true)'),
+     'service \'db\', key \'scope\': scope = "worker" is for tasks: a service that keeps running is one process '
+     'for every xdist worker\n  fix: add task = true'),
     ({"mk": {"command": "true", "task": True, "scope": "worker"}, "api": {"command": "sleep 60", "depends_on": ["mk"]}},
      "service 'api', key 'depends_on': depends on 'mk', a scope = \"worker\" task: a service every xdist worker shares"),
     ({"db": {"command": "sleep 60", "reset": []}}, "service 'db', key 'reset': the reset command is empty"),
@@ -121,7 +122,7 @@ def test_a_failing_reset_says_which_hook_and_shows_its_output(tmp_path: Path, no
     try:
         with pytest.raises(ServiceResetError) as info:
             launcher.reset_blocking(["db"])  # not started yet
-        assert "service 'db' could not be reset: it is stopped: reset works on a running service" in str(info.value)
+        assert "service 'db' could not be reset: it is not running (state: stopped); reset works on a running service: start it first" in str(info.value)
         launcher.start_blocking()
         with pytest.raises(ServiceResetError) as info:
             launcher.reset_blocking(["db"])
@@ -143,7 +144,11 @@ def test_a_function_hook_gets_the_handle_and_the_worker(tmp_path: Path, no_orpha
         def clean(handle, worker):
             CALLS.append((handle.name, handle.port, handle.state, worker))
         def broken(handle, worker):
+            _connect_to_the_template()
+        def _connect_to_the_template():
             raise RuntimeError("the template database is missing")
+        def one_arg(handle):
+            pass
         NOT_A_FUNCTION = 3
     """))
     path = write(tmp_path, """
@@ -159,6 +164,11 @@ def test_a_function_hook_gets_the_handle_and_the_worker(tmp_path: Path, no_orpha
         [services.missing]
         command = ["{PY}", "{TCP}", "${port}"]
         reset = "no_such_hooks_module:clean"
+        [services.one_arg]
+        command = ["{PY}", "{TCP}", "${port}"]
+        reset = "hooks:one_arg"
+        [services.plain]
+        command = ["{PY}", "{TCP}", "${port}"]
     """)
     launcher = UnifiedLauncher(load_config(path, environ={}, worker="gw3"))
     try:
@@ -169,14 +179,25 @@ def test_a_function_hook_gets_the_handle_and_the_worker(tmp_path: Path, no_orpha
         assert hooks.CALLS == [("db", handles["db"].port, "running", "gw3")]
         expected = {
             "bad": "service 'bad' could not be reset: reset hooks:broken raised RuntimeError: the template database is missing",
-            "wrong": "service 'wrong' could not be reset: reset hooks:NOT_A_FUNCTION: module 'hooks' has no function "
-                     "'NOT_A_FUNCTION' (NOT_A_FUNCTION is a int)",
+            "wrong": "service 'wrong' could not be reset: reset hooks:NOT_A_FUNCTION: NOT_A_FUNCTION is not a "
+                     "function (its type is int)",
+            "one_arg": "service 'one_arg' could not be reset: reset hooks:one_arg must take two arguments, "
+                       "(handle, worker): too many positional arguments",
             "missing": "service 'missing' could not be reset: cannot import the reset hook's module 'no_such_hooks_module'",
         }
         for name, text in expected.items():
             with pytest.raises(ServiceResetError) as info:
                 launcher.reset_blocking([name])
             assert text in str(info.value)
+        # The hook's own frames, down to where it raised; not the thread pool's or the launcher's.
+        with pytest.raises(ServiceResetError) as info:
+            launcher.reset_blocking(["bad"])
+        assert "in _connect_to_the_template" in info.value.log_tail and "in broken" in info.value.log_tail
+        assert "concurrent/futures" not in info.value.log_tail and "_reset.py" not in info.value.log_tail
+        # Nothing is half done: db is not reset when a later name cannot be.
+        with pytest.raises(ServiceResetError, match="could not be reset: it has no reset hook"):
+            launcher.reset_blocking(["db", "plain"])
+        assert hooks.CALLS == [("db", handles["db"].port, "running", "gw3")]
     finally:
         launcher.stop_blocking()
         import sys
@@ -270,15 +291,21 @@ def test_fresh_mistakes_error_the_test_with_the_fix(project: pytest.Pytester, no
         @pytest.mark.services("db", fresh="yes")
         def test_not_a_bool(services):
             pass
+
+        @pytest.mark.services(fresh=True)
+        def test_no_names(services):
+            pass
     """)
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=3)
+    result.assert_outcomes(errors=4)
     out = result.stdout.str()
     for expected in (
         '@pytest.mark.services(..., fresh=True): none of plain has a reset hook, so nothing can be made fresh; '
         'add reset = ["program", "arg", ...] or reset = "module:function" to [services.plain]',
         "@pytest.mark.services takes only fresh=True as a keyword (got clean=...)",
         "@pytest.mark.services: fresh='yes'; write fresh=True or fresh=False",
+        '@pytest.mark.services(fresh=True) names no service, so nothing would be made fresh; '
+        'name them: @pytest.mark.services("db", fresh=True)',
     ):
         assert expected in out
     assert "During handling" not in out
@@ -432,3 +459,43 @@ def test_attached_sessions_run_their_own_worker_tasks(tmp_path: Path, xdist: lis
         down = subprocess.run([PY, "-m", "pytest_unified_launcher", "down"], cwd=tmp_path, capture_output=True,
                               text=True, timeout=120)
         assert down.returncode == 0, down.stderr
+
+
+def test_check_validates_resets_and_shows_their_rule(tmp_path: Path) -> None:
+    """`unified-launcher check` fails on a reset program that is not installed and a reset function
+    that cannot be imported or called as function(handle, worker), each named with its fix; a
+    reset's automatic port shows as ${port} (it differs at every start)."""
+    import subprocess
+
+    (tmp_path / "hooks.py").write_text("def one_arg(handle):\n    pass\ndef good(handle, worker):\n    pass\n")
+    (tmp_path / "launcher.toml").write_text(textwrap.dedent(f"""
+        [services.a]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        reset = "redis-clii -p ${{port}} FLUSHDB"
+        [services.b]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        reset = "hooks:one_arg"
+        [services.c]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        reset = "nohooks:clean"
+    """))
+    result = subprocess.run([PY, "-m", "pytest_unified_launcher", "check"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "service 'a', key 'reset': program 'redis-clii' not found on PATH" in result.stderr
+    assert "service 'b', key 'reset': reset hooks:one_arg must take two arguments, (handle, worker)" in result.stderr
+    assert "service 'c', key 'reset': cannot import the reset hook's module 'nohooks'" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "launcher.toml").write_text(textwrap.dedent(f"""
+        [services.a]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        reset = ["{PY}", "-c", "print(${{port}})"]
+        [services.b]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        reset = "hooks:good"
+    """))
+    result = subprocess.run([PY, "-m", "pytest_unified_launcher", "check"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"reset: a: {PY} -c 'print(${{port}})'" in result.stdout
+    assert "reset: b: hooks:good" in result.stdout

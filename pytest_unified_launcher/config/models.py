@@ -168,9 +168,6 @@ class ServiceModel(_Strict):
             )
         if self.task and self.command is None:
             raise ValueError("task = true needs a command")
-        if self.scope == "worker" and not self.task:
-            raise ValueError('scope = "worker" is for tasks (task = true): a service that keeps running is '
-                             'shared by every worker; give each worker its own data with a worker task or reset')
         if self.stop_command is not None and self.command is None:
             raise ValueError("stop_command is for command services (an app is stopped by its server, "
                              "an external service is never stopped)")

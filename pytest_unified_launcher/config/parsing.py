@@ -186,6 +186,13 @@ def parse(
                 key="interface",
                 fix="remove interface, or serve a Python app with app = \"module:attribute\"",
             )
+        if raw.scope == "worker" and not raw.task:
+            raise ConfigError(
+                'scope = "worker" is for tasks: a service that keeps running is one process for every xdist worker',
+                source=src, service=name, key="scope",
+                fix="add task = true if it is a one-shot job (creating the worker's database), or remove scope; "
+                    "each worker's own data comes from a worker task, ${worker} in test_env, and reset",
+            )
         if raw.scheme is not None and raw.url is not None:
             raise ConfigError(
                 "scheme is for services the launcher runs: an external service's url has its own",
