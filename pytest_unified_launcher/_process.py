@@ -340,9 +340,9 @@ class Cgroup:
         Only once ``pid`` is in it: the wrapper shell joins through the cgroup's current path
         (:meth:`wrap`), so a rename before its ``echo`` ran would leave the service, and every
         daemon it forks, outside. The shell joins within a few milliseconds of its exec; a process
-        that exits first (an exec error) ends the wait, and so does a second (then: renamed anyway).
+        that exits first (an exec error) ends the wait, and so does half a second (then: renamed anyway).
         """
-        for _ in range(500):
+        for _ in range(250):
             if pid in self.pids() or process_token(pid) == "?":
                 break
             await asyncio.sleep(0.002)

@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,12 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
     if hook.function is not None:
         function = import_hook(svc, hook.function, str(ctx.root))
         try:
-            await asyncio.to_thread(function, handle, worker)
+            await asyncio.wait_for(_in_daemon_thread(function, handle, worker), svc.startup_timeout)
+        except TimeoutError:
+            raise ServiceResetError(
+                svc.name, f"reset {hook.function} did not finish within {svc.startup_timeout:.1f} s (the service's "
+                "startup_timeout); a function cannot be stopped, so it is left to finish in the background "
+                "(a TRUNCATE waiting for another connection's lock?)") from None
         except Exception as exc:
             raise ServiceResetError(svc.name, f"reset {hook.function} raised {type(exc).__name__}: {exc}",
                                     log_tail=_user_frames(exc)) from None
@@ -60,12 +66,34 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
                                     log_tail=_tail(output.fileno()))
 
 
+def _in_daemon_thread(function: Callable[[Any, str], object], handle: Any, worker: str) -> asyncio.Future[None]:
+    """``function(handle, worker)`` in a daemon thread: one that hangs can be given up on, and
+    does not keep the interpreter from exiting (asyncio.to_thread's pool threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(None)
+
+    def run() -> None:
+        try:
+            function(handle, worker)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, exc)
+        else:
+            loop.call_soon_threadsafe(settle, None)
+
+    threading.Thread(target=run, name=f"unified-launcher-reset-{worker}", daemon=True).start()
+    return future
+
+
 def import_hook(svc: ServiceConfig, spec: str, root: str) -> Callable[[Any, str], object]:
     """``module:function``, imported with the config's folder on ``sys.path`` (as apps are), and
     callable as ``function(handle, worker)``."""
     module_name, _, attr = spec.partition(":")
     if root not in sys.path:
-        sys.path.insert(0, root)
+        sys.path.append(root)  # last: a project module never shadows the standard library
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -95,8 +123,8 @@ def _user_frames(exc: BaseException) -> str:
 
 
 def _tail(fd: int, lines: int = 20) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return "\n".join(b"".join(chunks).decode("utf-8", errors="replace").splitlines()[-lines:])
+    """The last ``lines`` of what the reset printed (read from its last 64 KiB only)."""
+    size = os.fstat(fd).st_size
+    os.lseek(fd, max(0, size - 65536), os.SEEK_SET)
+    data = os.read(fd, 65536)
+    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])

@@ -100,8 +100,8 @@ health = {{ command = ["{_postgres_bin('pg_isready')}", "-h", "127.0.0.1", "-p",
 stop_signal = "SIGINT"
 """,
     "redis": lambda: """
-[services.cache]         # redis-server, nothing persisted
-command = "redis-server --port ${port} --bind 127.0.0.1 --save '' --appendonly no"
+[services.cache]         # redis-server, nothing persisted; a database per xdist worker (256, not 16)
+command = "redis-server --port ${port} --bind 127.0.0.1 --save '' --appendonly no --databases 256"
 health = { tcp = true }
 """,
     "fastapi": lambda: """

@@ -319,7 +319,9 @@ def _reset_fresh(config: pytest.Config, names: list[str]) -> None:
             f"@pytest.mark.services(..., fresh=True): none of {', '.join(wanted)} has a reset hook, so nothing "
             f"can be made fresh; add reset = [\"program\", \"arg\", ...] or reset = \"module:function\" "
             f"to [services.{names[0]}] (or to the dependency that holds the data)")
-    launcher.reset_blocking(hooked)
+    with launcher.guard():  # shared xdist: not while another worker restarts or stops one of them
+        launcher.refresh(hooked)
+        launcher.reset_blocking(hooked)
 
 
 def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHandle]:
@@ -484,7 +486,10 @@ class LauncherFacade:
 
     def reset(self, names: Iterable[str] | str) -> None:
         """Run the ``reset`` hook of ``names`` (each must be up): their data clean again."""
-        self._launcher.reset_blocking([names] if isinstance(names, str) else names)
+        names = [names] if isinstance(names, str) else list(names)
+        with self._launcher.guard():
+            self._launcher.refresh(names)
+            self._launcher.reset_blocking(names)
 
     @property
     def services(self) -> Mapping[str, ServiceHandle]:

@@ -499,3 +499,30 @@ def test_check_validates_resets_and_shows_their_rule(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"reset: a: {PY} -c 'print(${{port}})'" in result.stdout
     assert "reset: b: hooks:good" in result.stdout
+
+
+def test_a_reset_function_that_hangs_fails_at_the_timeout_and_does_not_hold_the_session(
+        pytester: pytest.Pytester, no_orphans: None) -> None:
+    """A reset function waiting forever (a TRUNCATE behind another connection's lock) fails the
+    test at the service's startup_timeout, and the session still ends: the hook's thread was
+    asyncio's pool thread, which the interpreter joins at exit, so the run hung even after Ctrl-C."""
+    pytester.makefile(".toml", launcher=f"""
+        [launcher]
+        state_dir = "state"
+        [services.db]
+        command = ["{PY}", "{TCP}", "${{port}}"]
+        reset = "hooks:hang"
+        startup_timeout = 1
+    """)
+    pytester.makepyfile(hooks="import time\ndef hang(handle, worker):\n    time.sleep(3600)\n")
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_h="""
+        import pytest
+
+        @pytest.mark.services("db", fresh=True)
+        def test_fresh(services):
+            pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*service 'db' could not be reset: reset hooks:hang did not finish within 1.0 s*"])
