@@ -2,9 +2,10 @@
 
 A command runs to its end like a setup step (the service's env, cwd and user; recorded while it
 runs, so a launcher killed meanwhile still has it reaped); a ``"module:function"`` hook is
-imported and called with the service's handle and the worker, in a thread, off the launcher's
-loop (a hook may block on its database). Either way a failure is a :class:`ServiceResetError`
-that names the hook and ends with what it printed.
+imported and called with the service's handle and the worker in a daemon thread, off the
+launcher's loop (a hook may block on its database). Both are bounded by the service's
+``startup_timeout``; a failure is a :class:`ServiceResetError` that names the hook and ends with
+what it printed (a function: its own frames of the traceback).
 """
 
 from __future__ import annotations
