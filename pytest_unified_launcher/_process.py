@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,16 @@ def tail(path: Path | None, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
         return ""
     try:
         with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
+            return tail_of(fh, lines, max_bytes)
     except OSError:
         return ""
-    text = data.decode("utf-8", errors="replace")
+
+
+def tail_of(fh: BinaryIO, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of an open binary file, read from its last ``max_bytes``."""
+    fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, fh.tell() - max_bytes))
+    text = fh.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 
 

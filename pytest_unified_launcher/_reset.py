@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ._process import OWNER_VAR, SERVICE_VAR, cannot_run, run_to_end, user_ids
+from ._process import cannot_run, run_to_end, tail_of, user_ids
 from .config import ServiceConfig
 from .errors import ServiceResetError
 from .runners import RunContext
@@ -47,7 +47,7 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
             raise ServiceResetError(svc.name, f"reset {hook.function} raised {type(exc).__name__}: {exc}",
                                     log_tail=_user_frames(exc)) from None
         return
-    env = {**ctx.base_env, **svc.env, OWNER_VAR: ctx.launcher_id, SERVICE_VAR: svc.name}
+    env = ctx.service_env(svc)
     with tempfile.TemporaryFile() as output:
         try:
             code = await run_to_end(
@@ -61,10 +61,10 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
         except TimeoutError:
             raise ServiceResetError(
                 svc.name, f"reset `{shlex.join(hook.argv)}` did not finish within {svc.startup_timeout:.1f} s "
-                "(the service's startup_timeout)", log_tail=_tail(output.fileno())) from None
+                "(the service's startup_timeout)", log_tail=tail_of(output)) from None
         if code != 0:
             raise ServiceResetError(svc.name, f"reset `{shlex.join(hook.argv)}` {describe_exit(code)}",
-                                    log_tail=_tail(output.fileno()))
+                                    log_tail=tail_of(output))
 
 
 def _in_daemon_thread(function: Callable[[Any, str], object], handle: Any, worker: str) -> asyncio.Future[None]:
@@ -121,11 +121,3 @@ def _user_frames(exc: BaseException) -> str:
         frames.pop(0)
     lines = "".join(traceback.format_list(frames) + traceback.format_exception_only(exc)).splitlines()
     return "\n".join(lines[-20:])
-
-
-def _tail(fd: int, lines: int = 20) -> str:
-    """The last ``lines`` of what the reset printed (read from its last 64 KiB only)."""
-    size = os.fstat(fd).st_size
-    os.lseek(fd, max(0, size - 65536), os.SEEK_SET)
-    data = os.read(fd, 65536)
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])

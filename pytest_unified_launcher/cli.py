@@ -199,9 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             kind = ("worker task" if svc.scope == "worker" else "task") if svc.task else \
                 {"app": "app", "command": "command", "url": "external"}[svc.kind]
             port = "-" if svc.port is None else ("auto" if svc.port_auto else str(svc.port))
-            probe = svc.health.describe()
-            if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
-                probe = re.sub(rf"(?<![0-9]){svc.port}(?![0-9])", "${port}", probe)
+            probe = _as_rule(svc, svc.health.describe())
             rows.append([str(level), name, kind, port, probe, describe_dependencies(svc) or "-"])
     print("\nstart order (each service starts as soon as its own dependencies are ready):")
     for line in render_table(["level", "service", "kind", "port", "health probe", "depends on"], rows):
@@ -216,10 +214,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"missing or has less than {MEMORY_MIN_FREE >> 30} GiB free")
     for svc in config.services.values():
         if svc.reset is not None:  # ${worker} shows as this process's: main
-            reset = svc.reset.describe()
-            if svc.port_auto and svc.port is not None:  # the port differs at every start: show the rule
-                reset = re.sub(rf"(?<![0-9]){svc.port}(?![0-9])", "${port}", reset)
-            print(redact(f"reset: {svc.name}: {reset}"))
+            print(redact(f"reset: {svc.name}: {_as_rule(svc, svc.reset.describe())}"))
     for line in apps:
         print(redact(line))
     from ._imports import shared_module_conflicts  # what auto avoids and single_process refuses
@@ -228,6 +223,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             config.services.values(), config.root, os.environ):
         print(redact(f"warning: {shared.describe()}; they cannot share one process, so auto runs apps as subprocesses"))
     return 0
+
+
+def _as_rule(svc: Any, text: str) -> str:
+    """``text`` with an automatic port written ``${port}``: it differs at every start."""
+    if svc.port_auto and svc.port is not None:
+        return re.sub(rf"(?<![0-9]){svc.port}(?![0-9])", "${port}", text)
+    return text
 
 
 def _missing_programs(config: Any) -> list[LauncherError]:

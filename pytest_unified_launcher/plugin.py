@@ -319,9 +319,15 @@ def _reset_fresh(config: pytest.Config, names: list[str]) -> None:
             f"@pytest.mark.services(..., fresh=True): none of {', '.join(wanted)} has a reset hook, so nothing "
             f"can be made fresh; add reset = [\"program\", \"arg\", ...] or reset = \"module:function\" "
             f"to [services.{names[0]}] (or to the dependency that holds the data)")
-    with launcher.guard():  # shared xdist: not while another worker restarts or stops one of them
-        launcher.refresh(hooked)
-        launcher.reset_blocking(hooked)
+    _reset_current(launcher, hooked)
+
+
+def _reset_current(launcher: UnifiedLauncher, names: list[str]) -> None:
+    """Reset ``names`` as they run now: under xdist ``shared``, holding the lock (not while another
+    worker restarts or stops one) on the instances the shared record names."""
+    with launcher.guard():
+        launcher.refresh(names)
+        launcher.reset_blocking(names)
 
 
 def _ensure(config: pytest.Config, names: Iterable[str]) -> dict[str, ServiceHandle]:
@@ -486,10 +492,7 @@ class LauncherFacade:
 
     def reset(self, names: Iterable[str] | str) -> None:
         """Run the ``reset`` hook of ``names`` (each must be up): their data clean again."""
-        names = [names] if isinstance(names, str) else list(names)
-        with self._launcher.guard():
-            self._launcher.refresh(names)
-            self._launcher.reset_blocking(names)
+        _reset_current(self._launcher, [names] if isinstance(names, str) else list(names))
 
     @property
     def services(self) -> Mapping[str, ServiceHandle]:

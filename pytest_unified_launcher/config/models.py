@@ -346,9 +346,7 @@ class LauncherConfig:
 
     @property
     def worker_index(self) -> int:
-        """``${worker_index}``: 0 for ``main`` and ``gw0``, 1 for ``gw1`` ..."""
-        digits = self.worker.removeprefix("gw")
-        return int(digits) if digits.isdigit() else 0
+        return worker_index(self.worker)
 
     @property
     def worker_tasks(self) -> tuple[str, ...]:
@@ -380,6 +378,12 @@ class LauncherConfig:
 
     def with_mode(self, mode: Mode) -> LauncherConfig:
         return replace(self, mode=mode)
+
+
+def worker_index(worker: str) -> int:
+    """``${worker_index}`` of a worker id: 0 for ``main`` and ``gw0``, 1 for ``gw1`` ..."""
+    digits = worker.removeprefix("gw")
+    return int(digits) if digits.isdigit() else 0
 
 
 def describe_dependencies(svc: ServiceConfig) -> str:

@@ -34,6 +34,7 @@ from .models import (
     ServiceConfig,
     ServiceModel,
     client_url,
+    worker_index,
 )
 from .placeholders import _referenced_services, _Scope, _uses_port
 from .profiles import _check_tables, _env_overrides, apply_profile
@@ -329,7 +330,7 @@ def _resolve(
     deps = {name: tuple(d.service for d in entries) for name, entries in dependencies.items()}
     graph_mod.validate(deps, source=src)
     _check_worker_scope(model, deps, src)
-    worker_values = {"worker": worker, "worker_index": worker.removeprefix("gw") if worker.startswith("gw") else "0"}
+    worker_values = {"worker": worker, "worker_index": str(worker_index(worker))}
     if tmp_root is None:
         import secrets
         import tempfile

@@ -33,6 +33,13 @@ class RunContext:
     forkserver: Any = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    def service_env(self, svc: ServiceConfig) -> dict[str, str]:
+        """What a process of ``svc`` runs with (its command, setup steps, probes, reset): the
+        launcher's environment, the service's ``env``, and the markers that find it again."""
+        from .._process import OWNER_VAR, SERVICE_VAR
+
+        return {**self.base_env, **svc.env, OWNER_VAR: self.launcher_id, SERVICE_VAR: svc.name}
+
 
 class Runner:
     """The base shape; see the subclasses."""

@@ -14,9 +14,7 @@ from typing import Any
 
 from .. import _timing
 from .._process import (
-    OWNER_VAR,
     Cgroup,
-    SERVICE_VAR,
     cannot_run,
     marked_pids,
     run_to_end,
@@ -149,11 +147,7 @@ class SubprocessRunner(Runner):
     # ------------------------------------------------------------------ start
 
     def _env(self) -> dict[str, str]:
-        env = dict(self.ctx.base_env)
-        env.update(self.svc.env)
-        env[OWNER_VAR] = self.ctx.launcher_id
-        env[SERVICE_VAR] = self.svc.name
-        return env
+        return self.ctx.service_env(self.svc)
 
     def _argv(self, ready_fd: int | None) -> list[str]:
         if self.svc.kind != "app":
