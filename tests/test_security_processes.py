@@ -256,6 +256,47 @@ def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: s
         client.unlink()
 
 
+def test_service_user_cannot_plant_the_next_notify_folder(tmp_path: Path, scratch_name: str) -> None:
+    """Each start binds its NOTIFY_SOCKET in a new folder of the session's scratch root: the
+    service user can neither plant one there (a link to redirect the next start's socket) nor
+    write into the one it is given; the launcher's folders are gone after each stop."""
+    client = Path("/var/tmp") / f"{scratch_name}-notify.py"  # readable by the service user
+    client.write_text(NOTIFY_CLIENT)
+    os.chmod(client, 0o644)
+    config = load_config(write(tmp_path, f"""
+        [services.db]
+        command = ["/usr/bin/python3", "{client}"]
+        health = {{ notify = true }}
+        user = "postgres"
+        startup_timeout = 20
+        cwd = "/"
+    """), environ={}, tmp_root=Path(tempfile.gettempdir()) / scratch_name)
+    root = config.services["db"].tmp.parent
+    victim = tmp_path / "victim"
+    victim.mkdir()
+
+    async def go() -> None:
+        async with UnifiedLauncher(config) as launcher:
+            for _ in range(2):
+                await launcher.start()
+                folders = list(root.glob(".notify-db-*"))
+                assert len(folders) == 1 and not folders[0].is_symlink()
+                st = folders[0].stat()
+                assert (st.st_uid, st.st_mode & 0o777) == (0, 0o710)
+                with pytest.raises(subprocess.CalledProcessError):  # its own folder: no writing there
+                    await asyncio.to_thread(as_attacker, "touch", str(folders[0] / "planted"))
+                with pytest.raises(subprocess.CalledProcessError):  # the scratch root: no planting
+                    await asyncio.to_thread(as_attacker, "ln", "-s", str(victim), str(root / ".notify-db-planted"))
+                await launcher.stop(["db"], close=False)
+                assert not list(root.glob(".notify-db-*"))
+
+    try:
+        asyncio.run(go())
+    finally:
+        client.unlink()
+    assert list(victim.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- reap at once (the sentinel)
 
 
