@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from conftest import APPS, PY, TCP
-from pytest_unified_launcher import ServiceStartupError, UnifiedLauncher, load_config
+from pytest_unified_launcher import LauncherConfig, ServiceStartupError, UnifiedLauncher, load_config
 from pytest_unified_launcher._process import process_token
 
 ATTACKER = "postgres"
@@ -226,8 +226,8 @@ NOTIFY_CLIENT = (
 )
 
 
-def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: str) -> None:
-    """A service user that squats its NOTIFY_SOCKET's name between two starts cannot break or redirect the next start."""
+def notify_service_as_postgres(tmp_path: Path, scratch_name: str) -> tuple[LauncherConfig, Path]:
+    """A notify service run as uid 101 `postgres`, and its client script (remove it afterwards)."""
     client = Path("/var/tmp") / f"{scratch_name}-notify.py"  # readable by the service user
     client.write_text(NOTIFY_CLIENT)
     os.chmod(client, 0o644)
@@ -239,6 +239,12 @@ def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: s
         startup_timeout = 20
         cwd = "/"
     """), environ={}, tmp_root=Path(tempfile.gettempdir()) / scratch_name)
+    return config, client
+
+
+def test_service_user_cannot_squat_notify_socket(tmp_path: Path, scratch_name: str) -> None:
+    """A service user that squats its NOTIFY_SOCKET's name between two starts cannot break or redirect the next start."""
+    config, client = notify_service_as_postgres(tmp_path, scratch_name)
     tmp = config.services["db"].tmp
 
     async def go() -> None:
@@ -260,17 +266,7 @@ def test_service_user_cannot_plant_the_next_notify_folder(tmp_path: Path, scratc
     """Each start binds its NOTIFY_SOCKET in a new folder of the session's scratch root: the
     service user can neither plant one there (a link to redirect the next start's socket) nor
     write into the one it is given; the launcher's folders are gone after each stop."""
-    client = Path("/var/tmp") / f"{scratch_name}-notify.py"  # readable by the service user
-    client.write_text(NOTIFY_CLIENT)
-    os.chmod(client, 0o644)
-    config = load_config(write(tmp_path, f"""
-        [services.db]
-        command = ["/usr/bin/python3", "{client}"]
-        health = {{ notify = true }}
-        user = "postgres"
-        startup_timeout = 20
-        cwd = "/"
-    """), environ={}, tmp_root=Path(tempfile.gettempdir()) / scratch_name)
+    config, client = notify_service_as_postgres(tmp_path, scratch_name)
     root = config.services["db"].tmp.parent
     victim = tmp_path / "victim"
     victim.mkdir()
