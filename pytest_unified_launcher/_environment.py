@@ -8,6 +8,7 @@ Ctrl-C, SIGTERM (``down``), SIGHUP (its terminal closed) or a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -246,39 +247,60 @@ class Environment:
         self.record()
 
     async def _supervise(self) -> None:
+        """Restart a service that died or turned unhealthy (``auto_restart``), with backoff.
+
+        The launcher's health monitor notices both (an exit at once, through a pidfd); its events
+        wake this loop, which also looks every 0.25 s (a process without a pidfd to watch).
+        """
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def on_event(event: Any) -> None:  # on the launcher's loop thread
+            if event.kind in ("died", "unhealthy"):
+                loop.call_soon_threadsafe(wake.set)
+
+        unsubscribe = self.launcher.subscribe(on_event)
         failures: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(0.25)
-            for name, handle in self.launcher.services.items():
-                if handle.state != "running":
-                    continue
-                if self._metrics is not None and handle.port and handle.config.health.kind in ("tcp", "http"):
-                    await self._probe_latency(name, handle)
-                if handle.alive:
-                    failures.pop(name, None)
-                    continue
-                from .runners.subprocess import describe_exit
-
-                self.say(f"{self._prefix(name)} service {name} {describe_exit(handle.exit_code)}")
-                if not self.config.auto_restart:
-                    await self.launcher.stop([name])
-                    self.record()
-                    continue
-                count = failures.get(name, 0)
-                failures[name] = count + 1
-                delay = min(2.0 ** count, MAX_BACKOFF)
-                self.say(f"auto_restart: restarting {name} in {delay:.0f} s")
-                await asyncio.sleep(delay)
-                await self.restart([name], why=f"it died; attempt {count + 1}")
-
-    async def _probe_latency(self, name: str, handle: Any) -> None:
-        t0 = _timing.monotonic()
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(handle.host, handle.port), 1)
-            writer.close()
-        except (TimeoutError, OSError):
-            return
-        self._metrics.probe.labels(name).observe(_timing.monotonic() - t0)
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), 0.25)
+                wake.clear()
+                if self._metrics is not None:
+                    self._metrics.refresh(self.launcher)
+                for name, handle in self.launcher.services.items():
+                    problem = self._problem(handle)
+                    if problem is None:
+                        if handle.state == "running":
+                            failures.pop(name, None)
+                        continue
+                    self.say(f"{self._prefix(name)} service {name} {problem}")
+                    if not self.config.auto_restart:
+                        if handle.state != "unhealthy":  # unhealthy: left running, it may recover
+                            await self.launcher.stop([name])
+                            self.record()
+                        continue
+                    count = failures.get(name, 0)
+                    failures[name] = count + 1
+                    delay = min(2.0 ** count, MAX_BACKOFF)
+                    self.say(f"auto_restart: restarting {name} in {delay:.0f} s")
+                    await asyncio.sleep(delay)
+                    if self._problem(self.launcher.services[name]) is not None:  # it may have recovered meanwhile
+                        await self.restart([name], why=f"it {'died' if 'unhealthy' not in problem else 'was unhealthy'}; "
+                                                       f"attempt {count + 1}")
+        finally:
+            unsubscribe()
+
+    def _problem(self, handle: Any) -> str | None:
+        """Why ``handle``'s service needs a restart (it died, or it is unhealthy), or None."""
+        from .runners.subprocess import describe_exit
+
+        if handle.state == "died" or (handle.state == "running" and not handle.alive):
+            return describe_exit(handle.exit_code)
+        if handle.state == "unhealthy":
+            stats = self.launcher.monitor.stats_of(handle.name)
+            return f"is unhealthy ({stats.consecutive_failures} failed probes; last: {stats.last_probe})"
+        return None
 
     async def _follow_logs(self) -> None:
         """Print every service's new log lines with a coloured ``name |`` prefix.

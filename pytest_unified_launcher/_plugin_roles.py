@@ -214,7 +214,7 @@ def combined_report(state: _Session) -> dict[str, Any] | None:
         return state.launcher.report() if state.launcher is not None else None
     if not state.worker_reports:
         return None
-    from .report import RunTiming, build_report, timing_from_json
+    from .report import RunTiming, build_report, merge_health, timing_from_json
 
     merged = RunTiming()
     for rep in state.worker_reports:
@@ -248,7 +248,8 @@ def combined_report(state: _Session) -> dict[str, Any] | None:
     for rep in state.worker_reports:
         for name, r in (rep.get("resets") or {}).items():
             resets.setdefault(name, []).extend(r["seconds"])
+    health, resources = merge_health(state.worker_reports, shared=state.shared is not None)
     return build_report(
         [merged], profile=first["profile"], mode=first["mode"], mode_reason=first["mode_reason"],
-        budget_seconds=first["budget_seconds"], resets=resets,
+        budget_seconds=first["budget_seconds"], resets=resets, health=health, resources=resources,
     )

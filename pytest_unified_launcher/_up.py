@@ -26,11 +26,12 @@ def write_up_record(launcher: Any, *, owner_pid: int | None = None, control: dic
     """Record every running service of ``launcher`` (pid, start token, uid, marker, address)."""
     services: dict[str, Any] = {}
     for name, handle in launcher.services.items():
-        if handle.state not in ("running", "completed"):
+        if handle.state not in ("running", "unhealthy", "completed"):
             continue
         pid = handle.pid
         services[name] = {
-            "state": handle.state, "pid": pid, "token": process_token(pid) if pid else None,
+            # The process's state (an unhealthy one runs); its health: `status` asks `up` itself.
+            "state": "completed" if handle.state == "completed" else "running", "pid": pid, "token": process_token(pid) if pid else None,
             "url": handle.url, "host": handle.host, "port": handle.port, "runner": handle.runner,
             "level": handle.level, "startup_seconds": handle.startup_seconds,
             "log_path": str(handle.log_path) if handle.log_path else None,

@@ -298,9 +298,17 @@ def _print_table(services: dict[str, Any]) -> None:
     rows = []
     for name, s in sorted(services.items(), key=lambda kv: (kv[1].get("level", 0), kv[0])):
         startup = s.get("startup_seconds")
+        health, res = s.get("health") or {}, s.get("resources") or {}
+        probe_ms = health.get("probe_ms_p50")
+        last = health.get("last_probe")
         rows.append([name, s.get("state", "?"), s.get("url") or "-", str(s.get("pid") or "-"),
-                     s.get("runner", "-"), "-" if startup is None else f"{startup:.3f}"])
-    for line in render_table(["service", "state", "url", "pid", "runner", "startup s"], rows):
+                     s.get("runner", "-"), "-" if startup is None else f"{startup:.3f}",
+                     "-" if not health.get("probes") else "ok" if last == "ok" else "failing",
+                     "-" if probe_ms is None else f"{probe_ms:.1f}",
+                     f"{res['rss_bytes'] / 2**20:.1f}" if res else "-",
+                     f"{res['cpu_seconds']:.2f}" if res else "-"])
+    headers = ["service", "state", "url", "pid", "runner", "startup s", "probe", "probe ms", "MiB", "cpu s"]
+    for line in render_table(headers, rows):
         print(line)
 
 

@@ -56,16 +56,50 @@ class Metrics:
                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60), registry=self.registry)
         self.restarts = Counter("launcher_service_restarts_total", "Restarts (auto, dev reload or API)", ["service"],
                                 registry=self.registry)
-        self.probe = Histogram("launcher_health_probe_seconds", "Latency of the supervisor's health probes",
+        self.probe = Histogram("launcher_health_probe_seconds", "Latency of the health monitor's probes",
                                ["service"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
                                registry=self.registry)
+        # SPEC 10: health and resources, as the launcher's health monitor samples them.
+        self.healthy = Gauge("unified_launcher_service_healthy", "1 when its last health probe passed",
+                             ["service"], registry=self.registry)
+        self.probes = Gauge("unified_launcher_service_probes", "Health probes run since it started",
+                            ["service"], registry=self.registry)
+        self.probe_failures = Gauge("unified_launcher_service_probe_failures",
+                                    "Failed health probes since it started", ["service"], registry=self.registry)
+        self.rss = Gauge("unified_launcher_service_rss_bytes", "Resident memory of its processes",
+                         ["service"], registry=self.registry)
+        self.rss_peak = Gauge("unified_launcher_service_rss_peak_bytes", "Highest resident memory sampled",
+                              ["service"], registry=self.registry)
+        self.cpu = Gauge("unified_launcher_service_cpu_seconds", "CPU seconds used by its processes",
+                         ["service"], registry=self.registry)
+        self.open_files = Gauge("unified_launcher_service_open_files", "Open file descriptors of its processes",
+                                ["service"], registry=self.registry)
+        self.threads = Gauge("unified_launcher_service_threads", "Threads of its processes",
+                             ["service"], registry=self.registry)
+        self._observed: dict[str, int] = {}
 
     def refresh(self, launcher: Any) -> None:
-        states = ("stopped", "starting", "running", "completed", "failed", "stopping")
+        states = ("stopped", "starting", "running", "unhealthy", "died", "completed", "failed", "stopping")
         for name, handle in launcher.services.items():
-            self.up.labels(name).set(1 if handle.state in ("running", "completed") else 0)
+            self.up.labels(name).set(1 if handle.state in ("running", "unhealthy", "completed") else 0)
             for state in states:
                 self.state.labels(name, state).set(1 if handle.state == state else 0)
+        for name, stats in launcher.monitor.stats.items():
+            self.healthy.labels(name).set(1 if stats.last_probe is None and launcher.services[name].state == "running"
+                                          else 0)
+            self.probes.labels(name).set(stats.probes)
+            self.probe_failures.labels(name).set(stats.failures)
+            new = min(stats.probes - self._observed.get(name, 0), len(stats.response_ms))
+            for ms in list(stats.response_ms)[len(stats.response_ms) - new:] if new > 0 else []:
+                self.probe.labels(name).observe(ms / 1000)
+            self._observed[name] = stats.probes
+            res = stats.resources
+            if res is not None:
+                self.rss.labels(name).set(res.rss_bytes)
+                self.rss_peak.labels(name).set(res.rss_peak_bytes)
+                self.cpu.labels(name).set(res.cpu_seconds)
+                self.open_files.labels(name).set(res.open_files)
+                self.threads.labels(name).set(res.threads)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -81,10 +115,19 @@ class ActionRequest(BaseModel):
 
 
 def service_view(handle: Any) -> dict[str, Any]:
-    return {
+    view = {
         "name": handle.name, "state": handle.state, "url": handle.url, "pid": handle.pid,
         "runner": handle.runner, "level": handle.level, "startup_seconds": handle.startup_seconds,
     }
+    stats = handle._launcher.monitor.stats.get(handle.name)
+    if stats is not None:  # SPEC 10: what the health monitor saw
+        times = sorted(stats.response_ms)
+        view["health"] = {"probes": stats.probes, "failures": stats.failures,
+                          "last_probe": "ok" if stats.last_probe is None else (stats.last_probe or None),
+                          "probe_ms_p50": round(times[len(times) // 2], 2) if times else None}
+        if stats.resources is not None:
+            view["resources"] = stats.resources.as_dict()
+    return view
 
 
 def create_app(env: Any, secret: str, metrics: Metrics) -> ASGIApp:

@@ -119,6 +119,14 @@ class ServiceDiedError(ServiceStartupError):
         return super().__str__().replace("failed to start", "is no longer running", 1)
 
 
+class ServiceUnhealthyError(ServiceStartupError):
+    """A running service whose health probe failed ``failure_threshold`` times in a row (SPEC 10),
+    or that turned unhealthy or died while a test used it."""
+
+    def __str__(self) -> str:
+        return super().__str__().replace("failed to start", "is unhealthy", 1)
+
+
 class ServiceResetError(ServiceStartupError):
     """A service's ``reset`` hook failed (before a ``fresh=True`` test, or ``launcher.reset``)."""
 

@@ -9,6 +9,7 @@ noticed within milliseconds without blind polling stealing the CPU that starting
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import re
 import signal
@@ -17,58 +18,14 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from . import _timing
+from ._http import Fetch, fetch_minimal, judge, tls_context
 from .config import HealthCheck, ServiceConfig
 
 
 class Probe(Protocol):
     async def check(self) -> str | None: ...
-
-
-async def http_status(url: str, timeout: float) -> int:
-    """GET ``url`` over a fresh connection and return the status code; the body is not read.
-
-    A probe needs one status line, so this speaks just enough HTTP/1.1 over asyncio streams:
-    an HTTP client library would cost ~0.17 s of CPU to import, paid on the critical path while
-    the first services start (measured with benchmarks/peers.py).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    request = (
-        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: unified-launcher\r\n"
-        "Accept: */*\r\nConnection: close\r\n\r\n"
-    ).encode()
-
-    async def exchange() -> int:
-        context = None
-        if tls:
-            import ssl
-
-            context = ssl.create_default_context()
-        reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=context)
-        try:
-            writer.write(request)
-            await writer.drain()
-            try:
-                line = await reader.readline()
-            except ValueError:  # no line end within the stream's 64 KiB limit
-                raise ConnectionError("answered more than 64 KiB without a line end, not an HTTP status line") from None
-        finally:
-            writer.close()
-        fields = line.split(None, 2)
-        if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
-            shown = line[:60].decode("latin-1").strip() or "nothing"
-            raise ConnectionError(f"answered {shown!r}, not an HTTP status line")
-        return int(fields[1])
-
-    return await asyncio.wait_for(exchange(), timeout)
 
 
 def _reason(exc: BaseException) -> str:
@@ -85,29 +42,37 @@ WRONG_PATH_SECONDS = 1.0
 
 
 class HttpProbe:
-    def __init__(self, url: str, timeout: float) -> None:
-        self.url, self.timeout = url, timeout
+    """A GET that passes on the check's statuses (any 2xx by default) and body pattern, through
+    ``fetch``: the minimal client while starting, the monitor's shared session afterwards."""
+
+    def __init__(self, check: HealthCheck, fetch: Fetch | None = None) -> None:
+        assert check.url is not None
+        self.check_spec, self.url, self.timeout = check, check.url, check.timeout
+        self.fetch: Fetch = fetch or fetch_minimal
+        self.headers = dict(check.headers)
+        self.tls = tls_context(check.ca_file, check.cert, check.key) if (check.ca_file or check.cert) else None
         self._not_found_since: float | None = None
 
     async def check(self) -> str | None:
+        spec = self.check_spec
         try:
-            status = await http_status(self.url, self.timeout)
+            answer = await self.fetch(self.url, headers=self.headers, timeout=self.timeout, tls=self.tls,
+                                      read_body=spec.body is not None)
         except Exception as exc:  # whatever goes wrong, a probe answers with a reason
             return _reason(exc)
-        if status not in (404, 405):
+        verdict = judge(answer, url=self.url, status=spec.status, body=spec.body)
+        wrong_path = answer.status in (404, 405) and verdict is not None
+        if not wrong_path:
             self._not_found_since = None
-        if 200 <= status < 300:
-            return None
-        if status in (404, 405):  # the commonest mistake: a path the app does not serve
-            now = _timing.monotonic()
-            if self._not_found_since is None:
-                self._not_found_since = now
-            lasted = now - self._not_found_since
-            fix = "the server answers, but not on that path; check the service's health = { http = ... }"
-            if lasted >= WRONG_PATH_SECONDS:  # waiting out the startup_timeout would only hide it
-                raise ProbeUnusable(f"GET {self.url} answered HTTP {status} for {WRONG_PATH_SECONDS:.1f} s: {fix}")
-            return f"GET {self.url} answered HTTP {status}: {fix}"
-        return f"GET {self.url} answered HTTP {status}"
+            return verdict
+        # The commonest mistake: a path the app does not serve.
+        now = _timing.monotonic()
+        if self._not_found_since is None:
+            self._not_found_since = now
+        fix = "the server answers, but not on that path; check the service's health = { http = ... }"
+        if now - self._not_found_since >= WRONG_PATH_SECONDS:  # waiting out the startup_timeout would only hide it
+            raise ProbeUnusable(f"GET {self.url} answered HTTP {answer.status} for {WRONG_PATH_SECONDS:.1f} s: {fix}")
+        return f"GET {self.url} answered HTTP {answer.status}: {fix}"
 
 
 class TcpProbe:
@@ -255,10 +220,10 @@ def make_probe(
     env: Mapping[str, str],
     spawned_at: float,
     notify: NotifySocket | None = None,
+    fetch: Fetch | None = None,
 ) -> Probe:
     if check.kind == "http":
-        assert check.url is not None
-        return HttpProbe(check.url, check.timeout)
+        return HttpProbe(check, fetch)
     if check.kind == "tcp":
         assert svc.port is not None
         return TcpProbe(svc.host, svc.port, check.timeout)
@@ -281,6 +246,37 @@ class _NotifyProbe:
             return None
         status = self.notify.status if self.notify else ""
         return "no READY=1 on NOTIFY_SOCKET yet" + (f" (status: {status})" if status else "")
+
+
+#: The seed's limit: at most this many probes of one service in any one second, startup included.
+MAX_PROBES_PER_SECOND = 10
+
+
+class ProbeRate:
+    """At most ``limit`` probes in any ``window`` seconds (a sliding window), shared by a
+    service's startup wait and its monitor: the fast startup backoff spends the first probes
+    where a service is most likely to turn ready, and nobody's server (an external ``url`` in
+    particular) is ever probed faster than that."""
+
+    def __init__(self, limit: int = MAX_PROBES_PER_SECOND, window: float = 1.0) -> None:
+        self.window = window
+        self._times: collections.deque[float] = collections.deque(maxlen=limit)
+
+    def delay(self) -> float:
+        """Seconds until the next probe is allowed (0: now)."""
+        if len(self._times) < (self._times.maxlen or 0):
+            return 0.0
+        return max(0.0, self._times[0] + self.window - _timing.monotonic())
+
+    def record(self) -> None:
+        self._times.append(_timing.monotonic())
+
+    async def acquire(self) -> None:
+        """Wait until a probe is allowed, and count it."""
+        wait = self.delay()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.record()
 
 
 class ProbeUnusable(Exception):
@@ -310,16 +306,19 @@ async def wait_healthy(
     signals: tuple[asyncio.Event, ...] = (),
     log_path: Path | None = None,
     first_delay: float = 0.002,
-    max_delay: float = 0.05,
+    max_delay: float = 0.1,
     not_probed: str | None = None,
+    rate: ProbeRate | None = None,
 ) -> None:
     """Probe until healthy; raise :class:`ProcessExited` at once or :class:`HealthTimeout`
     (or the probe's :class:`ProbeUnusable`, at once). ``not_probed``: what the timeout says when
     the deadline passed before the first probe (the wait for a ready signal used it all).
 
     Between probes it sleeps on a backoff, but wakes early when the process exits, when one of
-    ``signals`` is set (a ready pipe, sd_notify) or when the log file grows.
+    ``signals`` is set (a ready pipe, sd_notify) or when the log file grows; ``rate`` caps the
+    probes (:class:`ProbeRate`).
     """
+    rate = rate or ProbeRate()
     delay = first_delay
     last = not_probed or "not probed yet"
     log_size = _size(log_path)
@@ -329,6 +328,11 @@ async def wait_healthy(
         remaining = deadline - _timing.monotonic()
         if remaining <= 0:
             raise HealthTimeout(timeout, last)
+        held = rate.delay()
+        if held > 0:  # probed enough this second: wait (waking on an exit), then look again
+            await _wait_any(min(held, remaining), exited, ())
+            continue
+        rate.record()
         try:
             result = await asyncio.wait_for(_first(probe.check(), exited), remaining)
         except TimeoutError:

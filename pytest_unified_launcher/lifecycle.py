@@ -24,23 +24,41 @@ class Stamp:
     at: float
 
 
+#: A process that runs, healthy or not.
+LIVE_STATES = frozenset({"running", "unhealthy"})
+#: Nothing to start: its process runs, or (a task) it completed.
+UP_STATES = LIVE_STATES | {"completed"}
+
+
 class ServiceLifecycle(StateMachine):
-    """stopped -> starting -> running | completed (tasks) | failed -> stopping -> stopped."""
+    """stopped -> starting -> running | completed (tasks) | failed -> stopping -> stopped.
+
+    While it runs, the health monitor moves it running -> unhealthy (``failure_threshold``
+    failed probes) -> running (a probe passed: recovered), and to died when its process exits.
+    """
 
     stopped = State(initial=True)
     starting = State()
     running = State()
+    unhealthy = State()
+    died = State()
     completed = State()
     failed = State()
     stopping = State()
 
-    begin = stopped.to(starting) | failed.to(starting) | completed.to(starting)
+    begin = stopped.to(starting) | failed.to(starting) | completed.to(starting) | died.to(starting)
     ready = starting.to(running)
     complete = starting.to(completed)
-    fail = starting.to(failed) | running.to(failed) | stopping.to(failed)
+    sicken = running.to(unhealthy)
+    recover = unhealthy.to(running)
+    die = running.to(died) | unhealthy.to(died)
+    fail = (starting.to(failed) | running.to(failed) | unhealthy.to(failed) | died.to(failed)
+            | stopping.to(failed))
     halt = (
         starting.to(stopping)
         | running.to(stopping)
+        | unhealthy.to(stopping)
+        | died.to(stopping)
         | completed.to(stopping)
         | failed.to(stopping)
     )

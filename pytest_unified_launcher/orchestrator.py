@@ -29,6 +29,7 @@ from .config import LauncherConfig, ServiceConfig, remove_scratch, resolve_mode
 from .errors import DependencyFailedError, LauncherError, ServiceDiedError, ServiceStartupError
 from .report import RunTiming, ServiceTiming, build_report
 from ._handles import ServiceHandle, _Service
+from .lifecycle import LIVE_STATES, UP_STATES
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,13 @@ class UnifiedLauncher:
         self.delegate: Callable[[str, str], list[str] | None] = lambda action, name: None
         #: ``name -> seconds`` of each reset run (``reset``, ``fresh=True``), for the report.
         self.reset_seconds: dict[str, list[float]] = {}
+        #: ``recheck(name)``, called (off the loop) when a service's process exits on its own:
+        #: "restarted" or "stopped" when another process replaced or stopped it on purpose (a
+        #: shared xdist worker), None when it died. The xdist plugin sets it.
+        self.recheck: Callable[[str], str | None] = lambda name: None
+        from ._monitor import HealthMonitor
+
+        self.monitor = HealthMonitor(self._on_exit)
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -194,6 +202,12 @@ class UnifiedLauncher:
             await run_reset(svc.config, self._context(), handle=self._handles[name], worker=self.config.worker)
             self.reset_seconds.setdefault(name, []).append(_timing.monotonic() - t0)
 
+    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for each health event (:class:`~._monitor.HealthEvent`:
+        ``service``, ``kind`` in ready/unhealthy/recovered/died/restarted/stopped, ``at``,
+        ``detail``), on the launcher's loop thread; returns the function that unsubscribes."""
+        return self.monitor.subscribe(callback)
+
     @property
     def graph(self) -> Mapping[str, tuple[str, ...]]:
         """``name -> dependencies`` to start."""
@@ -206,6 +220,37 @@ class UnifiedLauncher:
     def all_up(self, names: Iterable[str]) -> bool:
         """Whether every one of ``names`` is running (and alive) or completed: no start needed."""
         return all(self._handles[n].state in ("running", "completed") and self._handles[n].alive for n in names)
+
+    # ------------------------------------------------------------------ health while running
+
+    def _watch(self, svc: _Service) -> None:
+        """Hand a ready (or adopted) service to the monitor: probed every ``health.interval``
+        (HTTP through its shared session), its exit noticed at once, its resources sampled."""
+        if svc.config.task or svc.runner is None:
+            return
+        from .health import make_probe
+
+        check = svc.config.health
+        probe = None
+        if check.monitored:
+            probe = make_probe(svc.config, check, log_path=None, env=self._context().service_env(svc.config),
+                               spawned_at=0.0, fetch=self.monitor.http_fetch())
+        self.monitor.watch(svc, probe)
+
+    async def _on_exit(self, name: str, runner: Any) -> str:
+        """A watched service's process ended, not by a stop of ours: died, or (a shared xdist
+        worker) replaced or stopped by another process on purpose."""
+        svc = self._services[name]
+        if svc.runner is not runner or svc.state not in LIVE_STATES:
+            return "replaced"
+        kind = await asyncio.to_thread(self.recheck, name)
+        if kind in ("restarted", "stopped"):
+            self.monitor.emit(name, kind, "by another process of the session")  # adopting watches the new one
+            return kind
+        if svc.runner is runner and svc.state in LIVE_STATES:
+            svc.mark_died()
+            svc.machine.die()
+        return "died"
 
     def adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool = False,
               log_path: Path | None = None, startup_seconds: float | None = None) -> None:
@@ -221,11 +266,12 @@ class UnifiedLauncher:
 
         svc = self._services[name]
         if svc.state == "completed" or (
-            svc.state == "running" and svc.runner is not None and svc.runner.pid == pid and svc.runner.alive()
+            svc.state in LIVE_STATES and svc.runner is not None and svc.runner.pid == pid and svc.runner.alive()
         ):
             return
+        self.monitor.unwatch_now(name)
         svc.startup_seconds = startup_seconds
-        if svc.state == "running":
+        if svc.state in LIVE_STATES or svc.state == "died":
             svc.machine.fail()
         if svc.runner is not None and hasattr(svc.runner, "detach"):
             svc.runner.detach()  # another process replaced our instance: close what we held of it
@@ -238,6 +284,8 @@ class UnifiedLauncher:
             level=svc.level, runner=self._runner_kind(svc.config), depends_on=tuple(self._graph[name])))
         svc.machine.begin()
         svc.machine.complete() if completed else svc.machine.ready()
+        if not completed:
+            self._watch(svc)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         svc.start_task = done  # type: ignore[assignment]
@@ -249,7 +297,8 @@ class UnifiedLauncher:
 
     async def _mark_stopped(self, name: str) -> None:
         svc = self._services[name]
-        if svc.state in ("running", "completed"):
+        await self.monitor.unwatch(name)
+        if svc.state in UP_STATES or svc.state == "died":
             svc.machine.halt()
             svc.machine.finish()
         svc.start_task = None
@@ -331,7 +380,7 @@ class UnifiedLauncher:
         if "starting" in states:
             return LauncherStatus.STARTING
         up = [s for s in states if s in ("running", "completed")]
-        failed = [s for s in states if s == "failed"]
+        failed = [s for s in states if s in ("failed", "died", "unhealthy")]
         if up and failed:
             return LauncherStatus.DEGRADED
         if failed:
@@ -344,7 +393,17 @@ class UnifiedLauncher:
         return build_report(
             self._runs, profile=self.config.profile, mode=self.mode, mode_reason=self.mode_reason,
             budget_seconds=self.config.startup_budget, resets=self.reset_seconds,
+            **self.health_report(),
         )
+
+    def health_report(self) -> dict[str, dict[str, Any]]:
+        """SPEC 10's ``health`` (probes, failures, response times, transitions) and ``resources``
+        (processes: peak memory, CPU seconds ...) of each service, as the monitor saw them."""
+        from ._monitor import monitor_report
+
+        in_process = {n for n, s in self._services.items() if s.timing is not None and s.timing.runner == "in_process"}
+        health, resources = monitor_report(self.monitor.stats, in_process=in_process)
+        return {"health": health, "resources": resources}
 
     def close(self) -> None:
         """Stop the background loop (after :meth:`stop`)."""
@@ -505,13 +564,22 @@ class UnifiedLauncher:
         if svc.start_task is None:
             svc.start_task = asyncio.ensure_future(self._start_service(svc))
         await asyncio.shield(svc.start_task)
-        if svc.state == "running" and svc.runner is not None and not svc.runner.alive():
+        if svc.state == "died" or (svc.state in LIVE_STATES and svc.runner is not None and not svc.runner.alive()):
             from .runners.subprocess import describe_exit
 
+            await self.monitor.unwatch(name)
             svc.error = ServiceDiedError(name, describe_exit(svc.runner.exit_code), log_tail=svc.runner.logs(20))
             svc.mark_died()
             svc.machine.fail()
             raise svc.error
+        if svc.state == "unhealthy":
+            from .errors import ServiceUnhealthyError
+
+            stats = self.monitor.stats_of(name)
+            raise ServiceUnhealthyError(
+                name, f"its health check ({svc.config.health.describe()}) failed {stats.consecutive_failures} "
+                      f"times in a row (last probe: {stats.last_probe}); it is used again once a probe passes",
+                log_tail=svc.runner.logs(20) if svc.runner is not None else "")
 
     async def _ensure_started(self, name: str) -> None:
         """Start ``name`` if needed and return once its process runs (``condition = "started"``),
@@ -636,6 +704,9 @@ class UnifiedLauncher:
             svc.machine.complete()
         else:
             svc.machine.ready()
+            self.monitor.emit(name, "restarted" if self.monitor.stats_of(name).transitions else "ready",
+                              f"in {svc.startup_seconds:.3f} s")
+            self._watch(svc)
         log.info("%s ready in %.3f s", name, svc.startup_seconds)
 
     async def _quiet_stop(self, runner: Any) -> None:
@@ -691,11 +762,15 @@ class UnifiedLauncher:
             except BaseException:
                 pass
         svc.start_task = None
+        await self.monitor.unwatch(svc.config.name)
         runner = svc.runner
         if svc.state == "stopped" or runner is None:
             return
-        died = svc.state == "running" and _ended(runner)
+        died = svc.state in LIVE_STATES and _ended(runner)
+        was_up = svc.state in LIVE_STATES
         t0 = _timing.monotonic()
+        if was_up and runner.pid is not None:
+            self._sample_last(svc)
         svc.machine.halt()
         try:
             await runner.stop()
@@ -704,9 +779,19 @@ class UnifiedLauncher:
         finally:
             svc.machine.finish()
             svc.start_task = None
+            if was_up:
+                self.monitor.emit(svc.config.name, "stopped", "by the launcher")
             run = self._run
             if run is not None and svc.config.name in run.services:
                 run.services[svc.config.name].teardown_seconds = _timing.monotonic() - t0
+
+    def _sample_last(self, svc: _Service) -> None:
+        """One last resource sample before a stop (a short test ends before the monitor's tick)."""
+        from ._resources import ResourceSampler
+
+        stats = self.monitor.stats_of(svc.config.name)
+        if stats.resources is not None:
+            ResourceSampler(svc.runner.pid, svc.runner.token, stats.resources).sample()
 
     async def _cap_logs(self) -> None:
         """Keep every running service's log under :attr:`log_max_bytes` (see ``_logs``): one
@@ -723,6 +808,7 @@ class UnifiedLauncher:
                     self.log_rotations += 1
 
     async def _release(self) -> None:
+        await self.monitor.close()
         if self._log_capper is not None:
             self._log_capper.cancel()
             self._log_capper = None

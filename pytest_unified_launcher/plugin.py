@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import _plugin_roles as _roles
+from ._plugin_health import health_errors_wanted, watch_test
 from .errors import ConfigError, LauncherError, UnknownServiceError
+from .lifecycle import LIVE_STATES
 
 if TYPE_CHECKING:
     from .config import LauncherConfig
@@ -235,6 +237,7 @@ def _launcher(config: pytest.Config) -> UnifiedLauncher:
             shared, launcher = session.shared, session.launcher
             launcher.on_change = lambda names: shared.update(launcher, names)
             launcher.refresh = lambda names: shared.adopt_recorded(launcher, names)
+            launcher.recheck = lambda name: shared.recheck(launcher, name)
             launcher.guard = shared.lock
         if session.attach:
             _attach(session)
@@ -285,12 +288,14 @@ def _marked_services(item: pytest.Item) -> tuple[list[str], list[str]]:
     names: list[str] = []
     fresh: list[str] = []
     for marker in item.iter_markers("services"):
-        unknown = sorted(set(marker.kwargs) - {"fresh"})
+        unknown = sorted(set(marker.kwargs) - {"fresh", "health_errors"})
         if unknown:
-            raise LauncherError(f"@pytest.mark.services takes only fresh=True as a keyword (got {', '.join(unknown)}=...); "
+            raise LauncherError(f"@pytest.mark.services takes only fresh=True and health_errors=False as keywords "
+                                f"(got {', '.join(unknown)}=...); "
                                 'name the services as strings: @pytest.mark.services("api", "db", fresh=True)')
-        if not isinstance(marker.kwargs.get("fresh", False), bool):
-            raise LauncherError(f"@pytest.mark.services: fresh={marker.kwargs['fresh']!r}; write fresh=True or fresh=False")
+        for key in ("fresh", "health_errors"):
+            if not isinstance(marker.kwargs.get(key, False), bool):
+                raise LauncherError(f"@pytest.mark.services: {key}={marker.kwargs[key]!r}; write {key}=True or {key}=False")
         if marker.kwargs.get("fresh") and not marker.args:
             raise LauncherError('@pytest.mark.services(fresh=True) names no service, so nothing would be made fresh; '
                                 'name them: @pytest.mark.services("db", fresh=True)')
@@ -399,9 +404,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             pytrace=False,
         )
     try:
-        _ensure(item.config, names)
+        handles = _ensure(item.config, names)
         if fresh:
             _reset_fresh(item.config, fresh)
+        if health_errors_wanted(item):
+            watch_test(item, _launcher(item.config), [n for n in handles if n in _launcher(item.config).services])
         return
     except UnknownServiceError as exc:
         message = f"@pytest.mark.services: {exc}"
@@ -442,7 +449,7 @@ def _add_log_sections(item: pytest.Item, report: pytest.TestReport, launcher: Un
     handles = launcher.services
 
     def died(name: str) -> bool:
-        return handles[name].state == "running" and not handles[name].alive
+        return handles[name].state == "died" or (handles[name].state in LIVE_STATES and not handles[name].alive)
 
     broken = [n for n in wanted if died(n)]
     shown = broken + [n for n in marked if n not in broken]

@@ -131,6 +131,8 @@ def build_report(
     mode_reason: str,
     budget_seconds: float,
     resets: Mapping[str, Sequence[float]] | None = None,
+    health: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The SPEC 5 report: every run, and P50/P95/P99/max over the runs; ``resets``: each
     service's reset durations (``fresh=True``, ``launcher.reset``), as a count and P50/P95."""
@@ -162,7 +164,75 @@ def build_report(
         "resets": {name: {"count": len(seconds), "p50": _r(percentile(seconds, 50)),
                           "p95": _r(percentile(seconds, 95)), "seconds": [_r(x) for x in seconds]}
                    for name, seconds in sorted((resets or {}).items()) if seconds},
+        "health": dict(health or {}),
+        "resources": dict(resources or {}),
     }
+
+
+def merge_health(reports: Sequence[Mapping[str, Any]], *, shared: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The xdist workers' ``health`` and ``resources`` as one: probes and failures summed,
+    transitions in time order (each once: workers of a shared environment see the same), the
+    median of the workers' p50 and the highest p95; resources: the highest peak, and CPU seconds
+    the highest (``shared``: one process seen by all) or summed (``per_worker``: one each)."""
+    health: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    for rep in reports:
+        for name, h in (rep.get("health") or {}).items():
+            into = health.setdefault(name, {"probes": 0, "failures": 0, "response_ms": None, "last_probe": None,
+                                            "transitions": [], "_p50": [], "_p95": []})
+            into["probes"] += h["probes"]
+            into["failures"] += h["failures"]
+            into["last_probe"] = h.get("last_probe") or into["last_probe"]
+            if h.get("response_ms"):
+                into["_p50"].append(h["response_ms"]["p50"])
+                into["_p95"].append(h["response_ms"]["p95"])
+            seen = {(t["kind"], round(t["at"], 1)) for t in into["transitions"]}
+            into["transitions"] += [t for t in h["transitions"] if (t["kind"], round(t["at"], 1)) not in seen]
+        for name, r in (rep.get("resources") or {}).items():
+            known = resources.get(name)
+            if known is None or "n/a" in known:
+                resources[name] = dict(r)
+            elif "n/a" not in r:
+                known["rss_peak_bytes"] = max(known["rss_peak_bytes"], r["rss_peak_bytes"])
+                known["cpu_seconds"] = (max(known["cpu_seconds"], r["cpu_seconds"]) if shared
+                                        else round(known["cpu_seconds"] + r["cpu_seconds"], 3))
+                known["samples"] += r["samples"]
+    for h in health.values():
+        p50s, p95s = h.pop("_p50"), h.pop("_p95")
+        if p50s:
+            h["response_ms"] = {"p50": percentile(p50s, 50), "p95": max(p95s)}
+        h["transitions"].sort(key=lambda t: t["at"])
+    return health, resources
+
+
+#: The events the summary lists (ready and stopped are every service's).
+NOTABLE = ("unhealthy", "recovered", "died", "restarted")
+
+
+def health_lines(report: Mapping[str, Any]) -> list[str]:
+    """``health:`` lines of the summary: each service's notable transitions, with the clock time."""
+    import time as _time
+
+    lines = []
+    for name, h in sorted((report.get("health") or {}).items()):
+        notable = [t for t in h["transitions"] if t["kind"] in NOTABLE]
+        if not notable:
+            continue
+        shown = [f"{t['kind']} {_time.strftime('%H:%M:%S', _time.localtime(t['at']))}"
+                 + (f" ({t['detail']})" if t["kind"] in ("unhealthy", "died") and t["detail"] else "")
+                 for t in notable[:6]]
+        more = f" and {len(notable) - 6} more" if len(notable) > 6 else ""
+        lines.append(f"health: {name}: " + ", ".join(shown) + more)
+    return lines
+
+
+def peak_mib(resources: Mapping[str, Any], name: str) -> str:
+    r = resources.get(name)
+    if r is None:
+        return "-"
+    if "n/a" in r:
+        return "n/a"
+    return f"{r['rss_peak_bytes'] / 2**20:.1f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -200,11 +270,13 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
         return [f"mode: {report['mode']} ({report['mode_reason']}); no services were started"]
     run = runs[-1]
     rows = []
+    resources = report.get("resources") or {}
     for name, s in sorted(run["services"].items(), key=lambda kv: (kv[1]["level"], kv[0])):
         result = s.get("result") or timing_from_json(s).result()
         rows.append([name, str(s["level"]), s["runner"], _fmt(s["startup_seconds"]),
-                     _fmt(s["teardown_seconds"]), str(s["attempts"]), result])
-    lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", "result"], rows)
+                     _fmt(s["teardown_seconds"]), str(s["attempts"]), peak_mib(resources, name), result])
+    lines = render_table(["service", "level", "runner", "startup s", "teardown s", "attempts", "peak MiB", "result"],
+                         rows)
     total = run["total_startup_seconds"]
     budget = report["budget_seconds"]
     verdict = "within" if total <= budget else "EXCEEDS"
@@ -215,6 +287,7 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
                  + (f"; DIED while running: {', '.join(died)}" if died else "")
                  + (f"; teardown {run['total_teardown_seconds']:.3f} s" if run["total_teardown_seconds"] is not None else ""))
     lines.append(f"mode: {report['mode']} ({report['mode_reason']})")
+    lines += health_lines(report)
     resets = report.get("resets") or {}
     if resets:
         lines.append("resets: " + ", ".join(f"{name} {r['count']}x (p50 {r['p50']:.3f} s, p95 {r['p95']:.3f} s)"

@@ -101,10 +101,10 @@ class SharedEnvironment:
             if handle.error is not None:
                 err = handle.error
                 record[name] = {"state": "failed", "cause": err.cause, "log_tail": err.log_tail}
-            elif handle.state in ("running", "completed"):
+            elif handle.state in ("running", "unhealthy", "completed"):  # unhealthy: its process runs
                 pid = handle.pid
                 record[name] = {
-                    "state": handle.state, "pid": pid, "token": process_token(pid) if pid else None,
+                    "state": "completed" if handle.state == "completed" else "running", "pid": pid, "token": process_token(pid) if pid else None,
                     "startup_seconds": handle.startup_seconds,
                 }
         self.write(record)
@@ -123,6 +123,23 @@ class SharedEnvironment:
             if entry["state"] == "completed" or (pid and process_token(pid) == entry.get("token")):
                 launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed",
                                startup_seconds=entry.get("startup_seconds"))
+
+    def recheck(self, launcher: Any, name: str) -> str | None:
+        """What an exit of ``name`` seen by this worker's monitor means: "restarted" (another
+        worker replaced it: the new instance is adopted), "stopped" (another worker stopped it),
+        or None (it died). Waits for the lock: a restart holds it until the new one is recorded."""
+        runner = launcher.services[name]._svc.runner
+        with self.lock():
+            entry = self.read().get(name)
+            if not entry or entry.get("state") == "stopped":
+                launcher.mark_stopped(name)
+                return "stopped"
+            pid = entry.get("pid")
+            if entry.get("state") == "running" and pid and pid != getattr(runner, "pid", None) \
+                    and process_token(pid) == entry.get("token"):
+                launcher.adopt(name, pid=pid, token=entry.get("token"), startup_seconds=entry.get("startup_seconds"))
+                return "restarted"
+        return None
 
     def update(self, launcher: Any, names: Iterable[str]) -> None:
         """Record what a test's stop()/start() changed (called holding :meth:`lock`)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_unified_launcher import _timing
+from pytest_unified_launcher.config import HealthCheck
 from pytest_unified_launcher.health import (
     HealthTimeout,
     HttpProbe,
@@ -50,7 +51,7 @@ async def test_http_probe_statuses(status: int, expected: str | None) -> None:
     says the server is up and the path is what to check."""
     server, port = await serve_http(status)
     try:
-        result = await HttpProbe(f"http://127.0.0.1:{port}/health", 1.0).check()
+        result = await HttpProbe(HealthCheck("http", url=f"http://127.0.0.1:{port}/health", timeout=1.0)).check()
     finally:
         server.close()
     assert result is None if expected is None else expected in str(result)
@@ -85,7 +86,7 @@ async def test_http_probe_reads_only_the_status_line(answer: bytes, expected: st
     requests: list[bytes] = []
     server, port = await serve_raw(answer, requests)
     try:
-        result = await HttpProbe(f"http://127.0.0.1:{port}/ready", 1.0).check()
+        result = await HttpProbe(HealthCheck("http", url=f"http://127.0.0.1:{port}/ready", timeout=1.0)).check()
     finally:
         server.close()
     assert result == expected or (expected is not None and expected in str(result))
@@ -96,8 +97,8 @@ async def test_http_probe_sends_path_query_and_host() -> None:
     requests: list[bytes] = []
     server, port = await serve_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", requests)
     try:
-        assert await HttpProbe(f"http://127.0.0.1:{port}/health/live?deep=1", 1.0).check() is None
-        assert await HttpProbe(f"http://127.0.0.1:{port}", 1.0).check() is None
+        assert await HttpProbe(HealthCheck("http", url=f"http://127.0.0.1:{port}/health/live?deep=1", timeout=1.0)).check() is None
+        assert await HttpProbe(HealthCheck("http", url=f"http://127.0.0.1:{port}", timeout=1.0)).check() is None
     finally:
         server.close()
     first, second = (r.decode().split("\r\n") for r in requests)
@@ -118,7 +119,7 @@ async def test_http_probe_times_out_on_a_silent_server() -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        assert await HttpProbe(f"http://127.0.0.1:{port}/", 0.1).check() == "timed out"
+        assert await HttpProbe(HealthCheck("http", url=f"http://127.0.0.1:{port}/", timeout=0.1)).check() == "timed out"
     finally:
         gate.set()
         server.close()
@@ -128,8 +129,8 @@ async def test_tcp_and_http_probes_name_a_refused_connection() -> None:
     """A closed port is reported as 'connection refused' by both probes."""
     port = closed_port()
     assert await TcpProbe("127.0.0.1", port, 1.0).check() == "connection refused"
-    assert await HttpProbe(f"http://127.0.0.1:{port}/", 1.0).check() == "connection refused"
-    assert await HttpProbe(f"http://localhost:{port}/", 1.0).check() == "connection refused"
+    assert await HttpProbe(HealthCheck("http", url=f"http://127.0.0.1:{port}/", timeout=1.0)).check() == "connection refused"
+    assert await HttpProbe(HealthCheck("http", url=f"http://localhost:{port}/", timeout=1.0)).check() == "connection refused"
 
 
 async def test_log_probe_reads_only_new_output(tmp_path: Path) -> None:

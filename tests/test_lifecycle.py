@@ -21,6 +21,14 @@ from pytest_unified_launcher.lifecycle import ServiceLifecycle
         (["begin", "ready", "halt", "finish"], "stopped"),
         (["begin", "halt", "finish", "begin"], "starting"),
         (["begin", "complete", "halt", "finish"], "stopped"),
+        (["begin", "ready", "sicken"], "unhealthy"),
+        (["begin", "ready", "sicken", "recover"], "running"),
+        (["begin", "ready", "die"], "died"),
+        (["begin", "ready", "sicken", "die"], "died"),
+        (["begin", "ready", "die", "fail"], "failed"),
+        (["begin", "ready", "die", "halt", "finish"], "stopped"),
+        (["begin", "ready", "sicken", "halt", "finish"], "stopped"),
+        (["begin", "ready", "die", "begin", "ready"], "running"),
     ],
 )
 def test_legal_paths(events: list[str], state: str) -> None:
@@ -40,6 +48,11 @@ def test_legal_paths(events: list[str], state: str) -> None:
         (["begin", "ready"], "complete"),
         (["begin", "ready", "halt"], "ready"),
         ([], "finish"),
+        (["begin"], "sicken"),
+        (["begin", "ready"], "recover"),
+        (["begin", "complete"], "die"),
+        (["begin", "ready", "die"], "recover"),
+        (["begin", "ready", "die"], "sicken"),
     ],
 )
 def test_illegal_transitions_raise(events: list[str], illegal: str) -> None:

@@ -7,9 +7,11 @@ import re
 import shlex
 import signal
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
-from .models import HealthCheck, ResetHook, ServiceModel, Where
+from .models import HealthCheck, HealthModel, HttpCheckModel, ResetHook, ServiceModel, Where
 
 
 def _argv(value: list[str] | str, where: Where | None = None, key: str = "command") -> list[str]:
@@ -51,36 +53,53 @@ def _resolve_health(
     url: str | None,
     ex: Callable[[str, str], str],
     where: Where,
+    root: Path,
 ) -> HealthCheck:
     if raw.task:
         if raw.health is not None:
             raise where("a task has no health probe: it is ready when it exits 0",
                         fix="remove health, or drop task = true for a long-running service", key="health")
         return HealthCheck("exit")
-    h = raw.health
-    if h is None:
-        return HealthCheck("tcp") if port is not None else HealthCheck("alive")
+    h = raw.health or HealthModel()
+    common: dict[str, Any] = {"timeout": h.timeout, "interval": h.interval, "failure_threshold": h.failure_threshold}
     if h.http is not None:
-        target = ex("health.http", h.http)
+        spec = h.http if isinstance(h.http, HttpCheckModel) else HttpCheckModel(path=h.http)
+        key = "health.http" if isinstance(h.http, str) else "health.http.path"
+        target = ex(key, spec.path)
         if target.startswith("/"):
             if url is None:
                 raise where(f"http path {target!r} needs a port",
-                            fix="give the service a port, or write a full URL", key="health.http")
+                            fix="give the service a port, or write a full URL", key=key)
             target = url.rstrip("/") + target
-        return HealthCheck("http", timeout=h.timeout, url=target)
+        elif not target.startswith(("http://", "https://")):
+            raise where(f"{target!r} is neither a path (/health) nor an http(s) URL",
+                        fix='write a path such as "/health", or a full URL such as "http://127.0.0.1:8000/health"',
+                        key=key)
+        files: dict[str, Any] = {k: (root / ex(f"health.http.{k}", v)).resolve() if v else None
+                 for k, v in (("ca_file", spec.ca_file), ("cert", spec.cert), ("key", spec.key))}
+        for k, path in files.items():
+            if path is not None and not path.is_file():
+                raise where(f"{k} {path} is not a file", fix="give the path of a PEM file (relative to the config file)",
+                            key=f"health.http.{k}")
+        return HealthCheck(
+            "http", url=target, status=tuple(spec.status) if spec.status else None, body=spec.body,
+            headers=tuple((k, ex(f"health.http.headers.{k}", v)) for k, v in spec.headers.items()), **files, **common,
+        )
     if h.tcp:
         if port is None:
             raise where("a tcp probe needs a port", fix='set port = "auto" or use ${port} in the command',
                         key="health.tcp")
-        return HealthCheck("tcp", timeout=h.timeout)
+        return HealthCheck("tcp", **common)
     if h.command is not None:
         argv = tuple(ex("health.command", a) for a in _argv(h.command, where, "health.command"))
         if not argv:
             raise where("the probe command is empty", fix="give the program to run", key="health.command")
-        return HealthCheck("command", timeout=h.timeout, argv=argv)
+        return HealthCheck("command", argv=argv, **common)
     if h.log is not None:
-        return HealthCheck("log", timeout=h.timeout, pattern=ex("health.log", h.log))
-    return HealthCheck("notify", timeout=h.timeout)
+        return HealthCheck("log", pattern=ex("health.log", h.log), **common)
+    if h.notify:
+        return HealthCheck("notify", **common)
+    return HealthCheck("tcp" if port is not None else "alive", **common)
 
 
 #: ``reset = "package.module:function"``: a Python hook rather than a command.

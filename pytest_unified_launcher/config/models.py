@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
@@ -51,29 +51,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
-class HealthModel(_Strict):
-    """``health = {...}``: exactly one probe kind, plus an optional per-probe timeout."""
+def _regex(value: str, what: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{what} {value!r} is not a valid regex: {exc}") from None
+    return value
 
-    http: str | None = None
+
+class HttpCheckModel(_Strict):
+    """``health.http = { path = "/health", status = [200, 204], body = "regex", headers = {...} }``;
+    ``ca_file`` / ``cert`` / ``key`` for https (relative to the config file)."""
+
+    path: str
+    status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(default=None, min_length=1)
+    body: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    ca_file: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> HttpCheckModel:
+        if self.body is not None:
+            _regex(self.body, "body pattern")
+        if self.key is not None and self.cert is None:
+            raise ValueError("key is the private key of a client cert: set cert too")
+        return self
+
+
+class HealthModel(_Strict):
+    """``health = {...}``: exactly one probe kind, an optional per-probe timeout, and how the
+    monitor keeps probing once the service is ready (``interval``, ``failure_threshold``)."""
+
+    http: str | HttpCheckModel | None = None
     tcp: bool | None = None
     command: list[str] | str | None = None
     log: str | None = None
     notify: bool | None = None
     timeout: float = Field(default=1.0, gt=0)
+    #: Seconds between the monitor's probes of a ready service; 0 turns the monitor's probes off.
+    interval: float = Field(default=2.0, ge=0)
+    #: Consecutive failed probes that make a ready service unhealthy.
+    failure_threshold: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthModel:
         kinds = [k for k in ("http", "tcp", "command", "log", "notify") if getattr(self, k)]
-        if len(kinds) != 1:
+        if len(kinds) > 1 or (not kinds and self.model_fields_set - {"timeout", "interval", "failure_threshold"}):
             raise ValueError(
                 "set exactly one of http, tcp, command, log, notify"
                 + (f" (got {', '.join(kinds)})" if kinds else "")
             )
         if self.log is not None:
-            try:
-                re.compile(self.log)
-            except re.error as exc:
-                raise ValueError(f"log pattern {self.log!r} is not a valid regex: {exc}") from None
+            _regex(self.log, "log pattern")
         return self
 
 
@@ -227,10 +258,27 @@ class HealthCheck:
     url: str | None = None
     argv: tuple[str, ...] = ()
     pattern: str | None = None
+    #: How the monitor keeps probing once the service is ready (0: it does not).
+    interval: float = 2.0
+    failure_threshold: int = 3
+    #: http: the statuses that pass (None: any 2xx), a regex the body must match, request headers.
+    status: tuple[int, ...] | None = None
+    body: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    #: https: the CA bundle to trust, and a client certificate (with its key when separate).
+    ca_file: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def monitored(self) -> bool:
+        """Whether the monitor probes it after ready (a log or notify probe has nothing to ask again)."""
+        return self.interval > 0 and self.kind in ("http", "tcp", "command")
 
     def describe(self) -> str:
         if self.kind == "http":
-            return f"http GET {self.url}"
+            extra = f" expecting {'/'.join(map(str, self.status))}" if self.status else ""
+            return f"http GET {self.url}{extra}" + (f" body /{self.body}/" if self.body else "")
         if self.kind == "command":
             return "command " + shlex.join(self.argv)
         if self.kind == "log":

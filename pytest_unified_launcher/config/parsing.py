@@ -455,7 +455,7 @@ def _resolve(
         cwd = (root / cwd_text).resolve() if cwd_text else root
         # An http probe's path is a GET on the port, whatever the scheme of the service's url.
         http_url = url if raw.url is not None else client_url(own_address["host"], port) if port is not None else None
-        health = _resolve_health(raw, name, port, own_address["host"], http_url, ex, where)
+        health = _resolve_health(raw, name, port, own_address["host"], http_url, ex, where, root)
         current_key[0] = "stop_signal"
         stop_signal = _signal_number(raw.stop_signal, where)
         stop_command = (tuple(ex("stop_command", a) for a in _argv(raw.stop_command, where, "stop_command"))

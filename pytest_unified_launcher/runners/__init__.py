@@ -47,9 +47,13 @@ class Runner:
     kind = "base"
 
     def __init__(self, svc: ServiceConfig, ctx: RunContext) -> None:
+        from ..health import ProbeRate
+
         self.svc = svc
         self.ctx = ctx
         self.spawned_at: float | None = None
+        #: Shared by its startup wait and the health monitor (at most 10 probes a second).
+        self.probe_rate = ProbeRate()
 
     @property
     def pid(self) -> int | None:

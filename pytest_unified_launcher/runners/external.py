@@ -20,7 +20,7 @@ class ExternalRunner(Runner):
             env=self.ctx.base_env, spawned_at=self.spawned_at or _timing.monotonic(),
         )
         try:
-            await wait_healthy(probe, deadline=deadline, timeout=self.svc.startup_timeout, max_delay=0.1)
+            await wait_healthy(probe, deadline=deadline, timeout=self.svc.startup_timeout, rate=self.probe_rate)
         except HealthTimeout as exc:
             raise ServiceStartupError(
                 self.svc.name,

@@ -158,7 +158,7 @@ class InProcessRunner(Runner):
             env=dict(os.environ), spawned_at=self.spawned_at or _timing.monotonic(),
         )
         try:
-            await wait_healthy(probe, deadline=deadline, timeout=self.svc.startup_timeout,
+            await wait_healthy(probe, deadline=deadline, timeout=self.svc.startup_timeout, rate=self.probe_rate,
                                log_path=self.log_path)
         except HealthTimeout as exc:
             raise self._health_timeout(exc.timeout, exc.last) from None

@@ -381,6 +381,7 @@ class SubprocessRunner(Runner):
                 probe, deadline=deadline, timeout=timeout, exited=self._exited,
                 exit_code=lambda: self.exit_code, signals=signals, log_path=self.log_path,
                 not_probed=waiting_for if signals and not signals[0].is_set() else None,
+                rate=self.probe_rate,
             )
         except ProcessExited as exc:
             raise self._fail(describe_exit(exc.code) + self._exit_hint(exc.code), exit_code=exc.code) from None
