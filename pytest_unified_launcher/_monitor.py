@@ -164,12 +164,16 @@ class HealthMonitor:
                     sampler.sample()
                 if probe is None:
                     continue
-                await runner.probe_rate.acquire()
-                await self._probe_once(svc, probe, stats)
+                await runner.probe_rate.wait()
+                try:
+                    await self._probe_once(svc, probe, stats)
+                finally:
+                    runner.probe_rate.record()
         finally:
             if exited is not None:
                 exited.cancel()
         # Its process ended, and not by a stop of ours (that unwatches first).
+        await runner.collected(1.0)
         self._watchers.pop(name, None)
         kind = await self._on_exit(name, runner)
         if kind == "died":

@@ -24,28 +24,28 @@ def health_errors_wanted(item: pytest.Item) -> bool:
     return all(marker.kwargs.get("health_errors", True) for marker in item.iter_markers("services"))
 
 
-def watch_test(item: pytest.Item, launcher: Any, wanted: list[str]) -> None:
-    """Fail the item's teardown if one of ``wanted`` turns unhealthy or dies until then."""
-    started = time.time()
-    names = set(wanted)
-    seen: list[Any] = []
-    lock = threading.Lock()
+class TestWatch:
+    """The health events of one test's services, from its setup to its teardown."""
 
-    def on_event(event: Any) -> None:  # on the launcher's loop thread
-        if event.service in names and event.kind in ERROR_KINDS:
-            with lock:
-                seen.append(event)
+    def __init__(self, launcher: Any, wanted: list[str]) -> None:
+        self.launcher = launcher
+        self.started = time.time()
+        self.names = set(wanted)
+        self.seen: list[Any] = []
+        self._lock = threading.Lock()
+        self._unsubscribe = launcher.subscribe(self._on_event)
 
-    unsubscribe = launcher.subscribe(on_event)
+    def _on_event(self, event: Any) -> None:  # on the launcher's loop thread
+        if event.service in self.names and event.kind in ERROR_KINDS:
+            with self._lock:
+                self.seen.append(event)
 
-    def check() -> None:
-        unsubscribe()
-        with lock:
-            events = list(seen)
-        if events:
-            pytest.fail(describe(launcher, events, started), pytrace=False)
-
-    item.addfinalizer(check)
+    def finish(self) -> str | None:
+        """Stop listening; the error to report, or None."""
+        self._unsubscribe()
+        with self._lock:
+            events = list(self.seen)
+        return describe(self.launcher, events, self.started) if events else None
 
 
 def describe(launcher: Any, events: list[Any], started: float) -> str:
@@ -62,7 +62,7 @@ def describe(launcher: Any, events: list[Any], started: float) -> str:
         if stats is not None and stats.probes:
             last = f"\nlast probe: {'ok' if stats.last_probe is None else stats.last_probe}"
         tail = launcher.services[name].logs(20)
-        parts.append(f"service '{name}' {what} while this test used it{last}"
+        parts.append(f"service '{name}', which this test uses, {what}{last}"
                      + (f"\n--- last lines of its log ---\n{tail}" if tail else ""))
     return "\n\n".join(parts) + ("\n\n(a test that breaks its services on purpose: "
                                  '@pytest.mark.services(..., health_errors=False))')

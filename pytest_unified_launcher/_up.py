@@ -160,7 +160,8 @@ def attach_launcher(launcher: Any, state_dir: Path) -> dict[str, Any]:
         launcher.adopt(name, pid=pid, token=entry.get("token"), completed=entry["state"] == "completed",
                        log_path=Path(entry["log_path"]) if entry.get("log_path") else None,
                        startup_seconds=entry.get("startup_seconds"))
-    launcher.delegate = UpDelegate(launcher, state_dir, record)
+    launcher.delegate = delegate = UpDelegate(launcher, state_dir, record)
+    launcher.recheck = delegate.recheck
     running = [n for n, e in record["services"].items() if n in launcher.services and e["state"] == "running"]
     for name, reason in sorted(launcher.probe(running).items()):
         if reason is not None:
@@ -199,14 +200,54 @@ class UpDelegate:
     its dependents too), or marked stopped when `up` no longer runs it.
     """
 
+    #: How long an exit seen by the attached session's health monitor waits for `up` to record
+    #: what replaced the process (a restart asked by another attached process, or up's own).
+    RECHECK_SECONDS = 5.0
+
     def __init__(self, launcher: Any, state_dir: Path, record: dict[str, Any]) -> None:
+        import threading
+
         self.launcher, self.state_dir = launcher, state_dir
         self.control = record.get("control") if isinstance(record.get("control"), dict) else None
         self.names = {n for n in record["services"] if n in launcher.services}
+        #: Held while `up` carries out one of our requests: an exit seen meanwhile is its doing.
+        self.busy = threading.Lock()
+
+    def recheck(self, name: str) -> str | None:
+        """What an exit of `up`'s service ``name`` means to this session (see
+        ``UnifiedLauncher.recheck``): "restarted" once up.json names a new live process (adopted),
+        "stopped" when `up` no longer runs it, None (it died) when `up` recorded nothing new."""
+        import time
+
+        if name not in self.names:
+            return None
+        old = self.launcher.services[name].pid
+        end = time.monotonic() + self.RECHECK_SECONDS
+        while True:
+            with self.busy:  # our own request to `up` first: it ends with a new record
+                try:
+                    record = read_up_record(self.state_dir)
+                except AttachError:
+                    return None
+                entry = record["services"].get(name)
+                if entry is None:
+                    self.launcher.mark_stopped(name)
+                    return "stopped"
+                pid = entry.get("pid")
+                if pid and pid != old and process_token(pid) == entry.get("token"):
+                    self.sync()
+                    return "restarted"
+            if time.monotonic() > end or not owner_alive(record):
+                return None
+            time.sleep(0.05)
 
     def __call__(self, action: str, name: str) -> list[str] | None:
         if name not in self.names or self.control is None:
             return None
+        with self.busy:
+            return self._ask(action, name)
+
+    def _ask(self, action: str, name: str) -> list[str] | None:
         try:
             call_control(self.control, f"/services/{name}/{action}",
                          body={"reason": f"{action}() in the attached pytest session (pid {os.getpid()})"},

@@ -269,14 +269,15 @@ class ProbeRate:
         return max(0.0, self._times[0] + self.window - _timing.monotonic())
 
     def record(self) -> None:
+        """Count a probe as it ends: its request reached the server before that, so the server
+        never sees more than ``limit`` in a window either, however late the first one arrived."""
         self._times.append(_timing.monotonic())
 
-    async def acquire(self) -> None:
-        """Wait until a probe is allowed, and count it."""
+    async def wait(self) -> None:
+        """Wait until a probe is allowed (then probe, then :meth:`record`)."""
         wait = self.delay()
         if wait > 0:
             await asyncio.sleep(wait)
-        self.record()
 
 
 class ProbeUnusable(Exception):
@@ -332,11 +333,12 @@ async def wait_healthy(
         if held > 0:  # probed enough this second: wait (waking on an exit), then look again
             await _wait_any(min(held, remaining), exited, ())
             continue
-        rate.record()
         try:
             result = await asyncio.wait_for(_first(probe.check(), exited), remaining)
         except TimeoutError:
             raise HealthTimeout(timeout, last if last != "not probed yet" else "probe timed out") from None
+        finally:
+            rate.record()
         if result is _EXITED:
             raise ProcessExited(exit_code())
         if result is None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import _plugin_roles as _roles
-from ._plugin_health import health_errors_wanted, watch_test
+from ._plugin_health import TestWatch, health_errors_wanted
 from .errors import ConfigError, LauncherError, UnknownServiceError
 from .lifecycle import LIVE_STATES
 
@@ -408,13 +408,31 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if fresh:
             _reset_fresh(item.config, fresh)
         if health_errors_wanted(item):
-            watch_test(item, _launcher(item.config), [n for n in handles if n in _launcher(item.config).services])
+            launcher = _launcher(item.config)
+            item.stash[_WATCH] = TestWatch(launcher, [n for n in handles if n in launcher.services])
         return
     except UnknownServiceError as exc:
         message = f"@pytest.mark.services: {exc}"
     except LauncherError as exc:
         message = str(exc)
     pytest.fail(message, pytrace=False)  # outside the except: no "during handling" echo of it
+
+
+#: The health events of the test now running (see ``_plugin_health``).
+_WATCH = pytest.StashKey["TestWatch"]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """After the test's own teardown: a service of its that turned unhealthy or died meanwhile
+    is an error of its teardown, as a fixture's would be."""
+    yield
+    watch = item.stash.get(_WATCH, None)
+    if watch is not None:
+        del item.stash[_WATCH]
+        problem = watch.finish()
+        if problem is not None:
+            pytest.fail(problem, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -75,6 +75,10 @@ class Runner:
     def alive(self) -> bool:
         return True
 
+    async def collected(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until its ended process's exit code is known: a pidfd says
+        a process ended a moment before the child watcher has collected its status."""
+
     async def start(self, deadline: float) -> None:
         raise NotImplementedError
 

@@ -144,6 +144,10 @@ class SubprocessRunner(Runner):
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    async def collected(self, timeout: float) -> None:
+        if self._exited is not None and not self._exited.done():
+            await asyncio.wait({self._exited}, timeout=timeout)
+
     # ------------------------------------------------------------------ start
 
     def _env(self) -> dict[str, str]:
