@@ -712,3 +712,56 @@ def test_up_detach_that_cannot_record_says_why(project: Path, no_orphans: None) 
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: cannot update {project / 'state' / 'up.json'} (Is a directory); "
                                     "make it writable, or set another state_dir"), result.stderr
+
+
+def test_up_restarts_an_unhealthy_service_and_shows_health_and_resources(tmp_path: Path, no_orphans: None) -> None:
+    """`up` restarts a service that turned unhealthy (auto_restart) with the dependents that need
+    it; `status` and /metrics show its health, probe latency and resources (SPEC 10)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (tmp_path / "launcher.toml").write_text(f"""
+[launcher]
+state_dir = "state"
+[services.web]
+command = ["{PY}", "{APPS / 'flaky_http.py'}", "${{port}}"]
+health = {{ http = "/health", interval = 0.1, failure_threshold = 2, timeout = 0.3 }}
+[services.front]
+command = ["{PY}", "{TCP}", "${{port}}"]
+depends_on = ["web"]
+""")
+    result = cli(tmp_path, "up", "--detach")
+    assert result.returncode == 0, result.stderr + result.stdout
+    try:
+        record = json.loads((tmp_path / "state" / "up.json").read_text())
+        web, front = record["services"]["web"], record["services"]["front"]
+        _wait(lambda: "  ok  " in cli(tmp_path, "status").stdout)  # a monitor probe passed
+        status = cli(tmp_path, "status")
+        assert status.returncode == 0, status.stdout
+        lines = status.stdout.splitlines()
+        header, row = lines[1], next(line for line in lines if line.startswith("web "))
+        assert header.split()[-6:] == ["probe", "probe", "ms", "MiB", "cpu", "s"]
+        cells = row.split()
+        assert cells[-4] == "ok" and float(cells[-3]) > 0 and float(cells[-2]) > 1 and float(cells[-1]) >= 0
+        control = record["control"]
+        code, text = http(f"{control['url']}/metrics", control["token"])
+        assert code == 200
+        samples = {(s.name, s.labels.get("service")): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("unified_launcher_service_rss_bytes", "web")] > 1_000_000
+        assert samples[("unified_launcher_service_healthy", "web")] == 1
+        assert samples[("unified_launcher_service_probes", "web")] >= 1
+        assert ("launcher_health_probe_seconds_count", "web") in samples
+
+        urllib.request.urlopen(f"{web['url']}/mode/503", timeout=5).read()
+
+        def replaced() -> bool:
+            now = json.loads((tmp_path / "state" / "up.json").read_text())["services"]
+            return now.get("web", {}).get("pid") not in (None, web["pid"]) and \
+                now.get("front", {}).get("pid") not in (None, front["pid"])
+
+        _wait(replaced)
+        log = (tmp_path / "state" / "up.log").read_text()
+        assert "service web is unhealthy (2 failed probes; last: GET" in log
+        assert "auto_restart: restarting web in 1 s" in log and "restarting front, web (it was unhealthy" in log
+    finally:
+        cli(tmp_path, "down")
