@@ -298,16 +298,17 @@ def session_summary(report: Mapping[str, Any]) -> list[str]:
 def bench_summary(report: Mapping[str, Any]) -> list[str]:
     """The bench table: per service and total P50/P95/P99/max over the runs."""
     summary = report["summary"]
+    resources = report.get("resources") or {}
     rows = []
     for name, s in summary["services"].items():
-        rows.append([name, _fmt(s["p50"]), _fmt(s["p95"]), _fmt(s["p99"]), _fmt(s["max"])])
+        rows.append([name, _fmt(s["p50"]), _fmt(s["p95"]), _fmt(s["p99"]), _fmt(s["max"]), peak_mib(resources, name)])
     if summary["total"]:
         t = summary["total"]
-        rows.append(["TOTAL startup", _fmt(t["p50"]), _fmt(t["p95"]), _fmt(t["p99"]), _fmt(t["max"])])
+        rows.append(["TOTAL startup", _fmt(t["p50"]), _fmt(t["p95"]), _fmt(t["p99"]), _fmt(t["max"]), ""])
     if summary["teardown"]:
         t = summary["teardown"]
-        rows.append(["TOTAL teardown", _fmt(t["p50"]), _fmt(t["p95"]), _fmt(t["p99"]), _fmt(t["max"])])
-    lines = render_table(["service (seconds)", "p50", "p95", "p99", "max"], rows)
+        rows.append(["TOTAL teardown", _fmt(t["p50"]), _fmt(t["p95"]), _fmt(t["p99"]), _fmt(t["max"]), ""])
+    lines = render_table(["service (seconds)", "p50", "p95", "p99", "max", "peak MiB"], rows)
     verdict = "OK" if report["budget_ok"] else "EXCEEDED"
     lines.append(f"budget {report['budget_seconds']:g} s for the total P95: {verdict}"
                  f" ({len(report['runs'])} runs, mode {report['mode']})")

@@ -379,6 +379,10 @@ def test_bench_exit_codes_json_and_svg(project: Path, no_orphans: None) -> None:
     assert "TOTAL startup" in ok.stdout and "run 3/3" in ok.stdout
     report = json.loads((project / "b.json").read_text())
     assert len(report["runs"]) == 3 and report["budget_ok"] is True
+    # peak memory per service (SPEC 10), over the runs
+    assert report["resources"]["plain"]["rss_peak_bytes"] > 1_000_000
+    plain_row = next(line for line in ok.stdout.splitlines() if line.startswith("plain "))
+    assert "peak MiB" in ok.stdout and float(plain_row.split()[-1]) > 1
     assert (project / "w.svg").read_text().startswith("<svg")
     (project / "launcher.toml").write_text(CONFIG.replace('state_dir = "state"', 'state_dir = "state"\nstartup_budget = 0.000001'))
     over = cli(project, "bench", "plain", "--runs", "2")

@@ -206,6 +206,23 @@ ERRORS = [
     ("[services.a]\ncommand = ['x']\nhealth = { http = '/h', tcp = true }\n", {}, ["set exactly one of http"]),
     ("[services.a]\ncommand = ['x']\nhealth = { log = '([' }\n", {}, ["not a valid regex"]),
     ("[services.a]\ncommand = ['x']\ntask = true\nhealth = { tcp = true }\n", {}, ["a task has no health probe"]),
+    # SPEC 10: the monitor's keys and the http table.
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { tcp = true, interval = -1 }\n", {},
+     ["service 'a'", "key 'health.interval'", "greater than or equal to 0"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { tcp = true, failure_threshold = 0 }\n", {},
+     ["key 'health.failure_threshold'", "greater than or equal to 1"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { http = { path = '/h', statuses = [200] } }\n", {},
+     ["unknown key 'statuses'", "did you mean 'status'"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { http = { path = '/h', status = [700] } }\n", {},
+     ["health.http.status", "less than or equal to 599"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { http = { path = '/h', body = '([' } }\n", {},
+     ["body pattern '([' is not a valid regex"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { http = { path = '/h', key = 'k.pem' } }\n", {},
+     ["key is the private key of a client cert: set cert too"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { http = { path = '/h', ca_file = 'no-ca.pem' } }\n", {},
+     ["service 'a'", "key 'health.http.ca_file'", "no-ca.pem is not a file", "PEM file"]),
+    ("[services.a]\ncommand = ['x']\nport = 1\nhealth = { http = 'health' }\n", {},
+     ["key 'health.http'", "neither a path (/health) nor an http(s) URL"]),
     ("[services.a]\ncommand = ['x']\n", {"environ": {"LAUNCHER_MODE": "turbo"}}, ["LAUNCHER_MODE", "'turbo'"]),
     ("[services.a]\ncommand = ['x']\n[profiles.ci.services.b]\nport = 1\n", {"profile": "ci"},
      ["profile 'ci' overrides service 'b'"]),
@@ -809,3 +826,35 @@ def test_replica_mistakes(extra: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         build(REPLICAS + extra, profile="p" if "profiles" in extra else None)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(("health", "kind", "interval", "threshold", "monitored"), [
+    ("", "tcp", 2.0, 3, True),
+    ("health = { interval = 0 }", "tcp", 0.0, 3, False),
+    ("health = { interval = 0.5, failure_threshold = 5 }", "tcp", 0.5, 5, True),
+    ("health = { http = '/h', interval = 10 }", "http", 10.0, 3, True),
+    ("health = { log = 'ready' }", "log", 2.0, 3, False),
+    ("health = { notify = true }", "notify", 2.0, 3, False),
+])
+def test_health_monitor_settings(health: str, kind: str, interval: float, threshold: int, monitored: bool) -> None:
+    """interval (default 2 s, 0 = off) and failure_threshold (default 3) on any probe, the
+    default probe included; log and notify probes have nothing to ask again once ready."""
+    config = build(f"[services.a]\ncommand = ['x']\nport = 1\n{health}\n")
+    check = config.services["a"].health
+    assert (check.kind, check.interval, check.failure_threshold, check.monitored) == (kind, interval, threshold, monitored)
+
+
+def test_an_http_table_resolves_statuses_body_headers_and_tls_files(tmp_path: Path) -> None:
+    """health.http as a table: its path joins the service's URL, TLS files resolve against the
+    config's folder, header values take placeholders."""
+    (tmp_path / "ca.pem").write_text("x")
+    path = tmp_path / "launcher.toml"
+    path.write_text("[services.a]\ncommand = ['x']\nport = 1\n"
+                    "health = { http = { path = '/h', status = [200, 204], body = 'ok', "
+                    "headers = { X-Port = '${port}' }, ca_file = 'ca.pem' } }\n")
+    from pytest_unified_launcher import load_config
+
+    check = load_config(path, environ={}).services["a"].health
+    assert check.url == "http://127.0.0.1:1/h" and check.status == (200, 204) and check.body == "ok"
+    assert check.headers == (("X-Port", "1"),) and check.ca_file == tmp_path / "ca.pem"
+    assert "expecting 200/204" in check.describe()

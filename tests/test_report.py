@@ -186,3 +186,58 @@ def test_waterfall_says_what_started_after_a_start() -> None:
         "app": {"level": 1, "started_at": 0.06, "ready_at": 0.5, "startup_seconds": 0.44, "depends_on": ["db"],
                 "started_after": ["db"]}}}
     assert "(after db started)" in render_svg(run, budget_seconds=25)
+
+
+def _health(probes: int, failures: int, p50: float, p95: float, transitions: list[tuple[str, float]]) -> dict:
+    return {"probes": probes, "failures": failures, "response_ms": {"p50": p50, "p95": p95}, "last_probe": "ok",
+            "transitions": [{"service": "db", "kind": k, "at": at, "detail": ""} for k, at in transitions]}
+
+
+@pytest.mark.parametrize(("shared", "cpu"), [(True, 2.0), (False, 3.0)])
+def test_merge_health_of_xdist_workers(shared: bool, cpu: float) -> None:
+    """Workers' health merges: probes and failures summed, transitions in time order and each
+    once, the median p50 and the highest p95; peak memory the highest; CPU the highest for one
+    shared process, summed for one process per worker; an in-process 'n/a' yields to numbers."""
+    from pytest_unified_launcher.report import merge_health
+
+    a = {"health": {"db": _health(10, 1, 1.0, 5.0, [("ready", 1.0), ("died", 3.0)])},
+         "resources": {"db": {"rss_peak_bytes": 100, "cpu_seconds": 1.0, "samples": 2},
+                       "api": {"n/a": "in-process"}}}
+    b = {"health": {"db": _health(4, 0, 3.0, 4.0, [("ready", 1.0), ("unhealthy", 2.0)])},
+         "resources": {"db": {"rss_peak_bytes": 300, "cpu_seconds": 2.0, "samples": 1}}}
+    health, resources = merge_health([a, b], shared=shared)
+    assert health["db"]["probes"] == 14 and health["db"]["failures"] == 1
+    assert health["db"]["response_ms"] == {"p50": 2.0, "p95": 5.0}
+    assert [t["kind"] for t in health["db"]["transitions"]] == ["ready", "unhealthy", "died"]
+    assert resources["db"]["rss_peak_bytes"] == 300 and resources["db"]["cpu_seconds"] == cpu
+    assert resources["db"]["samples"] == 3 and "n/a" in resources["api"]
+
+
+@pytest.mark.parametrize(("resources", "shown"), [
+    ({}, "-"),
+    ({"db": {"n/a": "in-process"}}, "n/a"),
+    ({"db": {"rss_peak_bytes": 3 * 2**20 + 2**19}}, "3.5"),
+])
+def test_peak_memory_cell(resources: dict, shown: str) -> None:
+    """The summary's peak MiB: a number, n/a for an in-process app, - when never sampled."""
+    from pytest_unified_launcher.report import peak_mib
+
+    assert peak_mib(resources, "db") == shown
+
+
+def test_health_lines_show_notable_transitions_only() -> None:
+    """ready and stopped are every service's: only unhealthy, recovered, died and restarted are
+    listed, with the clock time and, for the bad ones, why; a quiet service has no line."""
+    import time
+
+    from pytest_unified_launcher.report import health_lines
+
+    at = time.mktime((2026, 12, 2, 17, 35, 2, 0, 0, -1))
+    report = {"health": {
+        "quiet": _health(5, 0, 1, 1, [("ready", at), ("stopped", at + 1)]),
+        "web": {**_health(5, 2, 1, 1, []), "transitions": [
+            {"kind": "ready", "at": at, "detail": ""},
+            {"kind": "unhealthy", "at": at + 1, "detail": "3 probes failed in a row"},
+            {"kind": "recovered", "at": at + 2, "detail": "probe passed"}]},
+    }}
+    assert health_lines(report) == ["health: web: unhealthy 17:35:03 (3 probes failed in a row), recovered 17:35:04"]

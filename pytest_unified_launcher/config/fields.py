@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .models import HealthCheck, HealthModel, HttpCheckModel, ResetHook, ServiceModel, Where
+from .models import HealthCheck, HealthModel, ResetHook, ServiceModel, Where
 
 
 def _argv(value: list[str] | str, where: Where | None = None, key: str = "command") -> list[str]:
@@ -63,8 +63,8 @@ def _resolve_health(
     h = raw.health or HealthModel()
     common: dict[str, Any] = {"timeout": h.timeout, "interval": h.interval, "failure_threshold": h.failure_threshold}
     if h.http is not None:
-        spec = h.http if isinstance(h.http, HttpCheckModel) else HttpCheckModel(path=h.http)
-        key = "health.http" if isinstance(h.http, str) else "health.http.path"
+        spec = h.http
+        key = "health.http.path" if len(spec.model_fields_set) > 1 else "health.http"
         target = ex(key, spec.path)
         if target.startswith("/"):
             if url is None:

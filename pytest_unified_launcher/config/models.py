@@ -84,7 +84,8 @@ class HealthModel(_Strict):
     """``health = {...}``: exactly one probe kind, an optional per-probe timeout, and how the
     monitor keeps probing once the service is ready (``interval``, ``failure_threshold``)."""
 
-    http: str | HttpCheckModel | None = None
+    #: A path or URL (a plain GET on 2xx), or the table; a string becomes ``{ path = ... }``.
+    http: HttpCheckModel | None = None
     tcp: bool | None = None
     command: list[str] | str | None = None
     log: str | None = None
@@ -94,6 +95,11 @@ class HealthModel(_Strict):
     interval: float = Field(default=2.0, ge=0)
     #: Consecutive failed probes that make a ready service unhealthy.
     failure_threshold: int = Field(default=3, ge=1)
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _path_as_table(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthModel:
@@ -243,6 +249,7 @@ _MODELS_BY_SECTION: dict[str, type[BaseModel]] = {
     "launcher": LauncherModel,
     "services": ServiceModel,
     "health": HealthModel,
+    "health.http": HttpCheckModel,
 }
 
 

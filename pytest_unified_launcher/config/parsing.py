@@ -60,7 +60,7 @@ def _validation_error(exc: ValidationError, source: str) -> ConfigError:
     else:
         path = loc
     if "health" in path[:1]:
-        section = "health"
+        section = "health.http" if path[1:2] == ["http"] and len(path) > 2 else "health"
     # pydantic appends the union member tried ("list[str]", "str") to the loc; drop those.
     path = [p for p in path if not re.match(r"^(list|dict|str|int|float|bool|literal)\b", p)]
     key = ".".join(path) if path else None
