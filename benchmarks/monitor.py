@@ -30,8 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from pytest_unified_launcher import UnifiedLauncher, load_config  # noqa: E402
-from pytest_unified_launcher._monitor import RESOURCE_SECONDS  # noqa: E402
+from pytest_unified_launcher import UnifiedLauncher, load_config
+from pytest_unified_launcher._monitor import RESOURCE_SECONDS
 
 PY = sys.executable
 FLAKY = ROOT / "tests" / "apps" / "flaky_http.py"
@@ -73,6 +73,18 @@ def own_cpu(health: str, seconds: float, *, sampling: bool) -> tuple[float, int]
     return cpu, probes
 
 
+class FirstEvent:
+    """A subscriber that notes when the first event of ``kind`` arrived."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.seen, self.at = kind, threading.Event(), 0.0
+
+    def __call__(self, event: object) -> None:
+        if getattr(event, "kind", None) == self.kind and not self.seen.is_set():
+            self.at = time.monotonic()
+            self.seen.set()
+
+
 def event_latency(kind: str, runs: int, health: str, act: str) -> list[float]:
     """Seconds from the act (a SIGKILL, a hang) to the ``kind`` event, ``runs`` times."""
     out = []
@@ -81,15 +93,8 @@ def event_latency(kind: str, runs: int, health: str, act: str) -> list[float]:
             path = Path(folder) / "launcher.toml"
             path.write_text(config_text(health, http=1, tcp=0))
             launcher = UnifiedLauncher(load_config(path, environ={}))
-            seen = threading.Event()
-            at: list[float] = []
-
-            def on_event(event: object, kind: str = kind) -> None:
-                if getattr(event, "kind", None) == kind and not seen.is_set():
-                    at.append(time.monotonic())
-                    seen.set()
-
-            launcher.subscribe(on_event)
+            first = FirstEvent(kind)
+            launcher.subscribe(first)
             try:
                 handle = launcher.start_blocking()["http0"]
                 time.sleep(0.3)
@@ -99,9 +104,9 @@ def event_latency(kind: str, runs: int, health: str, act: str) -> list[float]:
                     os.kill(handle.pid, signal.SIGKILL)
                 else:
                     urllib.request.urlopen(f"{handle.url}/mode/hang", timeout=5).read()
-                if not seen.wait(30):
+                if not first.seen.wait(30):
                     raise SystemExit(f"no {kind} event within 30 s")
-                out.append(at[0] - t0)
+                out.append(first.at - t0)
             finally:
                 launcher.stop_blocking()
     return out

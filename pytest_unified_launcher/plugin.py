@@ -18,7 +18,6 @@ import pytest
 from . import _plugin_roles as _roles
 from ._plugin_health import TestWatch, health_errors_wanted
 from .errors import ConfigError, LauncherError, UnknownServiceError
-from .lifecycle import LIVE_STATES
 
 if TYPE_CHECKING:
     from .config import LauncherConfig
@@ -465,6 +464,8 @@ def _add_log_sections(item: pytest.Item, report: pytest.TestReport, launcher: Un
     except LauncherError:  # a wrong marker or name: its own error says so
         return
     handles = launcher.services
+
+    from .lifecycle import LIVE_STATES
 
     def died(name: str) -> bool:
         return handles[name].state == "died" or (handles[name].state in LIVE_STATES and not handles[name].alive)

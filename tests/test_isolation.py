@@ -302,7 +302,7 @@ def test_fresh_mistakes_error_the_test_with_the_fix(project: pytest.Pytester, no
     for expected in (
         '@pytest.mark.services(..., fresh=True): none of plain has a reset hook, so nothing can be made fresh; '
         'add reset = ["program", "arg", ...] or reset = "module:function" to [services.plain]',
-        "@pytest.mark.services takes only fresh=True as a keyword (got clean=...)",
+        "@pytest.mark.services takes only fresh=True and health_errors=False as keywords (got clean=...)",
         "@pytest.mark.services: fresh='yes'; write fresh=True or fresh=False",
         '@pytest.mark.services(fresh=True) names no service, so nothing would be made fresh; '
         'name them: @pytest.mark.services("db", fresh=True)',

@@ -164,10 +164,10 @@ async def test_restarts_and_stops_of_our_own_are_no_deaths(tmp_path: Path) -> No
 async def test_resources_of_a_process_and_none_of_an_in_process_app(tmp_path: Path) -> None:
     """A subprocess service has its memory, CPU, files and threads sampled; an in-process app
     shares the test process, and the report says so."""
-    config = load_config(write(tmp_path, FLAKY_SERVICE + f"""
+    config = load_config(write(tmp_path, FLAKY_SERVICE + """
         [services.api]
         app = "tests.apps.web:app"
-        health = {{ http = "/health" }}
+        health = { http = "/health" }
         """.replace("        ", "")), environ={}, mode="single_process")
     (tmp_path / "tests").symlink_to(APPS.parent)
     async with UnifiedLauncher(config) as launcher:
@@ -200,35 +200,39 @@ def windows_over(hits: list[float], limit: int) -> list[tuple[float, int]]:
     return [(t, n) for t in hits if (n := sum(1 for h in hits if t <= h < t + 1.0)) > limit]
 
 
-async def test_probes_never_exceed_ten_a_second(tmp_path: Path) -> None:
-    """At most 10 probes of one service in any second: while an external service is waited for
-    (the fast startup backoff included) and when the monitor's interval asks for more."""
+@pytest.fixture
+def counted_server(tmp_path: Path) -> Any:
+    """A flaky_http server outside the launcher (an external service), counting its probes."""
     hits = tmp_path / "hits"
     server = subprocess.Popen([PY, FLAKY, "0"], stdout=subprocess.DEVNULL, env={**os.environ, "HITS_FILE": str(hits)})
     try:
-        port = _port_of(server.pid)
-        url = f"http://127.0.0.1:{port}"
-        steer(url, "503")
-        config = load_config(write(tmp_path, f"""
-            [launcher]
-            state_dir = "state"
-            [services.ext]
-            url = "{url}"
-            health = {{ http = "/health", interval = 0.001, failure_threshold = 1000 }}
-            startup_timeout = 1.5
-            """), environ={})
-        async with UnifiedLauncher(config) as launcher:
-            with pytest.raises(ServiceStartupError, match="not healthy after 1.5 s"):
-                await launcher.start()
-            startup = [float(x) for x in hits.read_text().split()]
-            steer(url, "ok")
-            await launcher.start(["ext"], retry_failed=True)  # ready: now the monitor probes as fast as it may
-            await asyncio.sleep(1.5)
-        every = [float(x) for x in hits.read_text().split()]
+        yield f"http://127.0.0.1:{_port_of(server.pid)}", hits
     finally:
         server.kill()
         server.wait()
-    monitored = every[len(startup):]
+
+
+async def test_probes_never_exceed_ten_a_second(tmp_path: Path, counted_server: tuple[str, Path]) -> None:
+    """At most 10 probes of one service in any second: while an external service is waited for
+    (the fast startup backoff included) and when the monitor's interval asks for more."""
+    url, hits = counted_server
+    steer(url, "503")
+    config = load_config(write(tmp_path, f"""
+        [launcher]
+        state_dir = "state"
+        [services.ext]
+        url = "{url}"
+        health = {{ http = "/health", interval = 0.001, failure_threshold = 1000 }}
+        startup_timeout = 1.5
+        """), environ={})
+    async with UnifiedLauncher(config) as launcher:
+        with pytest.raises(ServiceStartupError, match="not healthy after 1.5 s"):
+            await launcher.start()
+        startup = [float(x) for x in hits.read_text().split()]
+        steer(url, "ok")
+        await launcher.start(["ext"], retry_failed=True)  # ready: now the monitor probes as fast as it may
+        await asyncio.sleep(1.5)
+    monitored = [float(x) for x in hits.read_text().split()][len(startup):]
     assert len(startup) >= 10 and len(monitored) >= 10  # it did probe, as fast as allowed
     assert windows_over(startup, 10) == []
     assert windows_over(monitored, 10) == []

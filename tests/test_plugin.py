@@ -152,7 +152,7 @@ def test_marker_arguments_that_are_not_names_error_that_test(project: pytest.Pyt
     result.stdout.fnmatch_lines([
         "*@pytest.mark.services: 42 is not a service name; name the services as strings: "
         '@pytest.mark.services("api", "db")*',
-        "*@pytest.mark.services takes only fresh=True as a keyword (got names=...)*",
+        "*@pytest.mark.services takes only fresh=True and health_errors=False as keywords (got names=...)*",
     ])
     assert "INTERNALERROR" not in result.stdout.str()
 
