@@ -331,6 +331,7 @@ class UnifiedLauncher:
         # child watcher complain about the processes we deliberately leave running.
 
     async def _forget(self) -> None:
+        await self.monitor.close()  # whoever takes them over watches them now
         for svc in self._services.values():
             runner = svc.runner
             if runner is not None and hasattr(runner, "detach"):
@@ -641,6 +642,7 @@ class UnifiedLauncher:
                         record()
                     raise svc.error
         assert self._run is not None
+        restart = self._started_once(name)
         record()
         began = _timing.monotonic()
         timing.started_at = began - self._run_t0
@@ -704,8 +706,7 @@ class UnifiedLauncher:
             svc.machine.complete()
         else:
             svc.machine.ready()
-            self.monitor.emit(name, "restarted" if self.monitor.stats_of(name).transitions else "ready",
-                              f"in {svc.startup_seconds:.3f} s")
+            self.monitor.emit(name, "restarted" if restart else "ready", f"in {svc.startup_seconds:.3f} s")
             self._watch(svc)
         log.info("%s ready in %.3f s", name, svc.startup_seconds)
 

@@ -266,7 +266,7 @@ async def test_richer_http_checks(tmp_path: Path, health: str, passes: bool, why
         [services.web]
         command = ["{{PY}}", "{{FLAKY}}", "${{port}}"]
         health = {{ http = {health} }}
-        startup_timeout = 1
+        startup_timeout = {30 if passes else 3}
         """), environ={})
     async with UnifiedLauncher(config) as launcher:
         if passes:
@@ -304,10 +304,10 @@ async def test_https_with_a_private_ca_and_a_client_cert(tmp_path: Path, monitor
         [services.web]
         command = ["{PY}", "{FLAKY}", "${port}", "--tls", "server.pem", "server.key", "--client-ca", "ca.pem"]
         health = { http = { path = "https://127.0.0.1:${port}/health", ca_file = "ca.pem", CLIENT }, interval = 0.05 }
-        startup_timeout = 2
+        startup_timeout = TIMEOUT
         """
-    config = load_config(write(tmp_path, service.replace("CLIENT", 'cert = "client.pem", key = "client.key"')),
-                         environ={})
+    config = load_config(write(tmp_path, service.replace("CLIENT", 'cert = "client.pem", key = "client.key"')
+                               .replace("TIMEOUT", "30")), environ={})
     recorder = Recorder()
     async with UnifiedLauncher(config) as launcher:
         launcher.subscribe(recorder)
@@ -316,7 +316,7 @@ async def test_https_with_a_private_ca_and_a_client_cert(tmp_path: Path, monitor
             await until(lambda: launcher.report()["health"]["web"]["probes"] >= 3)
             assert launcher.report()["health"]["web"]["failures"] == 0
     assert certs["ca.pem"].exists()
-    refused = load_config(write(tmp_path, service.replace(", CLIENT", "")), environ={})
+    refused = load_config(write(tmp_path, service.replace(", CLIENT", "").replace("TIMEOUT", "3")), environ={})
     async with UnifiedLauncher(refused) as launcher:
         with pytest.raises(ServiceStartupError, match="health check"):
             await launcher.start()
