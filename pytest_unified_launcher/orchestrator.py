@@ -402,7 +402,8 @@ class UnifiedLauncher:
         (processes: peak memory, CPU seconds ...) of each service, as the monitor saw them."""
         from ._monitor import monitor_report
 
-        in_process = {n for n, s in self._services.items() if s.timing is not None and s.timing.runner == "in_process"}
+        in_process = {name for run in self._runs for name, timing in run.services.items()
+                      if timing.runner == "in_process"}
         health, resources = monitor_report(self.monitor.stats, in_process=in_process)
         return {"health": health, "resources": resources}
 

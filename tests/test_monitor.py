@@ -172,8 +172,7 @@ async def test_resources_of_a_process_and_none_of_an_in_process_app(tmp_path: Pa
     (tmp_path / "tests").symlink_to(APPS.parent)
     async with UnifiedLauncher(config) as launcher:
         await launcher.start()
-        await asyncio.sleep(0.2)  # a few monitor ticks
-        report = launcher.report()
+    report = launcher.report()  # sampled at ready and once more before the stop
     web = report["resources"]["web"]
     assert web["rss_peak_bytes"] > 1_000_000 and web["threads"] >= 1 and web["open_files"] >= 3
     assert web["cpu_seconds"] > 0 and web["samples"] >= 2

@@ -850,3 +850,33 @@ async def test_an_external_service_that_never_answers_says_which_url_and_why(tmp
         startup_timeout = 60
     """), 30)
     assert "probe command 'no-such-probe' not found; is it installed and on PATH?" in str(error)
+
+
+async def test_a_start_cancelled_while_spawning_is_stopped_not_hung(tmp_path: Path) -> None:
+    """Ctrl-C lands while a service's process is being spawned: the spawn completes (shielded)
+    and stop() takes it over. It took it over without its start token, so every signal to it was
+    refused and stop() waited forever for an exit (`up` hung after Ctrl-C under load)."""
+    import os
+
+    import psutil
+
+    from pytest_unified_launcher._process import spawn
+    from pytest_unified_launcher.runners import RunContext
+    from pytest_unified_launcher.runners.subprocess import SubprocessRunner
+
+    path = write_config(tmp_path, """
+        [services.plain]
+        command = ["{PY}", "{TCP}", "${port}"]
+        stop_timeout = 0.5
+        """)
+    svc = load_config(path, environ={}).services["plain"]
+    ctx = RunContext(launcher_id="cancelled-spawn", root=tmp_path, log_dir=tmp_path / "logs", base_env=dict(os.environ))
+    runner = SubprocessRunner(svc, ctx)
+    # The state a cancellation during `await shield(self._spawning)` leaves: spawning, no proc yet.
+    runner._log_fd = runner._open_log()
+    runner._spawning = asyncio.ensure_future(spawn(list(svc.command), env=ctx.service_env(svc), cwd=svc.cwd,
+                                                   log_file=runner._log_fd))
+    await asyncio.sleep(0.2)
+    pid = (await asyncio.shield(runner._spawning)).pid
+    await asyncio.wait_for(runner.stop(), timeout=30)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -497,7 +497,7 @@ def test_startup_benchmark_without_pytest_benchmark_says_what_to_install(project
 def test_startup_benchmark_compare_fail_gates_a_regression(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, no_orphans: None
 ) -> None:
-    """A saved baseline and --benchmark-compare-fail fail a run whose startup got 10x slower."""
+    """A saved baseline and --benchmark-compare-fail fail a run whose startup got several times slower."""
     pytester.makefile(".toml", launcher=f"""
         [launcher]
         state_dir = "state"
@@ -513,19 +513,20 @@ def test_startup_benchmark_compare_fail_gates_a_regression(
     args = ("-p", "no:cacheprovider")
     monkeypatch.setenv("SETUP_DELAY", "0")
     pytester.runpytest_subprocess(*args, "--benchmark-save=fast").assert_outcomes(passed=1)
-    monkeypatch.setenv("SETUP_DELAY", "1")
+    monkeypatch.setenv("SETUP_DELAY", "2")
     pytester.runpytest_subprocess(*args, "--benchmark-save=slow").assert_outcomes(passed=1)
     saved = sorted(p.name for p in pytester.path.glob(".benchmarks/*/*.json"))
     assert [name.split("_", 1)[1] for name in saved] == ["fast.json", "slow.json"]
 
-    # Each start now sleeps 1 s more than the fast baseline's: over 3x its mean is a regression.
-    regressed = pytester.runpytest_subprocess(*args, "--benchmark-compare=0001", "--benchmark-compare-fail=mean:200%")
+    # Each start now sleeps 2 s more than the fast baseline's (~0.4 s, up to ~0.6 s on a loaded
+    # machine): over twice its mean is a regression, with room for the baseline's own noise.
+    regressed = pytester.runpytest_subprocess(*args, "--benchmark-compare=0001", "--benchmark-compare-fail=mean:100%")
     assert regressed.ret != 0
     regressed.stderr.fnmatch_lines(["Performance has regressed:",
                                     "*test_bench (0001_fast) - Field 'mean' has failed PercentageRegressionCheck*"])
     # The fast set-up measured against the slow baseline is an improvement: the gate lets it pass.
     monkeypatch.setenv("SETUP_DELAY", "0")
-    improved = pytester.runpytest_subprocess(*args, "--benchmark-compare=0002", "--benchmark-compare-fail=mean:200%")
+    improved = pytester.runpytest_subprocess(*args, "--benchmark-compare=0002", "--benchmark-compare-fail=mean:100%")
     assert improved.ret == 0, improved.stdout.str()
 
 

@@ -438,10 +438,15 @@ class SubprocessRunner(Runner):
 
     async def stop(self) -> None:
         if self.proc is None and self._spawning is not None:
+            # The start was cancelled (Ctrl-C) while the process was being spawned: take it over
+            # as start() would have, with its start token, else every signal to it is refused.
             try:
                 self.proc = await self._spawning
             except Exception:
                 self.proc = None
+            else:
+                self._token = self._token or getattr(self.proc, "token", None) or start_time(self.proc.pid)
+                self.ctx.on_spawn(self.svc.name, self.proc.pid)
         try:
             if self.proc is not None:
                 if self.svc.stop_command and self.proc.returncode is None:
