@@ -151,10 +151,11 @@ class HealthMonitor:
         check = svc.config.health
         stats = self.stats_of(name)
         pid = getattr(runner, "pid", None)
+        main = runner.resource_process()
         sampler = None
-        if pid is not None:
+        if main is not None:
             stats.resources = stats.resources or Resources()
-            sampler = self._samplers[name] = ResourceSampler(pid, runner.token, stats.resources)
+            sampler = self._samplers[name] = ResourceSampler(main[0], main[1], stats.resources)
         exited = _exit_future(pid, runner)
         # Probes start every ``interval`` (a slow probe does not push the next one back, as with
         # Kubernetes' periodSeconds), resources are sampled every RESOURCE_SECONDS.

@@ -278,6 +278,12 @@ class StateFile:
         self.data["processes"].pop(str(pid), None)
         self._write()
 
+    def add_engine(self, engine: str) -> None:
+        """This session runs containers with ``engine``: a reaper removes them by their label."""
+        if self.data.get("engine") != engine:
+            self.data["engine"] = engine
+            self._write()
+
     def write(self) -> None:
         """On record before any process is (what the scratch roots alone need reaped)."""
         self._write()
@@ -324,6 +330,8 @@ def run_record_problem(data: Any) -> str | None:
         return "'processes' is not an object"
     if not isinstance(data.get("tmp_root"), (str, type(None))):
         return "'tmp_root' is not a path"
+    if data.get("engine") not in (None, "podman", "docker"):
+        return "'engine' is not podman or docker"
     valid_signals = set(signal.valid_signals())
     for pid, info in processes.items():
         if not (pid.isdigit() and isinstance(info, dict) and isinstance(info.get("token"), str)
@@ -432,7 +440,13 @@ def reap(state_dir: Path, *, owner_pid: int | None = None) -> list[tuple[str, in
     for pid, token in tokens.items():
         if _alive_as(pid, token):
             _signal(pid, signal.SIGKILL)
-    for path, data in files:  # once the processes are gone, their temp dirs can go
+    for path, data in files:  # once the processes are gone, their containers and temp dirs can go
+        if data.get("engine"):
+            from ._containers import remove_session_containers
+
+            for cid in remove_session_containers(data["engine"], path.stem):
+                reaped.append(("(container)", 0))
+                log.warning("removed container %s, which a killed session left", cid[:12])
         if data.get("tmp_root"):
             from .config import remove_scratch
 

@@ -226,7 +226,9 @@ def make_probe(
     spawned_at: float,
     notify: NotifySocket | None = None,
     fetch: Fetch | None = None,
+    container: tuple[str, str] | None = None,
 ) -> Probe:
+    """The probe of ``check``; ``container``: (engine program, container) an ``exec`` runs in."""
     if check.kind == "http":
         return HttpProbe(check, fetch)
     if check.kind == "tcp":
@@ -234,6 +236,10 @@ def make_probe(
         return TcpProbe(svc.host, svc.port, check.timeout)
     if check.kind == "command":
         return CommandProbe(check.argv, check.timeout, env, svc.cwd)
+    if check.kind == "exec":
+        if container is None:
+            raise ProbeUnusable("an exec probe needs the service's container, which is not running")
+        return CommandProbe((*container[:1], "exec", container[1], *check.argv), check.timeout, env, svc.cwd)
     if check.kind == "log":
         assert log_path is not None and check.pattern is not None
         return LogProbe(log_path, check.pattern)

@@ -234,7 +234,8 @@ class UnifiedLauncher:
         probe = None
         if check.monitored:
             probe = make_probe(svc.config, check, log_path=None, env=self._context().service_env(svc.config),
-                               spawned_at=0.0, fetch=self.monitor.http_fetch())
+                               spawned_at=0.0, fetch=self.monitor.http_fetch(),
+                               container=getattr(svc.runner, "exec_target", None))
         self.monitor.watch(svc, probe)
 
     async def _on_exit(self, name: str, runner: Any) -> str:
@@ -348,7 +349,8 @@ class UnifiedLauncher:
             svc = self._services[name].config
             if svc.health.kind in ("exit", "alive", "notify", "log"):
                 return None  # nothing to ask a running service: its process is what is checked
-            probe = make_probe(svc, svc.health, log_path=None, env=self._base_env, spawned_at=0.0)
+            probe = make_probe(svc, svc.health, log_path=None, env=self._base_env, spawned_at=0.0,
+                               container=getattr(self._services[name].runner, "exec_target", None))
             try:
                 return await asyncio.wait_for(probe.check(), svc.health.timeout + 1)
             except TimeoutError:
@@ -430,6 +432,8 @@ class UnifiedLauncher:
     def _runner_kind(self, svc: ServiceConfig) -> str:
         if svc.kind == "url":
             return "external"
+        if svc.kind == "image":
+            return "container"
         if svc.kind == "app" and self.in_process_apps:
             return "in_process"
         return "subprocess"
@@ -470,6 +474,8 @@ class UnifiedLauncher:
                 on_spawn=self._sentinel.arming(self._state_file.add),
                 before_spawn=self._sentinel.arm,
                 on_exit=self._state_file.remove,
+                container_engine=self.config.container_engine,
+                on_engine=self._state_file.add_engine,
             )
             if (not self.in_process_apps and self.config.spawner == "preimport"
                     and any(s.kind == "app" and not s.user for s in self.config.services.values())):

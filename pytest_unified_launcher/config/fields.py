@@ -95,6 +95,12 @@ def _resolve_health(
         if not argv:
             raise where("the probe command is empty", fix="give the program to run", key="health.command")
         return HealthCheck("command", argv=argv, **common)
+    if h.exec is not None:
+        argv = tuple(ex("health.exec", a) for a in _argv(h.exec, where, "health.exec"))
+        if not argv:
+            raise where("the probe command is empty", fix="give the program to run in the container",
+                        key="health.exec")
+        return HealthCheck("exec", argv=argv, **common)
     if h.log is not None:
         return HealthCheck("log", pattern=ex("health.log", h.log), **common)
     if h.notify:

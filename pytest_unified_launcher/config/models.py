@@ -27,7 +27,11 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 Spawner = Literal["preimport", "plain"]
 MODE_CHOICES: tuple[str, ...] = get_args(ModeSetting)
 XDIST_CHOICES: tuple[str, ...] = get_args(XdistSetting)
-Kind = Literal["app", "command", "url"]
+Kind = Literal["app", "command", "url", "image"]
+#: When an image is pulled: only when it is not there yet (compose's default), every start, never.
+Pull = Literal["missing", "always", "never"]
+#: Which container engine runs ``image`` services: the first of podman, docker on PATH, or that one.
+ContainerEngine = Literal["auto", "podman", "docker"]
 #: ``session``: once for the whole session; ``worker``: a task run once in each xdist worker.
 Scope = Literal["session", "worker"]
 #: How an ``app`` is served: ``asgi`` (uvicorn) or ``wsgi`` (through an adapter); None: detected.
@@ -90,6 +94,8 @@ class HealthModel(_Strict):
     command: list[str] | str | None = None
     log: str | None = None
     notify: bool | None = None
+    #: A command run inside the container (``podman exec``): image services only.
+    exec: list[str] | str | None = None
     timeout: float = Field(default=1.0, gt=0)
     #: Seconds between the monitor's probes of a ready service; 0 turns the monitor's probes off.
     interval: float = Field(default=2.0, ge=0)
@@ -103,10 +109,10 @@ class HealthModel(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthModel:
-        kinds = [k for k in ("http", "tcp", "command", "log", "notify") if getattr(self, k)]
+        kinds = [k for k in ("http", "tcp", "command", "log", "notify", "exec") if getattr(self, k)]
         if len(kinds) > 1 or (not kinds and self.model_fields_set - {"timeout", "interval", "failure_threshold"}):
             raise ValueError(
-                "set exactly one of http, tcp, command, log, notify"
+                "set exactly one of http, tcp, command, log, notify, exec"
                 + (f" (got {', '.join(kinds)})" if kinds else "")
             )
         if self.log is not None:
@@ -136,13 +142,33 @@ class DependencyModel(_Strict):
         return _COMPOSE_CONDITIONS.get(value, value) if isinstance(value, str) else value
 
 
+class UlimitModel(_Strict):
+    """``ulimits = { nofile = { soft = 1024, hard = 4096 } }`` (a plain number sets both)."""
+
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
+
+
+#: The keys only an ``image`` service has (SPEC 8).
+IMAGE_KEYS = ("container_port", "pull", "mounts", "ulimits")
+
+
 class ServiceModel(_Strict):
     """One ``[services.NAME]`` table, as written."""
 
     app: str | None = None
     interface: Interface | None = None
+    #: A command service's program; an image service's container command (the image's own without it).
     command: list[str] | str | None = None
     url: str | None = None
+    #: ``image = "redis:7"``: a container run by podman or docker (SPEC 8).
+    image: str | None = None
+    #: The port inside the container, published on ``${host}:${port}``.
+    container_port: int | None = Field(default=None, ge=1, le=65535)
+    pull: Pull = "missing"
+    #: compose's short syntax, ``"./sql:/docker-entrypoint-initdb.d:ro"`` (host paths relative to the file).
+    mounts: list[str] = Field(default_factory=list)
+    ulimits: dict[str, Annotated[int, Field(ge=-1)] | UlimitModel] = Field(default_factory=dict)
     #: Plain names become tables here, so everything after reads one shape.
     depends_on: list[DependencyModel] = Field(default_factory=list, alias="dependencies")
     port: int | Literal["auto"] | None = None
@@ -154,7 +180,8 @@ class ServiceModel(_Strict):
     setup: list[list[str] | str] = Field(default_factory=list)
     user: str | None = None
     task: bool = False
-    tmpfs: bool = False
+    #: ``true``: ``${tmp}`` in memory; for an image, a list of container paths mounted in memory.
+    tmpfs: bool | list[str] = False
     health: HealthModel | None = None
     startup_timeout: float | None = Field(default=None, gt=0)
     stop_signal: StrictStr | StrictInt = "SIGTERM"  # strict: true is not SIGHUP
@@ -197,17 +224,31 @@ class ServiceModel(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ServiceModel:
-        kinds = [k for k in ("app", "command", "url") if getattr(self, k) is not None]
+        kinds = [k for k in ("app", "command", "url", "image") if getattr(self, k) is not None]
+        if self.image is not None and self.command is not None:
+            kinds.remove("command")  # the container's command
         if len(kinds) != 1:
             raise ValueError(
-                "set exactly one of app (an ASGI app), command (a subprocess) or url "
-                f"(an external service){' (got ' + ', '.join(kinds) + ')' if kinds else ''}"
+                "set exactly one of app (an ASGI app), command (a subprocess), url "
+                f"(an external service) or image (a container){' (got ' + ', '.join(kinds) + ')' if kinds else ''}"
             )
-        if self.task and self.command is None:
+        if self.task and self.command is None and self.image is None:
             raise ValueError("task = true needs a command")
-        if self.stop_command is not None and self.command is None:
+        if self.stop_command is not None and (self.command is None or self.image is not None):
             raise ValueError("stop_command is for command services (an app is stopped by its server, "
-                             "an external service is never stopped)")
+                             "a container by its stop_signal, an external service is never stopped)")
+        if self.image is None:
+            extra = [k for k in IMAGE_KEYS if k in self.model_fields_set] + (
+                ["tmpfs (a list)"] if isinstance(self.tmpfs, list) else [])
+            if extra:
+                raise ValueError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for image services "
+                                 "(a container); remove it, or set image = ...")
+            if self.health is not None and self.health.exec is not None:
+                raise ValueError("health.exec runs a command inside a container: for a process use "
+                                 "health.command")
+        elif self.port is not None and self.container_port is None:
+            raise ValueError("port publishes a container's port: set container_port too (the port "
+                             "inside the container, e.g. 6379)")
         return self
 
 
@@ -225,6 +266,7 @@ class LauncherModel(_Strict):
     spawner: Spawner = "preimport"
     preload: list[str] = Field(default_factory=list)
     test_env: dict[str, EnvValue] = Field(default_factory=dict)
+    container_engine: ContainerEngine = "auto"
 
     @field_validator("preload")
     @classmethod
@@ -250,6 +292,7 @@ _MODELS_BY_SECTION: dict[str, type[BaseModel]] = {
     "services": ServiceModel,
     "health": HealthModel,
     "health.http": HttpCheckModel,
+    "ulimits": UlimitModel,
 }
 
 
@@ -260,7 +303,7 @@ _MODELS_BY_SECTION: dict[str, type[BaseModel]] = {
 class HealthCheck:
     """A resolved probe: ``kind`` plus its expanded target."""
 
-    kind: Literal["http", "tcp", "command", "log", "notify", "alive", "exit"]
+    kind: Literal["http", "tcp", "command", "log", "notify", "alive", "exit", "exec"]
     timeout: float = 1.0
     url: str | None = None
     argv: tuple[str, ...] = ()
@@ -280,14 +323,14 @@ class HealthCheck:
     @property
     def monitored(self) -> bool:
         """Whether the monitor probes it after ready (a log or notify probe has nothing to ask again)."""
-        return self.interval > 0 and self.kind in ("http", "tcp", "command")
+        return self.interval > 0 and self.kind in ("http", "tcp", "command", "exec")
 
     def describe(self) -> str:
         if self.kind == "http":
             extra = f" expecting {'/'.join(map(str, self.status))}" if self.status else ""
             return f"http GET {self.url}{extra}" + (f" body /{self.body}/" if self.body else "")
-        if self.kind == "command":
-            return "command " + shlex.join(self.argv)
+        if self.kind in ("command", "exec"):
+            return f"{self.kind} " + shlex.join(self.argv)
         if self.kind == "log":
             return f"log /{self.pattern}/"
         if self.kind == "alive":
@@ -318,6 +361,22 @@ class Dependency:
     required: bool = True
     #: Restart this service when that one restarts (compose's ``restart: true``).
     restart: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """An ``image`` service's container, resolved: host paths absolute, ulimits as soft/hard."""
+
+    image: str
+    #: The port inside the container that ``${port}`` publishes (None: nothing published).
+    port: int | None = None
+    pull: Pull = "missing"
+    #: ``-v`` values: ``/abs/host:/in/container[:opts]`` or ``named-volume:/path``.
+    mounts: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    #: ``cwd``: the working directory inside the container (None: the image's).
+    workdir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -358,6 +417,8 @@ class ServiceConfig:
     reset: ResetHook | None = None
     #: The xdist worker running this worker task (its log is its own); None for everything else.
     worker: str | None = None
+    #: An ``image`` service's container (None for every other kind).
+    container: ContainerSpec | None = None
     #: Set when the port is automatic and no other service or test_env names this service's
     #: address: ``rebind(port)`` is the same service on another port (retried after a clash).
     rebind: Callable[[int], ServiceConfig] | None = field(default=None, compare=False, repr=False)
@@ -398,6 +459,8 @@ class LauncherConfig:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: ``${worker}``: this process's xdist worker (``gw0``, ...), ``main`` without xdist.
     worker: str = "main"
+    #: ``[launcher] container_engine`` (LAUNCHER_CONTAINER_ENGINE): auto, podman or docker.
+    container_engine: ContainerEngine = "auto"
 
     @property
     def worker_index(self) -> int:

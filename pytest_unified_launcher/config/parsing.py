@@ -37,6 +37,7 @@ from .models import (
     worker_index,
 )
 from .placeholders import _referenced_services, _Scope, _uses_port
+from .containers import resolve_container
 from .profiles import _check_tables, _env_overrides, apply_profile
 from .schemes import scheme_of
 from .scratch import memory_root
@@ -152,7 +153,7 @@ def parse(
             launcher[key] = ini[key]  # type: ignore[index]
     if (ini or {}).get("budget"):
         launcher["startup_budget"] = (ini or {})["budget"]
-    for key in ("mode", "log_level", "dev_mode", "auto_restart"):
+    for key in ("mode", "log_level", "dev_mode", "auto_restart", "container_engine"):
         if key in env:
             launcher[key] = env[key]
     if mode:
@@ -359,7 +360,8 @@ def _resolve(
             ports[name] = port_of_url or (443 if parts.scheme == "https" else 80)
             addresses[name] = {"host": parts.hostname or raw.host, "port": str(ports[name]), "url": url.rstrip("/")}
             continue
-        needs_port = raw.port is not None or raw.app is not None or (not raw.task and _uses_port(raw))
+        needs_port = (raw.port is not None or raw.app is not None or raw.container_port is not None
+                      or (not raw.task and _uses_port(raw)))
         if raw.task:
             needs_port = raw.port is not None or _uses_port(raw)
         if not needs_port:
@@ -408,7 +410,7 @@ def _resolve(
                   name: str = name, current_key: list[str] = current_key) -> ConfigError:
             return ConfigError(problem, source=src, service=name, key=key or current_key[0], fix=fix)
 
-        tmp = ((raw.tmpfs and memory_root(tmp_root)) or tmp_root) / name
+        tmp = ((raw.tmpfs is True and memory_root(tmp_root)) or tmp_root) / name
         own = {"name": name, "host": own_address["host"], "tmp": str(tmp), "python": sys.executable,
                "replica": replica_index.get(name, "0")}
         for attr in ("port", "url"):
@@ -452,7 +454,7 @@ def _resolve(
             **{k: ex(f"env.{k}", _env_text(v)) for k, v in raw.env.items()},
         }
         cwd_text = ex("cwd", raw.cwd) if raw.cwd else None
-        cwd = (root / cwd_text).resolve() if cwd_text else root
+        cwd = (root / cwd_text).resolve() if cwd_text and raw.image is None else root  # an image's is its own
         # An http probe's path is a GET on the port, whatever the scheme of the service's url.
         http_url = url if raw.url is not None else client_url(own_address["host"], port) if port is not None else None
         health = _resolve_health(raw, name, port, own_address["host"], http_url, ex, where, root)
@@ -467,7 +469,7 @@ def _resolve(
         reset = _resolve_reset(raw, lambda key, text: ex(key, text, reset_scope), where)
         return ServiceConfig(
             name=name,
-            kind="app" if raw.app else "url" if raw.url is not None else "command",
+            kind="app" if raw.app else "url" if raw.url is not None else "image" if raw.image is not None else "command",
             host=own_address["host"],
             port=port,
             url=url,
@@ -490,11 +492,12 @@ def _resolve(
             dependencies=dependencies[name],
             skipped=skipped[name],
             tmp=tmp,
-            tmpfs=raw.tmpfs,
+            tmpfs=raw.tmpfs is True,
             port_auto=auto.get(name, False),
             scope=raw.scope,
             reset=reset,
             worker=worker if raw.scope == "worker" and worker != "main" else None,
+            container=resolve_container(raw, ex, where, root) if raw.image is not None else None,
         )
 
     referenced = _referenced_services(model, [v for values in env_files.values() for v in values.values()])
@@ -531,6 +534,7 @@ def _resolve(
         preload=tuple(model.launcher.preload),
         groups=dict(groups),
         worker=worker,
+        container_engine=model.launcher.container_engine,
     )
 
 

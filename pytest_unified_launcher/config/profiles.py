@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
 from .. import graph as graph_mod
 from ..errors import ConfigError
-from .models import LogLevel, ModeSetting
+from .models import IMAGE_KEYS, LogLevel, ModeSetting
 
 # --------------------------------------------------------------------------- env overrides
 
@@ -31,6 +31,7 @@ def _env_overrides(environ: Mapping[str, str], source: str) -> dict[str, Any]:
         log_level: LogLevel | None = None
         dev_mode: bool | None = None
         auto_restart: bool | None = None
+        container_engine: Literal["auto", "podman", "docker"] | None = None
 
         @classmethod
         def settings_customise_sources(
@@ -59,9 +60,14 @@ def _env_overrides(environ: Mapping[str, str], source: str) -> dict[str, Any]:
 
 _KIND_KEYS = {
     "app": ("app", "interface"),
-    "command": ("command", "setup", "user", "task"),
+    "command": ("command", "setup", "user", "task", "stop_command"),
     "url": ("url",),
+    "image": ("image", "command", "user", "task", *IMAGE_KEYS),
 }
+
+
+def _kind_of(table: Mapping[str, Any]) -> str | None:
+    return next((k for k in ("image", "app", "url", "command") if k in table), None)
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,8 +83,7 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
 
 def _merge_service(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     """A profile that sets another kind replaces the kind and drops the old kind's keys."""
-    new_kind = next((k for k in ("app", "command", "url") if k in overlay), None)
-    old_kind = next((k for k in ("app", "command", "url") if k in base), None)
+    new_kind, old_kind = _kind_of(overlay), _kind_of(base)
     if new_kind and old_kind and new_kind != old_kind:
         base = {k: v for k, v in base.items() if k not in _KIND_KEYS[old_kind]}
         if new_kind == "url":

@@ -44,10 +44,25 @@ def _match(words: list[str], table: dict[str, tuple[str, ...]]) -> str | None:
 
 
 def scheme_of(raw: ServiceModel) -> str:
-    """The scheme of the url of an ``app`` or ``command`` service that has a port."""
+    """The scheme of the url of an ``app``, ``command`` or ``image`` service that has a port."""
     if raw.scheme is not None:
         return raw.scheme
     if raw.app is not None or (raw.health is not None and raw.health.http is not None):
         return "http"
-    probe = raw.health.command if raw.health is not None else None
-    return _match(_words(probe), _PROBES) or _match(_words(raw.command), _PROGRAMS) or "tcp"
+    probe = (raw.health.command or raw.health.exec) if raw.health is not None else None
+    return (_match(_words(probe), _PROBES) or _match(_words(raw.command), _PROGRAMS)
+            or _match([_image_name(raw.image)] if raw.image else [], _IMAGES) or "tcp")
+
+
+#: Image names (the last path part, without tag or digest) and what they serve.
+_IMAGES = {
+    "postgresql": ("postgres", "postgis", "timescaledb"),
+    "redis": ("redis", "valkey", "redis-stack-server", "keydb"),
+    "http": ("nginx", "httpd", "caddy", "traefik"),
+}
+
+
+def _image_name(image: str) -> str:
+    """``docker.io/library/postgres:16-alpine`` -> ``postgres``; ``localhost/ul-redis:1`` -> ``ul-redis``."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]

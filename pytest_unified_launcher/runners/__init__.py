@@ -31,6 +31,10 @@ class RunContext:
     on_exit: Callable[[str, int], None] = lambda name, pid: None
     #: The pre-imported spawner for app subprocesses, when there is one (see _forkserver).
     forkserver: Any = None
+    #: ``[launcher] container_engine``, and what is told the engine's name before an image
+    #: service's first container (the run record keeps it: the reaper removes by label).
+    container_engine: str = "auto"
+    on_engine: Callable[[str], None] = lambda engine: None
     extra: dict[str, object] = field(default_factory=dict)
 
     def service_env(self, svc: ServiceConfig) -> dict[str, str]:
@@ -71,6 +75,11 @@ class Runner:
     @property
     def exit_code(self) -> int | None:
         return None
+
+    def resource_process(self) -> tuple[int, str | None] | None:
+        """The process whose tree is this service's resources (pid, start token); None: none."""
+        pid = self.pid
+        return (pid, self.token) if pid is not None else None
 
     def alive(self) -> bool:
         return True
@@ -137,7 +146,11 @@ class Runner:
 
 
 def make_runner(svc: ServiceConfig, ctx: RunContext, *, in_process_apps: bool) -> Runner:
-    """The runner for ``svc``: apps in-process or as subprocesses, commands, externals."""
+    """The runner for ``svc``: apps in-process or as subprocesses, commands, externals, images."""
+    if svc.kind == "image":
+        from .container import ContainerRunner
+
+        return ContainerRunner(svc, ctx)
     if svc.kind == "url":
         from .external import ExternalRunner
 

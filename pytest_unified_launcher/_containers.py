@@ -1,0 +1,151 @@
+"""The container engine: podman or docker, driven through its CLI (SPEC 8).
+
+The CLI, not the API socket: podman's socket needs a service process (``podman system service``)
+that is not running by default, docker's CLI and API both need dockerd anyway, and one CLI call
+per container operation measured no slower here than a round trip through the socket (see
+``benchmarks/containers.py``). Only what both engines' CLIs accept is used, apart from podman's
+``rm --time`` (stop and remove in one call), chosen by :attr:`Engine.is_podman`.
+
+Every container carries two labels, so what a killed session left can be found and removed
+without any record beyond the session's id: :data:`SESSION_LABEL` and :data:`SERVICE_LABEL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SESSION_LABEL = "io.unified-launcher.session"
+SERVICE_LABEL = "io.unified-launcher.service"
+#: What ``container_engine = "auto"`` tries, in order.
+ENGINES = ("podman", "docker")
+
+
+class EngineNotFound(LookupError):
+    """No container engine on PATH (or not the one asked for); the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One container engine's CLI: ``name`` (podman, docker) and the program's path."""
+
+    name: str
+    path: str
+
+    @property
+    def is_podman(self) -> bool:
+        return self.name == "podman"
+
+    async def run(self, *args: str, timeout: float = 30.0, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """``engine ARGS...`` to its end: ``(exit code, stdout + stderr)``; killed on timeout."""
+        proc = await asyncio.create_subprocess_exec(
+            self.path, *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except BaseException:  # a timeout or a cancel: the CLI goes with it
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        return proc.returncode or 0, out.decode(errors="replace").strip()
+
+    def run_sync(self, *args: str, timeout: float = 30.0) -> tuple[int, str]:
+        """:meth:`run` for code without a loop (the reaper)."""
+        try:
+            done = subprocess.run([self.path, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return -1, str(exc)
+        return done.returncode, (done.stdout + done.stderr).decode(errors="replace").strip()
+
+
+def find_engine(setting: str = "auto", environ: Mapping[str, str] | None = None) -> Engine:
+    """The engine ``setting`` names ("auto": podman, else docker), found on PATH."""
+    path = (environ or os.environ).get("PATH")
+    names = ENGINES if setting == "auto" else (setting,)
+    for name in names:
+        found = shutil.which(name, path=path)
+        if found:
+            return Engine(name, found)
+    if setting == "auto":
+        raise EngineNotFound("no container engine found: neither podman nor docker is on PATH; install "
+                             "podman (apt-get install podman) or docker, or run this service as a command")
+    other = next(n for n in ENGINES if n != setting)
+    hint = f", or set container_engine = \"{other}\"" if shutil.which(other, path=path) else ""
+    raise EngineNotFound(f"container_engine = \"{setting}\" but {setting} is not on PATH; install it{hint}")
+
+
+def container_name(session: str, service: str) -> str:
+    """The container's name: unique per session and service, readable in ``podman ps``."""
+    return f"ul-{session}-{service}"
+
+
+def session_containers(engine: Engine, session: str, *, timeout: float = 10.0) -> list[str]:
+    """The ids of every container (running or not) labelled with ``session``."""
+    code, out = engine.run_sync("ps", "-a", "-q", "--filter", f"label={SESSION_LABEL}={session}", timeout=timeout)
+    return out.split() if code == 0 else []
+
+
+def remove_session_containers(engine_name: str, session: str) -> list[str]:
+    """Remove what a session that is gone left (the reaper): every container with its label.
+    Returns the ids removed; an engine that is gone now removes nothing."""
+    try:
+        engine = find_engine(engine_name)
+    except EngineNotFound:
+        return []
+    ids = session_containers(engine, session)
+    if ids:
+        code, out = engine.run_sync("rm", "-f", *ids, timeout=60.0)
+        if code != 0:
+            log.warning("removing the containers %s of a killed session failed: %s", ", ".join(ids), out)
+    return ids
+
+
+def run_args(
+    svc: Any, *, name: str, session: str, env_names: Sequence[str], is_podman: bool
+) -> list[str]:
+    """``run`` and its options for the image service ``svc`` (without the engine's path).
+
+    Env values are not on the command line (``ps`` shows it): ``-e NAME`` takes each from the
+    engine's own environment, which the runner sets. The container runs in the foreground,
+    attached: its output is the engine process's, written to the service's log from its first
+    line, and its exit is that process's exit.
+    """
+    spec = svc.container
+    args = ["run", "--rm", "--name", name, "--label", f"{SESSION_LABEL}={session}",
+            "--label", f"{SERVICE_LABEL}={svc.name}", "--pull", "never",  # pulled apart, timed
+            "--stop-signal", str(svc.stop_signal), "--stop-timeout", str(max(1, round(svc.stop_timeout)))]
+    if is_podman:
+        args += ["--replace"]  # a container of that name left by a crash of this same session
+    if spec.port is not None and svc.port is not None:
+        args += ["--publish", f"{_publish_host(svc.host)}:{svc.port}:{spec.port}"]
+    for var in env_names:
+        args += ["--env", var]
+    if svc.user:
+        args += ["--user", svc.user]
+    if spec.workdir:
+        args += ["--workdir", spec.workdir]
+    for mount in spec.mounts:
+        args += ["--volume", mount]
+    for path in spec.tmpfs:
+        args += ["--tmpfs", path]
+    for limit, soft, hard in spec.ulimits:
+        args += ["--ulimit", f"{limit}={soft}:{hard}"]
+    return args + [spec.image, *svc.command]
+
+
+def _publish_host(host: str) -> str:
+    """The host address to publish on: an IPv6 address in brackets, a wildcard as itself."""
+    if host in ("", "0.0.0.0"):
+        return "0.0.0.0"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,69 @@
+"""An ``image`` service's container keys, resolved (SPEC 8): compose's short mount syntax with
+host paths made absolute, ``tmpfs`` container paths, ``ulimits`` as soft/hard pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .models import ContainerSpec, ServiceModel, UlimitModel, Where
+
+#: The ulimits an engine accepts (``--ulimit NAME=SOFT:HARD``): compose's names.
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+                "nproc", "rss", "rtprio", "rttime", "sigpending", "stack", "as")
+
+
+def resolve_container(raw: ServiceModel, ex: Callable[[str, str], str], where: Where, root: Path) -> ContainerSpec:
+    """The container of an image service (``raw.image`` is set)."""
+    assert raw.image is not None
+    image = ex("image", raw.image).strip()
+    if not image or any(c.isspace() for c in image):
+        raise where(f"image {image!r} is not an image reference", fix='write it as "redis:7" or '
+                    '"registry.example.com/team/api:1.2"', key="image")
+    mounts = tuple(_mount(ex(f"mounts[{i}]", m), i, where, root) for i, m in enumerate(raw.mounts))
+    tmpfs = tuple(ex(f"tmpfs[{i}]", p) for i, p in enumerate(raw.tmpfs)) if isinstance(raw.tmpfs, list) else ()
+    for i, path in enumerate(tmpfs):
+        if not path.startswith("/"):
+            raise where(f"tmpfs path {path!r} is not absolute", fix="give a path inside the container, "
+                        'such as "/var/lib/postgresql/data"', key=f"tmpfs[{i}]")
+    ulimits = []
+    for name, value in raw.ulimits.items():
+        if name not in ULIMIT_NAMES:
+            import difflib
+
+            close = difflib.get_close_matches(name, ULIMIT_NAMES, n=1)
+            raise where(f"unknown ulimit {name!r}", key=f"ulimits.{name}",
+                        fix=(f"did you mean {close[0]!r}? " if close else "") + "known: " + ", ".join(ULIMIT_NAMES))
+        soft, hard = (value.soft, value.hard) if isinstance(value, UlimitModel) else (value, value)
+        if hard != -1 and (soft == -1 or soft > hard):
+            raise where(f"ulimit {name}: soft {soft} is above hard {hard}", key=f"ulimits.{name}",
+                        fix="make soft at most hard")
+        ulimits.append((name, soft, hard))
+    workdir = ex("cwd", raw.cwd) if raw.cwd else None
+    if workdir is not None and not workdir.startswith("/"):
+        raise where(f"cwd {workdir!r} is a path inside the container and must be absolute", key="cwd",
+                    fix='write it as "/app" (the container\'s working directory)')
+    return ContainerSpec(image=image, port=raw.container_port, pull=raw.pull, mounts=mounts, tmpfs=tmpfs,
+                         ulimits=tuple(ulimits), workdir=workdir)
+
+
+def _mount(text: str, index: int, where: Where, root: Path) -> str:
+    """``SOURCE:TARGET[:OPTIONS]``: a source starting with ``.``, ``/`` or ``~`` is a host path
+    (relative to the config file), any other a named volume; the target must be absolute."""
+    key = f"mounts[{index}]"
+    parts = text.split(":")
+    fix = 'write it as "./host/path:/path/in/container" or "./sql:/docker-entrypoint-initdb.d:ro"'
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise where(f"mount {text!r} is not SOURCE:TARGET[:OPTIONS]", fix=fix, key=key)
+    source, target = parts[0], parts[1]
+    if not target.startswith("/"):
+        raise where(f"mount {text!r}: the container path {target!r} is not absolute", fix=fix, key=key)
+    if len(parts) == 3 and not set(parts[2].split(",")) <= {"ro", "rw", "z", "Z", "cached", "delegated", "consistent"}:
+        raise where(f"mount {text!r}: unknown options {parts[2]!r}", fix="use ro or rw (and z/Z for SELinux)", key=key)
+    if source.startswith((".", "/", "~")):
+        host = (root / Path(source).expanduser()).resolve()
+        if not host.exists():
+            raise where(f"mount {text!r}: {host} does not exist", key=key,
+                        fix="create it, or fix the path (relative to the config file)")
+        source = str(host)
+    return ":".join([source, target, *parts[2:]])

@@ -1,0 +1,229 @@
+"""Image services: a container run by podman or docker (SPEC 8).
+
+The container runs attached: ``podman run --rm ...`` is this runner's process, so everything a
+process service has comes for free and works the same way. Its output (the container's, from
+its first line) goes to the service's log with no ``logs`` polling; its exit is the container's
+exit, seen through the same exit future and pidfd; the run record, the sentinel and
+``--launcher-keep`` know it by its pid. What is container-specific: the image is pulled apart
+(timed, so the waterfall shows pull time apart from start time), health probes reach the
+published port (``exec`` probes run inside the container), and a stop asks the engine to stop
+and remove the container, which also ends the engine process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+from typing import Any
+
+from .. import _timing
+from .._containers import Engine, EngineNotFound, container_name, find_engine, run_args
+from .._process import spawn, start_time
+from ..health import HealthTimeout, ProbeUnusable, ProcessExited, make_probe, wait_healthy
+from .subprocess import SubprocessRunner, describe_exit, port_holder
+
+log = logging.getLogger(__name__)
+
+#: What the engines print when an image is not there and ``--pull never`` forbids fetching it.
+_NOT_PRESENT = ("image not known", "No such image", "Unable to find image", "manifest unknown")
+#: The exit codes with which ``podman run``/``docker run`` speak for themselves, not the container.
+_ENGINE_EXITS = {
+    125: "the engine could not run the container (see its output below)",
+    126: "the container's command cannot be run (not executable?)",
+    127: "the container's command was not found in the image",
+}
+
+
+class ContainerRunner(SubprocessRunner):
+    kind = "container"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine: Engine | None = None
+        self.name = container_name(self.ctx.launcher_id, self.svc.name)
+        #: Filled once the container runs: its id, its main process (host pid) and image digest.
+        self.container_id: str | None = None
+        self.image_digest: str | None = None
+        self.pull_seconds: float | None = None
+        self._main: tuple[int, str | None] | None = None
+        self._inspecting: asyncio.Task[None] | None = None
+
+    @property
+    def exec_target(self) -> tuple[str, str] | None:
+        """(engine program, container name) for ``health.exec`` probes."""
+        return (self.engine.path, self.name) if self.engine is not None else None
+
+    def resource_process(self) -> tuple[int, str | None] | None:
+        """The container's main process (and what it started): what its resources are."""
+        return self._main
+
+    # ------------------------------------------------------------------ start
+
+    def _engine_env(self) -> dict[str, str]:
+        """The engine process's environment: the launcher's, and the container's variables,
+        which ``--env NAME`` passes on by name (never on a command line)."""
+        return self._env()
+
+    async def start(self, deadline: float) -> None:
+        svc = self.svc
+        assert svc.container is not None
+        try:
+            self.engine = find_engine(self.ctx.container_engine, self.ctx.base_env)
+        except EngineNotFound as exc:
+            raise self._fail(str(exc)) from None
+        self.ctx.on_engine(self.engine.name)  # on record before any container exists: reapable by label
+        self._log_fd = self._open_log()
+        env = self._engine_env()
+        for step in svc.setup:
+            await self._run_setup(step, env, None, deadline)
+        if svc.container.pull == "always":
+            await self._pull(deadline)
+        if svc.port is not None and not svc.task:
+            from .._ports import is_free
+
+            if not is_free(svc.host, svc.port):
+                holder = port_holder(svc.port)
+                err = self._fail(f"port {svc.port} already in use" + (f" by {holder}" if holder else "")
+                                 + "; stop that process or choose another port")
+                err.port_in_use = svc.port
+                raise err
+        await self._spawn(env)
+
+    async def _spawn(self, env: dict[str, str]) -> None:
+        assert self.engine is not None and self._log_fd is not None
+        names = sorted(set(self.svc.env))
+        argv = [self.engine.path, *run_args(self.svc, name=self.name, session=self.ctx.launcher_id,
+                                              env_names=names, is_podman=self.engine.is_podman)]
+        os.write(self._log_fd, f"$ {shlex.join(argv[:1] + argv[1:])}\n".encode())
+        self.ctx.before_spawn()
+        self.spawned_at = _timing.monotonic()
+        self._spawning = asyncio.ensure_future(spawn(argv, env=env, cwd=self.svc.cwd, log_file=self._log_fd))
+        try:
+            # Shielded: if we are cancelled (Ctrl-C), the spawn still completes and stop() reaps it.
+            self.proc = await asyncio.shield(self._spawning)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise self._fail(f"cannot run the container engine {self.engine.path}: {exc.strerror}") from None
+        self._token = start_time(self.proc.pid)
+        self.ctx.on_spawn(self.svc.name, self.proc.pid)
+        self._exited = asyncio.ensure_future(self.proc.wait())
+        self._inspecting = asyncio.ensure_future(self._inspect())
+
+    async def _pull(self, deadline: float) -> None:
+        """``engine pull IMAGE``, timed apart; its output goes to the log."""
+        assert self.engine is not None and self.svc.container is not None and self._log_fd is not None
+        image = self.svc.container.image
+        os.write(self._log_fd, f"$ {self.engine.name} pull {image}\n".encode())
+        t0 = _timing.monotonic()
+        try:
+            code, out = await self.engine.run("pull", image, timeout=max(1.0, deadline - t0))
+        except TimeoutError:
+            raise self._fail(f"pulling image {image} did not finish within {self.svc.startup_timeout:.1f} s; "
+                             f"pull it before the run ({self.engine.name} pull {image}) or raise startup_timeout",
+                             timeout=self.svc.startup_timeout) from None
+        self.pull_seconds = (self.pull_seconds or 0.0) + _timing.monotonic() - t0
+        os.write(self._log_fd, (out + "\n").encode())
+        if code != 0:
+            raise self._fail(f"cannot pull image {image} ({self.engine.name} pull exited with code {code}); "
+                             "check the name and tag, the network, and the registry login "
+                             f"({self.engine.name} login)")
+
+    async def _inspect(self) -> None:
+        """The container's id, main pid and image digest, once it runs (off the startup path:
+        it is asked while the service starts up)."""
+        assert self.engine is not None
+        digest = "{{.ImageDigest}}" if self.engine.is_podman else "{{.Image}}"
+        while self.alive():
+            try:
+                code, out = await self.engine.run("container", "inspect", "--format",
+                                                  "{{.Id}} {{.State.Pid}} " + digest, self.name, timeout=10.0)
+            except TimeoutError:
+                return
+            parts = out.split()
+            if code == 0 and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) > 0:
+                self.container_id, pid, self.image_digest = parts[0], int(parts[1]), parts[2]
+                self._main = (pid, start_time(pid))
+                return
+            await asyncio.sleep(0.02)  # not created, or not started yet
+
+    # ------------------------------------------------------------------ readiness
+
+    async def wait_ready(self, deadline: float) -> None:
+        assert self.proc is not None and self._exited is not None
+        try:
+            await self._wait_ready(deadline)
+        except ProcessExited as exc:
+            if exc.code == 125 and self._image_missing() and self.svc.container.pull == "missing":  # type: ignore[union-attr]
+                await self._pull(deadline)  # pulled, then started again: not an attempt of its own
+                self.ctx.on_exit(self.svc.name, self.proc.pid)
+                await self._spawn(self._engine_env())
+                try:
+                    await self._wait_ready(deadline)
+                except ProcessExited as again:
+                    raise self._exited_error(again.code) from None
+            else:
+                raise self._exited_error(exc.code) from None
+        if self._inspecting is not None:  # almost always done by now: the container has started
+            await asyncio.wait({self._inspecting}, timeout=max(0.0, deadline - _timing.monotonic()))
+
+    async def _wait_ready(self, deadline: float) -> None:
+        assert self._exited is not None
+        timeout = self.svc.startup_timeout
+        if self.svc.task:
+            try:
+                code = await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
+            except TimeoutError:
+                raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
+            if code != 0:
+                raise ProcessExited(code)
+            return
+        probe = make_probe(self.svc, self.svc.health, log_path=self.log_path, env=self._env(),
+                           spawned_at=self.spawned_at or _timing.monotonic(), container=self.exec_target)
+        try:
+            await wait_healthy(probe, deadline=deadline, timeout=timeout, exited=self._exited,
+                               exit_code=lambda: self.exit_code, log_path=self.log_path, rate=self.probe_rate)
+        except HealthTimeout as exc:
+            raise self._health_timeout(exc.timeout, exc.last) from None
+        except ProbeUnusable as exc:
+            raise self._probe_unusable(exc) from None
+
+    def _image_missing(self) -> bool:
+        tail = self.logs(5)
+        return any(marker in tail for marker in _NOT_PRESENT)
+
+    def _exited_error(self, code: int | None) -> Exception:
+        assert self.svc.container is not None and self.engine is not None
+        image = self.svc.container.image
+        if code == 125 and self._image_missing():
+            return self._fail(f"image {image} is not present and pull = \"never\"; pull or build it first "
+                              f"({self.engine.name} pull {image}), or set pull = \"missing\"", exit_code=code)
+        meaning = _ENGINE_EXITS.get(code) if code is not None else None
+        what = "container " + describe_exit(code) + (f": {meaning}" if meaning else "")
+        if code == 0 and not self.svc.task:
+            what += (" before it was ready: its command must keep running in the foreground (a one-shot "
+                     "job: set task = true)")
+        return self._fail(what, exit_code=code)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        """Stop and remove the container (its stop signal, ``stop_timeout``, then kill), which
+        ends the engine process; then that process as any other (it should be gone already)."""
+        engine = self.engine
+        if engine is not None and (self.proc is not None or self._spawning is not None):
+            grace = str(max(0, round(self.svc.stop_timeout)))
+            try:
+                if engine.is_podman:
+                    code, out = await engine.run("rm", "--force", "--ignore", "--time", grace, self.name,
+                                                 timeout=self.svc.stop_timeout + 30)
+                else:
+                    await engine.run("stop", "--time", grace, self.name, timeout=self.svc.stop_timeout + 30)
+                    code, out = await engine.run("rm", "--force", self.name, timeout=30)
+                if code != 0 and "no such container" not in out.lower():
+                    log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, out)
+            except (OSError, TimeoutError) as exc:
+                log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, exc)
+        if self._inspecting is not None:
+            self._inspecting.cancel()
+        await super().stop()
