@@ -82,6 +82,11 @@ class ServiceHandle:
         return runner.pid if runner is not None else None
 
     @property
+    def container_id(self) -> str | None:
+        """An image service's container (its full id once it runs); None for other kinds."""
+        return getattr(self._svc.runner, "container_id", None)
+
+    @property
     def runner(self) -> str:
         return self._launcher._runner_kind(self.config)
 

@@ -197,7 +197,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for name in names:
             svc = config.services[name]
             kind = ("worker task" if svc.scope == "worker" else "task") if svc.task else \
-                {"app": "app", "command": "command", "url": "external"}[svc.kind]
+                {"app": "app", "command": "command", "url": "external", "image": "image"}[svc.kind]
             port = "-" if svc.port is None else ("auto" if svc.port_auto else str(svc.port))
             probe = _as_rule(svc, svc.health.describe())
             rows.append([str(level), name, kind, port, probe, describe_dependencies(svc) or "-"])
@@ -237,8 +237,18 @@ def _missing_programs(config: Any) -> list[LauncherError]:
     import shutil
 
     problems: list[LauncherError] = []
+    images = sorted(s.name for s in config.services.values() if s.kind == "image")
+    if images:
+        from ._containers import EngineNotFound, find_engine
+
+        try:
+            find_engine(config.container_engine)
+        except EngineNotFound as exc:
+            problems.append(ConfigError(f"{', '.join(images)} need a container engine: {exc}",
+                                        source=str(config.source), key="launcher.container_engine"))
     for svc in config.services.values():
-        steps = [("setup", step) for step in svc.setup] + ([("command", svc.command)] if svc.command else [])
+        steps = [("setup", step) for step in svc.setup]
+        steps += [("command", svc.command)] if svc.command and svc.kind != "image" else []  # an image's runs inside
         steps += [("reset", svc.reset.argv)] if svc.reset is not None and svc.reset.argv else []
         for key, argv in steps:
             program = argv[0]

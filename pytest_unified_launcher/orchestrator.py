@@ -263,7 +263,7 @@ class UnifiedLauncher:
 
     async def _adopt(self, name: str, *, pid: int | None, token: str | None, completed: bool,
                      log_path: Path | None = None, startup_seconds: float | None = None) -> None:
-        from .runners.attached import AttachedRunner
+        from .runners.attached import AttachedContainerRunner, AttachedRunner
 
         svc = self._services[name]
         if svc.state == "completed" or (
@@ -276,7 +276,8 @@ class UnifiedLauncher:
             svc.machine.fail()
         if svc.runner is not None and hasattr(svc.runner, "detach"):
             svc.runner.detach()  # another process replaced our instance: close what we held of it
-        svc.runner = AttachedRunner(svc.config, self._context(), pid=pid, token=token, log_path=log_path)
+        kind = AttachedContainerRunner if svc.config.kind == "image" else AttachedRunner
+        svc.runner = kind(svc.config, self._context(), pid=pid, token=token, log_path=log_path)
         if self._run is None:  # so that stopping an adopted environment is timed like any other
             self._run = RunTiming()
             self._runs.append(self._run)
@@ -709,6 +710,10 @@ class UnifiedLauncher:
         svc.startup_seconds = timing.startup_seconds = now - began
         timing.ready_at = now - self._run_t0
         timing.spawned_at = ((runner.spawned_at or began) - self._run_t0)
+        if svc.config.container is not None:
+            timing.image = svc.config.container.image
+            timing.image_digest = getattr(runner, "image_digest", None)
+            timing.pull_seconds = getattr(runner, "pull_seconds", None)
         if svc.config.task:
             svc.machine.complete()
         else:

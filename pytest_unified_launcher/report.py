@@ -37,6 +37,10 @@ class ServiceTiming:
     #: Later starts of this service (a test's restart()), apart from the first, which is the one
     #: the waterfall draws and the total counts.
     restarts: list[ServiceTiming] = field(default_factory=list)
+    #: An image service's image, its digest, and how long pulling it took (None: not pulled).
+    image: str | None = None
+    image_digest: str | None = None
+    pull_seconds: float | None = None
 
     def result(self) -> str:
         """The summary's word for it: ok, FAILED, interrupted, DIED (...), and its restarts."""
@@ -103,6 +107,8 @@ def run_to_json(run: RunTiming) -> dict[str, Any]:
                 "restarts": [{"started_at": _r(r.started_at), "ready_at": _r(r.ready_at),
                               "startup_seconds": _r(r.startup_seconds)} for r in t.restarts],
                 "result": t.result(),
+                **({"image": t.image, "image_digest": t.image_digest, "pull_seconds": _r(t.pull_seconds)}
+                   if t.image else {}),
             }
             for name, t in sorted(run.services.items())
         },
@@ -117,6 +123,7 @@ def timing_from_json(s: Mapping[str, Any]) -> ServiceTiming:
         attempts=s["attempts"], depends_on=tuple(s.get("depends_on", ())),
         started_after=tuple(s.get("started_after", ())), failed=s.get("failed", False),
         blocked_by=s.get("blocked_by"), died=s.get("died"), interrupted=s.get("interrupted", False),
+        image=s.get("image"), image_digest=s.get("image_digest"), pull_seconds=s.get("pull_seconds"),
         restarts=[ServiceTiming(level=s["level"], runner=s["runner"], started_at=r["started_at"],
                                 ready_at=r["ready_at"], startup_seconds=r["startup_seconds"])
                   for r in s.get("restarts", ())],
@@ -369,7 +376,10 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
         f'<rect x="{left + 275}" y="30" width="14" height="10" fill="white" stroke="#c00" stroke-width="2"/>'
         f'<text x="{left + 293}" y="39" fill="#555">critical path</text>'
         f'<rect x="{left + 385}" y="30" width="14" height="10" fill="#d9534f"/>'
-        f'<text x="{left + 403}" y="39" fill="#555">failed</text>',
+        f'<text x="{left + 403}" y="39" fill="#555">failed</text>'
+        + (f'<rect x="{left + 455}" y="30" width="14" height="10" fill="#8e6bb8"/>'
+           f'<text x="{left + 473}" y="39" fill="#555">image pull</text>'
+           if any(s.get("pull_seconds") for s in services.values()) else ""),
     ]
     ticks = _ticks(span)
     for t in ticks:
@@ -386,6 +396,7 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
         out.append(f'<text x="{left - 6}" y="{y + 17}" text-anchor="end">{escape(name)}</text>')
         start = s["started_at"] or 0.0
         spawned = s.get("spawned_at") or start
+        pulled = min(start + (s.get("pull_seconds") or 0.0), spawned)
         ready = s["ready_at"] if s["ready_at"] is not None else end
         colour = "#d9534f" if s.get("failed") else "#2b7bb9"
         outline = (  # the whole bar, setup included: it is all on the path
@@ -394,7 +405,9 @@ def render_svg(run: Mapping[str, Any], *, budget_seconds: float, title: str = "s
         )
         out.append(
             f'<g class="bar" data-service="{escape(name)}">'
-            f'<rect class="phase-spawn" x="{x(start):.1f}" y="{y + 5}" width="{max(x(spawned) - x(start), 0.5):.1f}" '
+            + (f'<rect class="phase-pull" x="{x(start):.1f}" y="{y + 5}" width="{max(x(pulled) - x(start), 0.5):.1f}" '
+               f'height="{row_h - 10}" fill="#8e6bb8"/>' if pulled > start else "")
+            + f'<rect class="phase-spawn" x="{x(pulled):.1f}" y="{y + 5}" width="{max(x(spawned) - x(pulled), 0.5):.1f}" '
             f'height="{row_h - 10}" fill="{colour}" opacity="0.35"/>'
             f'<rect class="phase-health" x="{x(spawned):.1f}" y="{y + 5}" width="{max(x(ready) - x(spawned), 1):.1f}" '
             f'height="{row_h - 10}" fill="{colour}"/>{outline}'

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh Debian machine: redis-server and PostgreSQL from Debian packages
-# when missing, then a virtualenv in .venv with the project and everything its tests need.
+# Idempotent set-up on a fresh Debian machine: redis-server, PostgreSQL and podman from Debian
+# packages when missing, the local test images, then a virtualenv in .venv with the project and
+# everything its tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# podman (with runc) for image services; docker is used when it is there and podman is not.
+if ! command -v podman >/dev/null 2>&1 && ! command -v docker >/dev/null 2>&1; then
+  need+=(podman runc)
+fi
 if ! command -v postgres >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   need+=(postgresql)
 fi
@@ -31,3 +36,16 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,e
 fi
 grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
 rm -f "$log"
+
+# crun, podman's default runtime on Debian 12, fails on cgroup v1 hosts ("cgroups in hybrid mode
+# not supported"); runc works. Only written when there is no containers.conf at all.
+if command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
+    && [ ! -e /etc/containers/containers.conf ] && [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+  mkdir -p /etc/containers
+  printf '[engine]\nruntime = "runc"\n' >/etc/containers/containers.conf
+  echo "setup: wrote /etc/containers/containers.conf (runtime = runc: crun does not run on cgroup v1)" >&2
+fi
+# The images the tests and the example's `containers` profile run (no registry needed).
+if command -v podman >/dev/null 2>&1 || command -v docker >/dev/null 2>&1; then
+  ./images/build.sh
+fi

@@ -79,3 +79,65 @@ class AttachedRunner(Runner):
             pass
         if self.alive():
             kill_pids([pid], sig)
+
+
+class AttachedContainerRunner(AttachedRunner):
+    """An adopted image service: its engine process is what is adopted (as for any process),
+    and its container, named on that process's command line, is what a stop removes and an
+    ``exec`` probe runs in."""
+
+    kind = "container"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from .._containers import EngineNotFound, find_engine
+
+        super().__init__(*args, **kwargs)
+        self.name = _container_name_of(self._pid) if self._pid is not None else None
+        try:
+            self.engine: Any = find_engine(self.ctx.container_engine, self.ctx.base_env)
+        except EngineNotFound:
+            self.engine = None
+        self._inspected: tuple[str, int] | None = None
+
+    @property
+    def exec_target(self) -> tuple[str, str] | None:
+        return (self.engine.path, self.name) if self.engine is not None and self.name else None
+
+    def _inspect(self) -> tuple[str, int] | None:
+        if self._inspected is None and self.exec_target is not None and self.alive():
+            code, out = self.engine.run_sync("container", "inspect", "--format", "{{.Id}} {{.State.Pid}}",
+                                             self.name, timeout=10.0)
+            parts = out.split()
+            if code == 0 and len(parts) == 2 and parts[1].isdigit():
+                self._inspected = (parts[0], int(parts[1]))
+        return self._inspected
+
+    @property
+    def container_id(self) -> str | None:
+        found = self._inspect()
+        return found[0] if found else None
+
+    def resource_process(self) -> tuple[int, str | None] | None:
+        from .._process import start_time
+
+        found = self._inspect()
+        return (found[1], start_time(found[1])) if found and found[1] > 0 else None
+
+    async def stop(self) -> None:
+        if self.exec_target is not None and not self.svc.task:
+            grace = str(max(0, round(self.svc.stop_timeout)))
+            args = (("rm", "--force", "--ignore", "--time", grace) if self.engine.is_podman else ("rm", "--force"))
+            await self.engine.run(*args, self.name, timeout=self.svc.stop_timeout + 30)
+        await super().stop()
+
+
+def _container_name_of(pid: int) -> str | None:
+    """The ``--name`` on an engine process's command line (``podman run --rm --name N ...``)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == b"--name":
+            return value.decode(errors="replace")
+    return None

@@ -198,6 +198,9 @@ class ContainerRunner(SubprocessRunner):
         if code == 125 and self._image_missing():
             return self._fail(f"image {image} is not present and pull = \"never\"; pull or build it first "
                               f"({self.engine.name} pull {image}), or set pull = \"missing\"", exit_code=code)
+        if code == 125 and "Cannot connect to the Docker daemon" in self.logs(5):
+            return self._fail("the docker daemon is not running: start it (systemctl start docker), or use "
+                              "podman (container_engine = \"podman\")", exit_code=code)
         meaning = _ENGINE_EXITS.get(code) if code is not None else None
         what = "container " + describe_exit(code) + (f": {meaning}" if meaning else "")
         if code == 0 and not self.svc.task:

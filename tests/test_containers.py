@@ -1,0 +1,322 @@
+"""Image services with real podman (SPEC 8): local images (``images/build.sh``, no registry),
+real containers on real published ports, and nothing left afterwards.
+
+Each test checks the engine itself for leftovers: ``podman ps -a`` filtered by this test's
+session labels must be empty when it ends, whatever happened (a failed start, Ctrl-C, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PY, default_sigint
+
+from pytest_unified_launcher import UnifiedLauncher, load_config
+from pytest_unified_launcher._containers import SERVICE_LABEL, SESSION_LABEL
+from pytest_unified_launcher.errors import ServiceStartupError
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_IMAGE = "localhost/ul-redis:1"
+#: This machine cannot raise RLIMIT_NOFILE/NPROC: containers need lowered limits (README).
+ULIMITS = "ulimits = { nofile = 4096, nproc = 4096 }"
+CACHE = f"""
+[launcher]
+state_dir = "state"
+[services.cache]
+image = "{REDIS_IMAGE}"
+container_port = 6379
+pull = "never"
+{ULIMITS}
+health = {{ exec = ["redis-cli", "ping"], interval = 0.2, failure_threshold = 2, timeout = 0.5 }}
+env = {{ SECRET_TOKEN = "s3cr3t-value" }}
+"""
+
+
+@pytest.fixture(scope="session")
+def podman() -> str:
+    """podman with the test images built (``scripts/setup.sh`` installs it and builds them)."""
+    path = shutil.which("podman")
+    if path is None:
+        pytest.fail("podman is not installed: run ./scripts/setup.sh (the README's test command does)")
+    subprocess.run([str(ROOT / "images" / "build.sh")], check=True, capture_output=True, timeout=600)
+    return path
+
+
+def containers(label: str) -> list[str]:
+    """Every container (running or not) with ``label`` (``key`` or ``key=value``)."""
+    out = subprocess.run(["podman", "ps", "-a", "-q", "--filter", f"label={label}"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return out.split()
+
+
+def settled(label: str, seconds: float = 30.0) -> list[str]:
+    """The containers with ``label`` once they are gone, or those left after ``seconds``."""
+    end = time.monotonic() + seconds
+    while (left := containers(label)) and time.monotonic() < end:
+        time.sleep(0.2)
+    return left
+
+
+def ping(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def project(tmp_path: Path, podman: str) -> Iterator[Path]:
+    (tmp_path / "launcher.toml").write_text(CACHE)
+    yield tmp_path
+    # Whatever a test did, its sessions' containers are gone (state/ is this test's own).
+
+
+async def test_a_container_is_a_service_like_any_other(project: Path) -> None:
+    """Started, probed inside (exec) and on its published port, labelled, logged from its first
+    line, reported with its image and digest; then stopped, removed, and its port free."""
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        cache = (await launcher.start(["cache"]))["cache"]
+        assert cache.runner == "container" and cache.state == "running"
+        assert cache.url == f"redis://127.0.0.1:{cache.port}"
+        assert ping(cache.port) == b"+PONG\r\n"
+        labelled = containers(f"{SESSION_LABEL}={launcher.id}")
+        assert len(labelled) == 1 and cache.container_id and cache.container_id.startswith(labelled[0])
+        assert containers(f"{SERVICE_LABEL}=cache") == labelled
+        assert "Ready to accept connections" in cache.logs()  # the container's output, in its log
+        # The container's env reaches it by name, never on a command line (ps shows those).
+        inspect = subprocess.run(["podman", "exec", cache.container_id, "redis-server", "--version"],
+                                 capture_output=True, text=True, timeout=60)
+        assert inspect.returncode == 0
+        argv = Path(f"/proc/{cache.pid}/cmdline").read_bytes().decode()
+        assert "SECRET_TOKEN" in argv and "s3cr3t-value" not in argv
+        port = cache.port
+    report = launcher.report()
+    row = report["runs"][0]["services"]["cache"]
+    assert row["runner"] == "container" and row["image"] == REDIS_IMAGE
+    assert row["image_digest"].startswith("sha256:") and row["pull_seconds"] is None
+    assert report["resources"]["cache"]["rss_peak_bytes"] > 1_000_000  # redis-server's, not podman's
+    assert report["health"]["cache"]["probes"] >= 0
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+    assert port_free(port)
+
+
+async def test_the_monitor_probes_inside_and_sees_a_death(project: Path) -> None:
+    """health.exec keeps running inside the container after ready: a paused Redis is unhealthy,
+    then recovered; a container killed from outside is 'died' at once."""
+    config = load_config(project / "launcher.toml", environ={})
+    events: list[tuple[str, str]] = []
+    async with UnifiedLauncher(config) as launcher:
+        launcher.subscribe(lambda e: events.append((e.service, e.kind)))
+        cache = (await launcher.start(["cache"]))["cache"]
+        subprocess.run(["podman", "exec", cache.container_id, "redis-cli", "CLIENT", "PAUSE", "4000", "ALL"],
+                       check=True, capture_output=True, timeout=60)
+        await _until(lambda: ("cache", "unhealthy") in events)
+        await _until(lambda: ("cache", "recovered") in events)
+        subprocess.run(["podman", "kill", cache.container_id], check=True, capture_output=True, timeout=60)
+        await _until(lambda: ("cache", "died") in events)
+        assert cache.state == "died"
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+async def _until(condition: object, seconds: float = 60.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:  # type: ignore[operator]
+        await asyncio.sleep(0.05)
+    assert condition(), "condition never held"  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("service", "expected"), [
+    pytest.param(f'image = "{REDIS_IMAGE}"\ncommand = ["redis-server", "--port", "notaport"]\ncontainer_port = 6379',
+                 ["container exited with code 1", "notaport"], id="exits-during-startup"),
+    pytest.param('image = "localhost/ul-not-built:1"\ncontainer_port = 6379',
+                 ['image localhost/ul-not-built:1 is not present and pull = "never"', "podman pull"],
+                 id="missing-image"),
+    pytest.param(f'image = "{REDIS_IMAGE}"\ncommand = ["no-such-program"]',
+                 ["container exited with code 127", "not found in the image"], id="command-not-in-image"),
+])
+async def test_a_failed_start_names_the_cause_and_leaves_nothing(project: Path, service: str,
+                                                                 expected: list[str]) -> None:
+    (project / "launcher.toml").write_text(f'[launcher]\nstate_dir = "state"\n[services.cache]\n{service}\n'
+                                           f'pull = "never"\n{ULIMITS}\nstartup_timeout = 20\n')
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        with pytest.raises(ServiceStartupError) as info:
+            await launcher.start(["cache"])
+    text = str(info.value)
+    assert all(part in text for part in expected), text
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+async def test_a_missing_engine_and_a_failed_pull_say_the_fix(project: Path) -> None:
+    """docker asked for but absent: named with the fix; pull = "missing" of an image no registry
+    has: the pull's failure, with what to check (this machine reaches no registry at all)."""
+    config = load_config(project / "launcher.toml", environ={"LAUNCHER_CONTAINER_ENGINE": "docker"})
+    no_docker = {**os.environ, "PATH": f"{os.path.dirname(shutil.which('podman') or '')}:/nonexistent"}
+    async with UnifiedLauncher(config, base_env=no_docker) as launcher:
+        with pytest.raises(ServiceStartupError, match=r'container_engine = "docker" but docker is not on PATH; '
+                                                      r'install it, or set container_engine = "podman"'):
+            await launcher.start(["cache"])
+    (project / "launcher.toml").write_text(CACHE.replace(REDIS_IMAGE, "localhost/ul-not-built:1")
+                                           .replace('pull = "never"', 'pull = "missing"'))
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        with pytest.raises(ServiceStartupError, match=r"cannot pull image localhost/ul-not-built:1 .*podman login"):
+            await launcher.start(["cache"])
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+def _pytest(project: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args], cwd=project,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+
+
+TEST_FILE = """
+import json, os, socket, pytest
+
+@pytest.mark.parametrize("n", range(4))
+@pytest.mark.services("cache")
+def test_cache(services, n):
+    cache = services["cache"]
+    with socket.create_connection(("127.0.0.1", cache.port), timeout=5) as sock:
+        sock.sendall(b"PING\\r\\n")
+        assert sock.recv(64) == b"+PONG\\r\\n"
+    with open("seen.txt", "a") as out:
+        out.write(json.dumps([os.environ.get("PYTEST_XDIST_WORKER", "main"), cache.container_id]) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("xdist", ["shared", "per_worker"])
+def test_xdist_shares_one_container_or_gives_each_worker_its_own(project: Path, xdist: str) -> None:
+    (project / "test_cache.py").write_text(TEST_FILE)
+    result = _pytest(project, "-n", "2", f"--launcher-xdist={xdist}", "--launcher-report=report.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = [json.loads(line) for line in (project / "seen.txt").read_text().splitlines()]
+    ids = {cid for _, cid in seen}
+    assert len(seen) == 4 and all(ids)
+    workers = {worker for worker, _ in seen}
+    assert len(ids) == (1 if xdist == "shared" else len(workers)), seen
+    assert settled(SERVICE_LABEL + "=cache") == []
+
+
+def test_keep_then_attach_then_down(project: Path) -> None:
+    """--launcher-keep leaves the container running; --launcher-attach uses that one; `down`
+    removes it."""
+    (project / "test_cache.py").write_text(TEST_FILE)
+    kept = _pytest(project, "--launcher-keep")
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    first = {cid for _, cid in map(json.loads, (project / "seen.txt").read_text().splitlines())}
+    assert len(first) == 1 and containers(f"{SERVICE_LABEL}=cache")
+    attached = _pytest(project, "--launcher-attach")
+    assert attached.returncode == 0, attached.stdout + attached.stderr
+    both = {cid for _, cid in map(json.loads, (project / "seen.txt").read_text().splitlines())}
+    assert both == first
+    down = subprocess.run([PY, "-m", "pytest_unified_launcher", "down"], cwd=project, capture_output=True,
+                          text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert settled(SERVICE_LABEL + "=cache") == []
+
+
+def test_up_detach_status_down(project: Path) -> None:
+    cli = [PY, "-m", "pytest_unified_launcher"]
+    up = subprocess.run([*cli, "up", "--detach"], cwd=project, capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        record = json.loads((project / "state" / "up.json").read_text())
+        assert ping(record["services"]["cache"]["port"]) == b"+PONG\r\n"
+        status = subprocess.run([*cli, "status"], cwd=project, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "cache" in status.stdout and "running" in status.stdout
+    finally:
+        down = subprocess.run([*cli, "down"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert settled(SERVICE_LABEL + "=cache") == []
+
+
+SLOW_START = f"""
+[launcher]
+state_dir = "state"
+[services.cache]
+image = "{REDIS_IMAGE}"
+container_port = 6379
+pull = "never"
+{ULIMITS}
+health = {{ log = "never printed" }}
+startup_timeout = 120
+"""
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_nothing_is_left_after_ctrl_c_or_a_killed_session(project: Path, how: str) -> None:
+    """A session interrupted while its container starts: Ctrl-C stops it; SIGKILL of pytest
+    leaves it to the sentinel, which removes the session's containers by label."""
+    (project / "launcher.toml").write_text(SLOW_START)
+    (project / "test_slow.py").write_text(
+        "import pytest\n@pytest.mark.services('cache')\ndef test_slow(services):\n    pass\n")
+    proc = subprocess.Popen([PY, "-m", "pytest", "-p", "no:cacheprovider", "test_slow.py"], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
+    try:
+        end = time.monotonic() + 120
+        while not containers(SERVICE_LABEL + "=cache") and time.monotonic() < end:
+            time.sleep(0.1)
+        assert containers(SERVICE_LABEL + "=cache"), "the container never started"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert settled(SERVICE_LABEL + "=cache", seconds=60) == []
+
+
+def test_a_session_killed_outright_is_reaped_by_the_next_run_too(project: Path) -> None:
+    """No sentinel (it was killed with the session): the next launcher's reap removes the
+    container by its session label, from the run record's engine."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from pytest_unified_launcher import UnifiedLauncher, load_config
+        launcher = UnifiedLauncher(load_config("launcher.toml", environ={{}}))
+        launcher.start_blocking(["cache"])
+        print(launcher.id, flush=True)
+        if launcher._sentinel.pid:
+            os.kill(launcher._sentinel.pid, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([PY, "-c", script], cwd=project, capture_output=True, text=True, timeout=120)
+    session = proc.stdout.split()[0]
+    assert containers(f"{SESSION_LABEL}={session}")  # its sentinel was killed first: nobody removed it
+    config = load_config(project / "launcher.toml", environ={})
+    launcher = UnifiedLauncher(config)
+    try:
+        launcher.start_blocking(["cache"])
+        assert settled(f"{SESSION_LABEL}={session}") == []
+    finally:
+        launcher.stop_blocking()
+        launcher.close()
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+def test_check_lists_image_services_and_a_missing_engine(project: Path) -> None:
+    cli = [PY, "-m", "pytest_unified_launcher", "check"]
+    ok = subprocess.run(cli, cwd=project, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "image" in ok.stdout and "exec redis-cli ping" in ok.stdout
+    env = {**os.environ, "LAUNCHER_CONTAINER_ENGINE": "docker", "PATH": os.path.dirname(sys.executable) + ":/usr/bin"}
+    missing = subprocess.run(cli, cwd=project, capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "cache need a container engine" in missing.stderr and "docker is not on PATH" in missing.stderr
