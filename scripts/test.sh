@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, the project's tests (under coverage, with its floor), a bare install (no extras, no pytest-xdist),
-# then the example backend's end-to-end tests in both modes and in both xdist modes. Every step
+# then the example backend's end-to-end tests in both modes, in both xdist modes, and with its
+# database and cache from images. Every step
 # runs even when an earlier one failed, and the run fails at the end if any step failed (pytest's
 # exit 5, no tests, counts as a failure).
 set -uo pipefail
@@ -30,6 +31,7 @@ step "example: single_process" "$py" -m pytest -p no:cacheprovider
 step "example: multi_process" "$py" -m pytest -p no:cacheprovider --launcher-profile=ci
 step "example: -n 2 shared" "$py" -m pytest -p no:cacheprovider -n 2
 step "example: -n 2 per_worker" "$py" -m pytest -p no:cacheprovider -n 2 --launcher-xdist=per_worker
+step "example: containers, -n 2" "$py" -m pytest -p no:cacheprovider -n 2 --launcher-profile=containers
 
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'FAILED steps:\n' >&2

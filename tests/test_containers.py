@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PY, default_sigint
+from test_monitor import until
 
 from pytest_unified_launcher import UnifiedLauncher, load_config
 from pytest_unified_launcher._containers import SERVICE_LABEL, SESSION_LABEL
@@ -93,7 +94,7 @@ async def test_a_container_is_a_service_like_any_other(project: Path) -> None:
     config = load_config(project / "launcher.toml", environ={})
     async with UnifiedLauncher(config) as launcher:
         cache = (await launcher.start(["cache"]))["cache"]
-        assert cache.runner == "container" and cache.state == "running"
+        assert cache.runner == "container" and cache.state == "running" and cache.port and cache.container_id
         assert cache.url == f"redis://127.0.0.1:{cache.port}"
         assert ping(cache.port) == b"+PONG\r\n"
         labelled = containers(f"{SESSION_LABEL}={launcher.id}")
@@ -101,10 +102,7 @@ async def test_a_container_is_a_service_like_any_other(project: Path) -> None:
         assert containers(f"{SERVICE_LABEL}=cache") == labelled
         assert "Ready to accept connections" in cache.logs()  # the container's output, in its log
         # The container's env reaches it by name, never on a command line (ps shows those).
-        inspect = subprocess.run(["podman", "exec", cache.container_id, "redis-server", "--version"],
-                                 capture_output=True, text=True, timeout=60)
-        assert inspect.returncode == 0
-        argv = Path(f"/proc/{cache.pid}/cmdline").read_bytes().decode()
+        argv = await asyncio.to_thread(Path(f"/proc/{cache.pid}/cmdline").read_text)
         assert "SECRET_TOKEN" in argv and "s3cr3t-value" not in argv
         port = cache.port
     report = launcher.report()
@@ -125,21 +123,18 @@ async def test_the_monitor_probes_inside_and_sees_a_death(project: Path) -> None
     async with UnifiedLauncher(config) as launcher:
         launcher.subscribe(lambda e: events.append((e.service, e.kind)))
         cache = (await launcher.start(["cache"]))["cache"]
-        subprocess.run(["podman", "exec", cache.container_id, "redis-cli", "CLIENT", "PAUSE", "4000", "ALL"],
-                       check=True, capture_output=True, timeout=60)
-        await _until(lambda: ("cache", "unhealthy") in events)
-        await _until(lambda: ("cache", "recovered") in events)
-        subprocess.run(["podman", "kill", cache.container_id], check=True, capture_output=True, timeout=60)
-        await _until(lambda: ("cache", "died") in events)
+        assert cache.container_id is not None
+        await podman_async("exec", cache.container_id, "redis-cli", "CLIENT", "PAUSE", "4000", "ALL")
+        await until(lambda: ("cache", "unhealthy") in events, 60)
+        await until(lambda: ("cache", "recovered") in events, 60)
+        await podman_async("kill", cache.container_id)
+        await until(lambda: ("cache", "died") in events, 60)
         assert cache.state == "died"
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
 
 
-async def _until(condition: object, seconds: float = 60.0) -> None:
-    end = time.monotonic() + seconds
-    while not condition() and time.monotonic() < end:  # type: ignore[operator]
-        await asyncio.sleep(0.05)
-    assert condition(), "condition never held"  # type: ignore[operator]
+async def podman_async(*args: str) -> None:
+    await asyncio.to_thread(subprocess.run, ["podman", *args], check=True, capture_output=True, timeout=60)
 
 
 @pytest.mark.parametrize(("service", "expected"), [
@@ -182,9 +177,9 @@ async def test_a_missing_engine_and_a_failed_pull_say_the_fix(project: Path) -> 
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
 
 
-def _pytest(project: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args], cwd=project,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 TEST_FILE = """
@@ -288,10 +283,10 @@ def test_nothing_is_left_after_ctrl_c_or_a_killed_session(project: Path, how: st
 def test_a_session_killed_outright_is_reaped_by_the_next_run_too(project: Path) -> None:
     """No sentinel (it was killed with the session): the next launcher's reap removes the
     container by its session label, from the run record's engine."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import os, signal, sys
         from pytest_unified_launcher import UnifiedLauncher, load_config
-        launcher = UnifiedLauncher(load_config("launcher.toml", environ={{}}))
+        launcher = UnifiedLauncher(load_config("launcher.toml", environ={}))
         launcher.start_blocking(["cache"])
         print(launcher.id, flush=True)
         if launcher._sentinel.pid:

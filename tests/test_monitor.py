@@ -117,6 +117,7 @@ async def test_a_death_is_an_event_at_once(tmp_path: Path) -> None:
         launcher.subscribe(recorder)
         web = (await launcher.start())["web"]
         assert web.pid is not None
+        assert web.pid is not None
         os.kill(web.pid, signal.SIGKILL)
         await until(lambda: "died" in recorder.kinds("web"))
         assert web.state == "died"
@@ -190,6 +191,7 @@ async def test_interval_zero_turns_the_probes_off(tmp_path: Path) -> None:
         await asyncio.sleep(0.3)
         assert web.state == "running"
         assert launcher.report()["health"]["web"]["probes"] == 0
+        assert web.pid is not None
         os.kill(web.pid, signal.SIGKILL)
         await until(lambda: "died" in recorder.kinds("web"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -188,7 +189,7 @@ def test_waterfall_says_what_started_after_a_start() -> None:
     assert "(after db started)" in render_svg(run, budget_seconds=25)
 
 
-def _health(probes: int, failures: int, p50: float, p95: float, transitions: list[tuple[str, float]]) -> dict:
+def _health(probes: int, failures: int, p50: float, p95: float, transitions: list[tuple[str, float]]) -> dict[str, Any]:
     return {"probes": probes, "failures": failures, "response_ms": {"p50": p50, "p95": p95}, "last_probe": "ok",
             "transitions": [{"service": "db", "kind": k, "at": at, "detail": ""} for k, at in transitions]}
 
@@ -218,7 +219,7 @@ def test_merge_health_of_xdist_workers(shared: bool, cpu: float) -> None:
     ({"db": {"n/a": "in-process"}}, "n/a"),
     ({"db": {"rss_peak_bytes": 3 * 2**20 + 2**19}}, "3.5"),
 ])
-def test_peak_memory_cell(resources: dict, shown: str) -> None:
+def test_peak_memory_cell(resources: dict[str, Any], shown: str) -> None:
     """The summary's peak MiB: a number, n/a for an in-process app, - when never sampled."""
     from pytest_unified_launcher.report import peak_mib
 

@@ -85,7 +85,9 @@ def _merge_service(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[
     """A profile that sets another kind replaces the kind and drops the old kind's keys."""
     new_kind, old_kind = _kind_of(overlay), _kind_of(base)
     if new_kind and old_kind and new_kind != old_kind:
-        base = {k: v for k, v in base.items() if k not in _KIND_KEYS[old_kind]}
+        # The old kind's keys go, and so does its probe when the overlay brings its own (a
+        # notify probe of a process merged with an exec probe of an image is two probes).
+        base = {k: v for k, v in base.items() if k not in _KIND_KEYS[old_kind] and not (k == "health" and k in overlay)}
         if new_kind == "url":
             base = {k: v for k, v in base.items() if k not in ("port", "setup", "user", "task", "scheme")}
     return deep_merge(base, overlay)
