@@ -242,3 +242,26 @@ def test_health_lines_show_notable_transitions_only() -> None:
             {"kind": "recovered", "at": at + 2, "detail": "probe passed"}]},
     }}
     assert health_lines(report) == ["health: web: unhealthy 17:35:03 (3 probes failed in a row), recovered 17:35:04"]
+
+
+@pytest.mark.parametrize(("pull_seconds", "drawn"), [(None, False), (2.0, True)])
+def test_a_container_reports_its_image_and_the_waterfall_shows_its_pull_apart(pull_seconds: float | None,
+                                                                              drawn: bool) -> None:
+    """SPEC 8: ``runner = "container"`` with the image and its digest; a pull is its own phase."""
+    from pytest_unified_launcher.report import run_to_json, timing_from_json
+
+    timing = ServiceTiming(level=0, runner="container", started_at=0.0, spawned_at=2.1, ready_at=2.5,
+                           startup_seconds=2.5, image="redis:7", image_digest="sha256:ab", pull_seconds=pull_seconds)
+    run = RunTiming(total_startup_seconds=2.5, services={"cache": timing})
+    row = run_to_json(run)["services"]["cache"]
+    assert (row["runner"], row["image"], row["image_digest"], row["pull_seconds"]) == \
+        ("container", "redis:7", "sha256:ab", pull_seconds)
+    assert timing_from_json(row) == timing  # what an xdist worker sends comes back whole
+    assert "image" not in run_to_json(RunTiming(services={"p": _one().services["svc"]}))["services"]["p"]
+    svg = ET.fromstring(render_svg(run_to_json(run), budget_seconds=25))
+    pulls = [r for r in svg.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "phase-pull"]
+    assert len(pulls) == int(drawn)
+    if drawn:  # from the start to the end of the pull, then the spawn phase after it
+        spawn = next(r for r in svg.iter("{http://www.w3.org/2000/svg}rect") if r.get("class") == "phase-spawn")
+        assert float(spawn.get("x", "0")) == pytest.approx(float(pulls[0].get("x", "0")) + float(pulls[0].get("width", "0")), abs=0.2)
+        assert "image pull" in "".join(svg.itertext())

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import ContainerSpec, ServiceModel, UlimitModel, Where
+from typing import Any
+
+from .models import ContainerSpec, ServiceModel, Where
 
 #: The ulimits an engine accepts (``--ulimit NAME=SOFT:HARD``): compose's names.
 ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
@@ -34,7 +36,7 @@ def resolve_container(raw: ServiceModel, ex: Callable[[str, str], str], where: W
             close = difflib.get_close_matches(name, ULIMIT_NAMES, n=1)
             raise where(f"unknown ulimit {name!r}", key=f"ulimits.{name}",
                         fix=(f"did you mean {close[0]!r}? " if close else "") + "known: " + ", ".join(ULIMIT_NAMES))
-        soft, hard = (value.soft, value.hard) if isinstance(value, UlimitModel) else (value, value)
+        soft, hard = _limits(value, name, where)
         if hard != -1 and (soft == -1 or soft > hard):
             raise where(f"ulimit {name}: soft {soft} is above hard {hard}", key=f"ulimits.{name}",
                         fix="make soft at most hard")
@@ -45,6 +47,19 @@ def resolve_container(raw: ServiceModel, ex: Callable[[str, str], str], where: W
                     fix='write it as "/app" (the container\'s working directory)')
     return ContainerSpec(image=image, port=raw.container_port, pull=raw.pull, mounts=mounts, tmpfs=tmpfs,
                          ulimits=tuple(ulimits), workdir=workdir)
+
+
+def _limits(value: Any, name: str, where: Where) -> tuple[int, int]:
+    """A ulimit's (soft, hard): a number sets both; -1 is unlimited."""
+    def number(v: Any) -> bool:
+        return type(v) is int and v >= -1
+
+    if number(value):
+        return value, value
+    if isinstance(value, dict) and set(value) == {"soft", "hard"} and all(map(number, value.values())):
+        return value["soft"], value["hard"]
+    raise where(f"ulimit {name} = {value!r} is not a limit", key=f"ulimits.{name}",
+                fix=f"write {name} = 4096 (soft and hard) or {name} = {{ soft = 1024, hard = 4096 }}; -1 is unlimited")
 
 
 def _mount(text: str, index: int, where: Where, root: Path) -> str:

@@ -142,13 +142,6 @@ class DependencyModel(_Strict):
         return _COMPOSE_CONDITIONS.get(value, value) if isinstance(value, str) else value
 
 
-class UlimitModel(_Strict):
-    """``ulimits = { nofile = { soft = 1024, hard = 4096 } }`` (a plain number sets both)."""
-
-    soft: int = Field(ge=-1)
-    hard: int = Field(ge=-1)
-
-
 #: The keys only an ``image`` service has (SPEC 8).
 IMAGE_KEYS = ("container_port", "pull", "mounts", "ulimits")
 
@@ -168,7 +161,8 @@ class ServiceModel(_Strict):
     pull: Pull = "missing"
     #: compose's short syntax, ``"./sql:/docker-entrypoint-initdb.d:ro"`` (host paths relative to the file).
     mounts: list[str] = Field(default_factory=list)
-    ulimits: dict[str, Annotated[int, Field(ge=-1)] | UlimitModel] = Field(default_factory=dict)
+    #: compose's: ``{ nofile = 4096 }`` or ``{ nofile = { soft = 1024, hard = 4096 } }`` (checked on resolve).
+    ulimits: dict[str, Any] = Field(default_factory=dict)
     #: Plain names become tables here, so everything after reads one shape.
     depends_on: list[DependencyModel] = Field(default_factory=list, alias="dependencies")
     port: int | Literal["auto"] | None = None
@@ -292,7 +286,6 @@ _MODELS_BY_SECTION: dict[str, type[BaseModel]] = {
     "services": ServiceModel,
     "health": HealthModel,
     "health.http": HttpCheckModel,
-    "ulimits": UlimitModel,
 }
 
 

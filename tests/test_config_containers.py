@@ -1,0 +1,166 @@
+"""SPEC 8's config keys, pure: how an ``image`` service resolves, every mistake's message, and
+the engine command line it becomes (no engine runs here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_config import build
+
+from pytest_unified_launcher._containers import EngineNotFound, find_engine, run_args
+from pytest_unified_launcher.errors import ConfigError
+
+CACHE = """
+[services.cache]
+image = "redis:7"
+container_port = 6379
+"""
+
+
+def test_an_image_service_resolves_to_a_container() -> None:
+    cfg = build(CACHE + """
+        command = ["redis-server", "--save", ""]
+        pull = "always"
+        cwd = "/data"
+        mounts = ["vol:/data", "/etc/hosts:/etc/extra-hosts:ro"]
+        tmpfs = ["/tmp"]
+        ulimits = { nofile = 4096, nproc = { soft = 100, hard = 200 } }
+        health = { exec = ["redis-cli", "ping"], interval = 1 }
+        [services.api]
+        command = ["x"]
+        depends_on = ["cache"]
+        env = { REDIS = "${services.cache.url}" }
+    """)
+    cache = cfg.services["cache"]
+    assert cache.kind == "image" and cache.port_auto and cache.url == f"redis://127.0.0.1:{cache.port}"
+    assert cache.command == ("redis-server", "--save", "")
+    spec = cache.container
+    assert spec is not None and spec.image == "redis:7" and spec.port == 6379 and spec.pull == "always"
+    assert spec.workdir == "/data" and spec.tmpfs == ("/tmp",)
+    assert spec.mounts == ("vol:/data", "/etc/hosts:/etc/extra-hosts:ro")
+    assert spec.ulimits == (("nofile", 4096, 4096), ("nproc", 100, 200))
+    assert cache.health.kind == "exec" and cache.health.argv == ("redis-cli", "ping") and cache.health.monitored
+    assert cfg.services["api"].env["REDIS"] == cache.url  # ${services.x.url} is the host side
+
+
+@pytest.mark.parametrize(("image", "scheme"), [
+    ("postgres:16", "postgresql"), ("docker.io/library/redis:7-alpine", "redis"), ("valkey/valkey:8", "redis"),
+    ("nginx@sha256:abc", "http"), ("localhost/ul-redis:1", "tcp"), ("example/kafka:3", "tcp"),
+])
+def test_the_url_scheme_follows_the_image(image: str, scheme: str) -> None:
+    cfg = build(f'[services.s]\nimage = "{image}"\ncontainer_port = 1\n')
+    assert cfg.services["s"].url.startswith(f"{scheme}://")
+
+
+def test_a_relative_mount_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "sql").mkdir()
+    from pytest_unified_launcher.config import parse
+
+    cfg = parse({"services": {"db": {"image": "postgres:16", "mounts": ["./sql:/docker-entrypoint-initdb.d:ro"]}}},
+                source=tmp_path / "launcher.toml", environ={})
+    assert cfg.services["db"].container.mounts == (f"{tmp_path}/sql:/docker-entrypoint-initdb.d:ro",)  # type: ignore[union-attr]
+    assert cfg.services["db"].port is None  # nothing published without container_port
+
+
+def test_a_profile_can_swap_a_process_for_an_image() -> None:
+    """A ``containers`` profile replaces the command service's program, setup, user and probe."""
+    text = """
+        [services.db]
+        command = ["postgres", "-p", "${port}"]
+        setup = [["initdb"]]
+        user = "postgres"
+        health = { notify = true }
+        stop_signal = "SIGINT"
+        [profiles.containers.services.db]
+        image = "postgres:16"
+        container_port = 5432
+        health = { exec = ["pg_isready"] }
+    """
+    plain, swapped = build(text).services["db"], build(text, profile="containers").services["db"]
+    assert plain.kind == "command" and swapped.kind == "image"
+    assert swapped.command == () and swapped.setup == () and swapped.user is None
+    assert swapped.health.kind == "exec" and swapped.stop_signal == plain.stop_signal == 2
+
+
+def test_the_engine_comes_from_the_file_or_the_environment() -> None:
+    assert build(CACHE).container_engine == "auto"
+    assert build("[launcher]\ncontainer_engine = 'docker'\n" + CACHE).container_engine == "docker"
+    assert build(CACHE, environ={"LAUNCHER_CONTAINER_ENGINE": "podman"}).container_engine == "podman"
+
+
+ERRORS = [
+    ("[services.a]\nimage = 'redis:7'\nurl = 'http://x:1'\n", {}, ["exactly one of app", "image", "got url, image"]),
+    ("[services.a]\ncommand = 'x'\ncontainer_port = 1\n", {}, ["service 'a'", "container_port is for image services"]),
+    ("[services.a]\ncommand = 'x'\npull = 'never'\nmounts = ['a:/b']\n", {},
+     ["pull, mounts are for image services", "set image"]),
+    ("[services.a]\ncommand = 'x'\ntmpfs = ['/x']\n", {}, ["tmpfs (a list) is for image services"]),
+    ("[services.a]\ncommand = 'x'\nhealth = { exec = 'true' }\n", {}, ["health.exec runs a command inside a container",
+                                                                      "health.command"]),
+    ("[services.a]\nimage = 'r'\nport = 1\n", {}, ["set container_port too"]),
+    ("[services.a]\nimage = 'r'\nstop_command = 'x'\n", {}, ["stop_command is for command services"]),
+    ("[services.a]\nimage = 'r'\npull = 'sometimes'\n", {}, ["key 'pull'", "'missing'", "'always'", "'never'"]),
+    ("[services.a]\nimage = 'r'\ncontainer_port = 70000\n", {}, ["key 'container_port'", "65535"]),
+    ("[services.a]\nimage = 'r'\nulimits = { nofle = 1 }\n", {}, ["key 'ulimits.nofle'", "did you mean 'nofile'"]),
+    ("[services.a]\nimage = 'r'\nulimits = { nofile = { soft = 9, hard = 8 } }\n", {},
+     ["ulimit nofile: soft 9 is above hard 8"]),
+    ("[services.a]\nimage = 'r'\nulimits = { nofile = { soft = 9 } }\n", {}, ["key 'ulimits.nofile'", "is not a limit", "soft = 1024, hard = 4096"]),
+    ("[services.a]\nimage = 'r'\nmounts = ['/only-one-part']\n", {}, ["key 'mounts[0]'", "SOURCE:TARGET"]),
+    ("[services.a]\nimage = 'r'\nmounts = ['./x:relative']\n", {}, ["container path 'relative' is not absolute"]),
+    ("[services.a]\nimage = 'r'\nmounts = ['vol:/x:rx']\n", {}, ["unknown options 'rx'", "ro or rw"]),
+    ("[services.a]\nimage = 'r'\nmounts = ['./no-such-dir:/x']\n", {}, ["does not exist", "relative to the config file"]),
+    ("[services.a]\nimage = 'r'\ntmpfs = ['tmp']\n", {}, ["key 'tmpfs[0]'", "not absolute"]),
+    ("[services.a]\nimage = 'r'\ncwd = 'app'\n", {}, ["key 'cwd'", "inside the container", "/app"]),
+    ("[services.a]\nimage = 'two words'\n", {}, ["key 'image'", "not an image reference"]),
+    ("[services.a]\nimage = 'r'\nhealth = { exec = [] }\n", {}, ["key 'health'", "set exactly one of", "exec"]),
+    ("[launcher]\ncontainer_engine = 'lxc'\n", {}, ["key 'launcher.container_engine'", "'podman'", "'docker'"]),
+    ("[services.a]\nimage = 'r'\n", {"environ": {"LAUNCHER_CONTAINER_ENGINE": "rkt"}},
+     ["LAUNCHER_CONTAINER_ENGINE", "'rkt'"]),
+]
+
+
+@pytest.mark.parametrize(("text", "kwargs", "fragments"), ERRORS)
+def test_container_mistakes_are_one_clear_message(text: str, kwargs: dict[str, Any], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(text, **kwargs)
+    message = str(info.value)
+    assert all(fragment in message for fragment in fragments), message
+
+
+def test_the_engine_command_line() -> None:
+    """Labels, publish, env by name only, user, workdir, mounts, tmpfs, ulimits, image, command."""
+    svc = build(CACHE + """
+        command = ["redis-server"]
+        user = "999"
+        cwd = "/data"
+        mounts = ["vol:/data"]
+        tmpfs = ["/tmp"]
+        ulimits = { nofile = 4096 }
+        stop_signal = "SIGINT"
+        stop_timeout = 3
+    """).services["cache"]
+    args = run_args(svc, name="ul-s-cache", session="s", env_names=["A"], is_podman=True)
+    assert args[:2] == ["run", "--rm"] and args[-2:] == ["redis:7", "redis-server"]
+    pairs = list(zip(args, args[1:], strict=False))
+    for pair in [("--name", "ul-s-cache"), ("--label", "io.unified-launcher.session=s"),
+                 ("--label", "io.unified-launcher.service=cache"), ("--pull", "never"), ("--stop-signal", "2"),
+                 ("--stop-timeout", "3"), ("--publish", f"127.0.0.1:{svc.port}:6379"), ("--env", "A"),
+                 ("--user", "999"), ("--workdir", "/data"), ("--volume", "vol:/data"), ("--tmpfs", "/tmp"),
+                 ("--ulimit", "nofile=4096:4096")]:
+        assert pair in pairs, pair
+    assert "--replace" in args and "--replace" not in run_args(svc, name="n", session="s", env_names=[],
+                                                               is_podman=False)
+
+
+def test_a_missing_engine_names_the_fix(tmp_path: Path) -> None:
+    empty = {"PATH": str(tmp_path)}
+    with pytest.raises(EngineNotFound, match="neither podman nor docker is on PATH; install podman"):
+        find_engine("auto", empty)
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    with pytest.raises(EngineNotFound, match='container_engine = "podman" but podman is not on PATH; install it, '
+                                             'or set container_engine = "docker"'):
+        find_engine("podman", empty)
+    assert find_engine("auto", empty).name == "docker"
