@@ -173,8 +173,30 @@ def test_{ident}_answers(services):
 '''
 
 
-def render_init(chosen: list[str], target: Path) -> dict[Path, str]:
-    """The files `init` writes for ``chosen`` (names from :data:`TEMPLATES`; the CLI checks them)."""
+#: With a container engine on PATH, `init` also writes a ``containers`` profile: the same
+#: database and cache from their official images (SPEC 8).
+IMAGE_PROFILES = {
+    "postgres": """
+[profiles.containers.services.database]   # PostgreSQL 16 from its image, the cluster in memory
+image = "docker.io/library/postgres:16"
+container_port = 5432
+env = { POSTGRES_HOST_AUTH_METHOD = "trust" }
+tmpfs = ["/var/lib/postgresql/data"]
+health = { exec = ["pg_isready", "-h", "127.0.0.1", "-U", "postgres"] }
+""",
+    "redis": """
+[profiles.containers.services.cache]      # Redis 7 from its image
+image = "docker.io/library/redis:7"
+command = ["redis-server", "--save", "", "--appendonly", "no", "--databases", "256"]
+container_port = 6379
+health = { exec = ["redis-cli", "ping"] }
+""",
+}
+
+
+def render_init(chosen: list[str], target: Path, *, engine: str | None = None) -> dict[Path, str]:
+    """The files `init` writes for ``chosen`` (names from :data:`TEMPLATES`; the CLI checks them);
+    ``engine``: the container engine found on PATH, if any (adds the ``containers`` profile)."""
     env = "".join(TEST_ENV[c] for c in chosen if c in TEST_ENV)
     text = HEADER + ("\n[launcher.test_env]      # exported before conftest.py: each xdist worker's own data\n" + env
                      if env else "")
@@ -185,6 +207,10 @@ def render_init(chosen: list[str], target: Path) -> dict[Path, str]:
         if c == "redis":
             text += 'reset = "redis-cli -p ${port} -n ${worker_index} FLUSHDB"   # a worker\'s own database, emptied\n'
     text += "".join(ISOLATION[c]() for c in chosen if c in ISOLATION)
+    images = [IMAGE_PROFILES[c] for c in chosen if c in IMAGE_PROFILES]
+    if engine is not None and images:
+        text += (f"\n# `pytest --launcher-profile=containers`: the same services from images ({engine} is on\n"
+                 "# PATH); tests, resets and the rest of the graph stay as they are.\n" + "".join(images))
     services = {"postgres": "database", "redis": "cache", "fastapi": "api", "external": "payments"}
     if "fastapi" in chosen:
         deps = [services[c] for c in chosen if c in ("postgres", "redis")]

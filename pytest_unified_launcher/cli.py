@@ -605,7 +605,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(django.summary())
         if has_pytest_config(target.parent):
             print(f"note: pytest-django needs DJANGO_SETTINGS_MODULE = {django.settings} in your pytest settings")
-    files = render_django(django, target) if django is not None else render_init(chosen, target)
+    from ._containers import EngineNotFound, find_engine
+
+    try:
+        engine: str | None = find_engine().name
+    except EngineNotFound:
+        engine = None
+    files = render_django(django, target) if django is not None else render_init(chosen, target, engine=engine)
     for path, text in files.items():
         if path.exists() and path != target:
             print(f"kept existing {path}")
@@ -616,6 +622,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             path.chmod(0o755)
         print(f"wrote {path}")
     print(f"next: unified-launcher check --config {target}")
+    if django is None and engine is not None and any(c in ("postgres", "redis") for c in chosen):
+        print(f"{engine} is on PATH: the `containers` profile runs the database and cache from images "
+              f"(pytest --launcher-profile=containers)")
     return 0
 
 

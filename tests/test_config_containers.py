@@ -164,3 +164,26 @@ def test_a_missing_engine_names_the_fix(tmp_path: Path) -> None:
                                              'or set container_engine = "docker"'):
         find_engine("podman", empty)
     assert find_engine("auto", empty).name == "docker"
+
+
+@pytest.mark.parametrize("engine", [None, "podman"])
+def test_init_offers_images_when_an_engine_is_found(tmp_path: Path, engine: str | None) -> None:
+    """`init --with postgres,redis` adds a `containers` profile (official images) only with an
+    engine on PATH; the file parses with and without it, the swap changing only those two."""
+    import tomllib
+
+    from pytest_unified_launcher._templates import render_init
+    from pytest_unified_launcher.config import parse
+
+    target = tmp_path / "launcher.toml"
+    text = render_init(["postgres", "redis", "fastapi"], target, engine=engine)[target]
+    data = tomllib.loads(text)
+    assert ("profiles" in data) == (engine is not None)
+    plain = parse(data, source=target, environ={}, allocate_port=lambda n, h: 20000 + len(n))
+    assert {s.kind for s in plain.services.values()} <= {"command", "app"}
+    if engine is not None:
+        swapped = parse(data, source=target, environ={}, profile="containers",
+                        allocate_port=lambda n, h: 20000 + len(n))
+        kinds = {n: s.kind for n, s in swapped.services.items()}
+        assert kinds["database"] == kinds["cache"] == "image" and kinds["api"] == "app"
+        assert swapped.services["database"].url.startswith("postgresql://")  # type: ignore[union-attr]
