@@ -315,3 +315,36 @@ def test_check_lists_image_services_and_a_missing_engine(project: Path) -> None:
     missing = subprocess.run(cli, cwd=project, capture_output=True, text=True, timeout=60, env=env)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "cache need a container engine" in missing.stderr and "docker is not on PATH" in missing.stderr
+
+
+@pytest.mark.parametrize("xdist", ["shared", "per_worker"])
+def test_an_xdist_worker_killed_mid_test_leaves_no_container(project: Path, xdist: str) -> None:
+    """A worker SIGKILLed while its container runs: the controller (or the worker's sentinel)
+    removes it; the run reports the crash."""
+    (project / "test_dies.py").write_text(textwrap.dedent("""
+        import os, signal
+        import pytest
+
+        @pytest.mark.services("cache")
+        def test_dies(services):
+            assert services["cache"].container_id
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_other(i): pass
+    """))
+    result = _pytest(project, "-n", "2", f"--launcher-xdist={xdist}")
+    assert result.returncode == 1 and "crashed" in result.stdout, result.stdout + result.stderr
+    assert settled(SERVICE_LABEL + "=cache", seconds=60) == []
+
+
+def test_bench_times_cold_container_starts(project: Path) -> None:
+    bench = subprocess.run([PY, "-m", "pytest_unified_launcher", "bench", "--runs", "2", "--json", "bench.json",
+                            "--svg", "waterfall.svg"], cwd=project, capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    report = json.loads((project / "bench.json").read_text())
+    rows = [run["services"]["cache"] for run in report["runs"]]
+    assert len(rows) == 2 and all(r["runner"] == "container" and r["image"] == REDIS_IMAGE for r in rows)
+    assert len({r["image_digest"] for r in rows}) == 1  # the same image, each run a new container
+    assert 'data-service="cache"' in (project / "waterfall.svg").read_text()
+    assert settled(SERVICE_LABEL + "=cache") == []
