@@ -348,3 +348,24 @@ def test_bench_times_cold_container_starts(project: Path) -> None:
     assert len({r["image_digest"] for r in rows}) == 1  # the same image, each run a new container
     assert 'data-service="cache"' in (project / "waterfall.svg").read_text()
     assert settled(SERVICE_LABEL + "=cache") == []
+
+
+async def test_a_pull_is_timed_apart_and_drawn_apart(project: Path, tmp_path: Path) -> None:
+    """pull = "always": the engine pulls (here from an OCI archive: no registry is reachable)
+    before the container runs; the report has its time, the waterfall draws it apart."""
+    archive = tmp_path / "redis.oci.tar"
+    await asyncio.to_thread(subprocess.run, ["podman", "save", "--format", "oci-archive", "-o", str(archive),
+                                             REDIS_IMAGE], check=True, capture_output=True, timeout=120)
+    (project / "launcher.toml").write_text(CACHE.replace(f'"{REDIS_IMAGE}"', f'"oci-archive:{archive}"')
+                                           .replace('pull = "never"', 'pull = "always"'))
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        cache = (await launcher.start(["cache"]))["cache"]
+        assert cache.port is not None and ping(cache.port) == b"+PONG\r\n"
+        assert f"$ podman pull oci-archive:{archive}" in cache.logs(100)
+    from pytest_unified_launcher.report import render_svg
+
+    run = launcher.report()["runs"][0]
+    assert run["services"]["cache"]["pull_seconds"] > 0
+    assert 'class="phase-pull"' in render_svg(run, budget_seconds=25)
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
