@@ -142,9 +142,10 @@ def test_init_writes_the_same_pg_init_as_the_example(place: dict[str, Path], no_
         pg_init_script("")
     config = (project / "launcher.toml").read_text()
     assert 'setup = [["bin/pg-init", "${tmp}/data"]]' in config
+    database = next(line for line in config.splitlines() if line.startswith("[services.database]"))
     (project / "launcher.toml").write_text(
         config.replace("[launcher]\n", '[launcher]\nstate_dir = "state"\n')
-        + f'env = {{ XDG_CACHE_HOME = "{place["cache"]}" }}\n')
+        .replace(database, database + f'\nenv = {{ XDG_CACHE_HOME = "{place["cache"]}" }}'))
     _start_and_stop(project)
     assert "pg-init: copied the cached template" in _start_and_stop(project)
 

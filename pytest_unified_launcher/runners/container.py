@@ -178,8 +178,18 @@ class ContainerRunner(SubprocessRunner):
             if code != 0:
                 raise ProcessExited(code)
             return
+        started = self.spawned_at or _timing.monotonic()
+        if self.svc.health.kind == "alive" and self._inspecting is not None:
+            # "Alive for 0.5 s" counts from the container's start, not the engine's: creating it
+            # can take longer than that on a loaded machine, and a command missing from the image
+            # fails only then.
+            await asyncio.wait({self._inspecting, self._exited}, timeout=max(0.0, deadline - _timing.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self._exited.done():
+                raise ProcessExited(self.exit_code)
+            started = _timing.monotonic()
         probe = make_probe(self.svc, self.svc.health, log_path=self.log_path, env=self._env(),
-                           spawned_at=self.spawned_at or _timing.monotonic(), container=self.exec_target)
+                           spawned_at=started, container=self.exec_target)
         try:
             await wait_healthy(probe, deadline=deadline, timeout=timeout, exited=self._exited,
                                exit_code=lambda: self.exit_code, log_path=self.log_path, rate=self.probe_rate)
