@@ -9,7 +9,8 @@ with the lowered ulimits this machine needs (nofile and nproc 4096):
   launcher        ``UnifiedLauncher(load_config(launcher.toml, environ={}))`` (a fresh temp
                   state_dir each round), ``start_blocking(["cache"])`` with health = { tcp = true },
                   pull = "never"; teardown ``stop_blocking()`` (the launcher's graceful stop:
-                  ``podman rm --force --time 10``), then ``close()``
+                  its stop signal to the container's process, then the attached ``podman run
+                  --rm`` removes the container and exits), then ``close()``
   hand-loop       ``podman run -d --rm --name X --ulimit .. -p 127.0.0.1:PORT:6379 IMAGE``, then
                   a raw-socket PING every 5 ms until +PONG; teardown ``podman rm -f -t 10 X`` (what
                   a careful user writes: a graceful stop, then removal; redis exits at once on
@@ -37,7 +38,7 @@ Goals (ratios of medians): launcher startup / testcontainers startup <= 0.6; lau
 hand-loop startup <= 1.05; launcher teardown / testcontainers teardown <= 0.5.
 
 testcontainers is not a dependency of the project: if it is not importable its column is
-skipped (pip install testcontainers). TESTCONTAINERS_CONNECTION_MODE=docker_host: inside a
+skipped (pip install -e ".[bench]"). TESTCONTAINERS_CONNECTION_MODE=docker_host: inside a
 container (this machine has /.dockerenv) testcontainers 4.x would pick its "gateway_ip" mode and
 fail on podman 4.3's API (KeyError 'HostConfig' in its network lookup); docker_host (connect to
 localhost and the mapped port) is what it uses by itself on an ordinary host.
@@ -360,7 +361,7 @@ def main() -> None:
     if DockerContainer is not None:
         contestants["testcontainers"] = testcontainers_round
     else:
-        print("testcontainers is not importable: its column is skipped (pip install testcontainers to include it)",
+        print("testcontainers is not importable: its column is skipped (pip install -e \".[bench]\" to include it)",
               flush=True)
     ups: dict[str, list[float]] = {n: [] for n in contestants}
     downs: dict[str, list[float]] = {n: [] for n in contestants}

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,25 @@ def find_engine(setting: str = "auto", environ: Mapping[str, str] | None = None)
     raise EngineNotFound(f"container_engine = \"{setting}\" but {setting} is not on PATH; install it{hint}")
 
 
+#: ``image -> digest`` per engine, asked once per process (``bench`` starts the same image often).
+_DIGESTS: dict[tuple[str, str], str | None] = {}
+
+
+async def image_digest(engine: Engine, image: str) -> str | None:
+    """The digest of ``image`` as present (podman: its manifest digest; docker: its id)."""
+    key = (engine.path, image)
+    if key not in _DIGESTS:
+        fmt = "{{.Digest}}" if engine.is_podman else "{{.Id}}"
+        try:
+            code, out = await engine.run("image", "inspect", "--format", fmt, image, timeout=30.0)
+        except (OSError, TimeoutError):
+            return None
+        if code != 0:
+            return None  # not there yet (being pulled): asked again by the next start
+        _DIGESTS[key] = out.split()[0] if out.split() else None
+    return _DIGESTS[key]
+
+
 def container_name(session: str, service: str) -> str:
     """The container's name: unique per session and service, readable in ``podman ps``."""
     return f"ul-{session}-{service}"
@@ -112,7 +132,8 @@ def remove_session_containers(engine_name: str, session: str) -> list[str]:
 
 
 def run_args(
-    svc: Any, *, name: str, session: str, env_names: Sequence[str], is_podman: bool
+    svc: Any, *, name: str, session: str, env_names: Sequence[str], is_podman: bool,
+    cid_file: Path | None = None, pid_file: Path | None = None,
 ) -> list[str]:
     """``run`` and its options for the image service ``svc`` (without the engine's path).
 
@@ -127,6 +148,10 @@ def run_args(
             "--stop-signal", str(svc.stop_signal), "--stop-timeout", str(max(1, round(svc.stop_timeout)))]
     if is_podman:
         args += ["--replace"]  # a container of that name left by a crash of this same session
+    if cid_file is not None:
+        args += ["--cidfile", str(cid_file)]
+    if pid_file is not None:  # podman's: the container's process, once it runs
+        args += ["--pidfile", str(pid_file)]
     if spec.port is not None and svc.port is not None:
         args += ["--publish", f"{_publish_host(svc.host)}:{svc.port}:{spec.port}"]
     for var in env_names:

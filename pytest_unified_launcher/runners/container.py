@@ -16,10 +16,11 @@ import asyncio
 import logging
 import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 from .. import _timing
-from .._containers import Engine, EngineNotFound, container_name, find_engine, run_args
+from .._containers import Engine, EngineNotFound, container_name, find_engine, image_digest, run_args
 from .._process import spawn, start_time
 from ..health import HealthTimeout, ProbeUnusable, ProcessExited, make_probe, wait_healthy
 from .subprocess import SubprocessRunner, describe_exit, port_holder
@@ -48,7 +49,8 @@ class ContainerRunner(SubprocessRunner):
         self.image_digest: str | None = None
         self.pull_seconds: float | None = None
         self._main: tuple[int, str | None] | None = None
-        self._inspecting: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._digest: asyncio.Future[str | None] | None = None
 
     @property
     def exec_target(self) -> tuple[str, str] | None:
@@ -94,8 +96,12 @@ class ContainerRunner(SubprocessRunner):
     async def _spawn(self, env: dict[str, str]) -> None:
         assert self.engine is not None and self._log_fd is not None
         names = sorted(set(self.svc.env))
+        for path in (self._cid_file, self._pid_file):
+            path.unlink(missing_ok=True)  # the engine refuses to overwrite them (a restart's)
         argv = [self.engine.path, *run_args(self.svc, name=self.name, session=self.ctx.launcher_id,
-                                              env_names=names, is_podman=self.engine.is_podman)]
+                                              env_names=names, is_podman=self.engine.is_podman,
+                                              cid_file=self._cid_file,
+                                              pid_file=self._pid_file if self.engine.is_podman else None)]
         os.write(self._log_fd, f"$ {shlex.join(argv[:1] + argv[1:])}\n".encode())
         self.ctx.before_spawn()
         self.spawned_at = _timing.monotonic()
@@ -108,7 +114,9 @@ class ContainerRunner(SubprocessRunner):
         self._token = start_time(self.proc.pid)
         self.ctx.on_spawn(self.svc.name, self.proc.pid)
         self._exited = asyncio.ensure_future(self.proc.wait())
-        self._inspecting = asyncio.ensure_future(self._inspect())
+        self._started = asyncio.ensure_future(self._wait_started())
+        if self._digest is None:
+            self._digest = asyncio.ensure_future(image_digest(self.engine, self.svc.container.image))  # type: ignore[union-attr]
 
     async def _pull(self, deadline: float) -> None:
         """``engine pull IMAGE``, timed apart; its output goes to the log."""
@@ -129,23 +137,38 @@ class ContainerRunner(SubprocessRunner):
                              "check the name and tag, the network, and the registry login "
                              f"({self.engine.name} login)")
 
-    async def _inspect(self) -> None:
-        """The container's id, main pid and image digest, once it runs (off the startup path:
-        it is asked while the service starts up)."""
+    @property
+    def _cid_file(self) -> Path:
+        return self.ctx.log_dir / f"{self.svc.log_name}.cid"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.ctx.log_dir / f"{self.svc.log_name}.pid"
+
+    async def _wait_started(self) -> None:
+        """Until the container's process runs (or the engine exits): its id and host pid.
+
+        podman writes the pid file once the container's process has started: watching for it
+        costs a stat every few milliseconds, where asking ``inspect`` in a loop would start an
+        engine process each time, competing for the cores with the container starting up.
+        docker has no pid file: it is asked until the container runs.
+        """
         assert self.engine is not None
-        digest = "{{.ImageDigest}}" if self.engine.is_podman else "{{.Image}}"
+        delay = 0.002
         while self.alive():
-            try:
-                code, out = await self.engine.run("container", "inspect", "--format",
-                                                  "{{.Id}} {{.State.Pid}} " + digest, self.name, timeout=10.0)
-            except TimeoutError:
-                return
-            parts = out.split()
-            if code == 0 and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) > 0:
-                self.container_id, pid, self.image_digest = parts[0], int(parts[1]), parts[2]
+            pid = _read_int(self._pid_file) if self.engine.is_podman else await self._inspect_pid()
+            if pid:
                 self._main = (pid, start_time(pid))
+                self.container_id = _read_text(self._cid_file) or None
                 return
-            await asyncio.sleep(0.02)  # not created, or not started yet
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01 if self.engine.is_podman else 0.05)
+
+    async def _inspect_pid(self) -> int | None:
+        assert self.engine is not None
+        code, out = await self.engine.run("container", "inspect", "--format", "{{.State.Pid}}", self.name,
+                                          timeout=10.0)
+        return int(out) if code == 0 and out.isdigit() and int(out) > 0 else None
 
     # ------------------------------------------------------------------ readiness
 
@@ -157,6 +180,7 @@ class ContainerRunner(SubprocessRunner):
             if exc.code == 125 and self._image_missing() and self.svc.container.pull == "missing":  # type: ignore[union-attr]
                 await self._pull(deadline)  # pulled, then started again: not an attempt of its own
                 self.ctx.on_exit(self.svc.name, self.proc.pid)
+                self._digest = None  # it was not there: asked again
                 await self._spawn(self._engine_env())
                 try:
                     await self._wait_ready(deadline)
@@ -164,8 +188,9 @@ class ContainerRunner(SubprocessRunner):
                     raise self._exited_error(again.code) from None
             else:
                 raise self._exited_error(exc.code) from None
-        if self._inspecting is not None:  # almost always done by now: the container has started
-            await asyncio.wait({self._inspecting}, timeout=max(0.0, deadline - _timing.monotonic()))
+        if self._digest is not None:  # asked while the container started: done long before
+            done, _ = await asyncio.wait({self._digest}, timeout=max(0.0, deadline - _timing.monotonic()))
+            self.image_digest = self._digest.result() if done else None
 
     async def _wait_ready(self, deadline: float) -> None:
         assert self._exited is not None
@@ -178,16 +203,17 @@ class ContainerRunner(SubprocessRunner):
             if code != 0:
                 raise ProcessExited(code)
             return
-        started = self.spawned_at or _timing.monotonic()
-        if self.svc.health.kind == "alive" and self._inspecting is not None:
-            # "Alive for 0.5 s" counts from the container's start, not the engine's: creating it
-            # can take longer than that on a loaded machine, and a command missing from the image
-            # fails only then.
-            await asyncio.wait({self._inspecting, self._exited}, timeout=max(0.0, deadline - _timing.monotonic()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            if self._exited.done():
-                raise ProcessExited(self.exit_code)
-            started = _timing.monotonic()
+        # Probes start once the container runs: creating it takes a few hundred milliseconds,
+        # which would spend the probe budget (10 a second) on an engine still at work, and
+        # "alive for 0.5 s" counts from the container's start (a command missing from the image
+        # fails only then).
+        assert self._started is not None
+        waiting: set[asyncio.Future[Any]] = {self._started, self._exited}
+        await asyncio.wait(waiting, timeout=max(0.0, deadline - _timing.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        if self._exited.done():
+            raise ProcessExited(self.exit_code)
+        started = _timing.monotonic()
         probe = make_probe(self.svc, self.svc.health, log_path=self.log_path, env=self._env(),
                            spawned_at=started, container=self.exec_target)
         try:
@@ -221,8 +247,34 @@ class ContainerRunner(SubprocessRunner):
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> None:
-        """Stop and remove the container (its stop signal, ``stop_timeout``, then kill), which
-        ends the engine process; then that process as any other (it should be gone already)."""
+        """Stop the container, remove it, and end the engine process.
+
+        The usual way needs no engine call: its stop signal goes straight to the container's
+        main process (its host pid, checked by start time), and the attached ``podman run
+        --rm`` removes the container and exits once that process has. Only when that does not
+        happen within ``stop_timeout`` (or the container never ran) does the engine stop and
+        remove it (``rm --force``: kill).
+        """
+        if self._started is not None:
+            self._started.cancel()
+        if self._main is not None and self.proc is not None and self.proc.returncode is None \
+                and start_time(self._main[0]) == self._main[1]:
+            from .._process import kill_pids
+
+            kill_pids([self._main[0]], self.svc.stop_signal)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), self.svc.stop_timeout)
+            except TimeoutError:
+                log.warning("%s: its container still ran %.1f s after signal %d: killing it", self.svc.name,
+                            self.svc.stop_timeout, self.svc.stop_signal)
+        if self.proc is None or self.proc.returncode is None or self.proc.returncode == 125:
+            await self._remove()
+        for path in (self._cid_file, self._pid_file):
+            path.unlink(missing_ok=True)
+        await super().stop()
+
+    async def _remove(self) -> None:
+        """The engine's stop and removal (``stop_timeout``, then kill)."""
         engine = self.engine
         if engine is not None and (self.proc is not None or self._spawning is not None):
             grace = str(max(0, round(self.svc.stop_timeout)))
@@ -237,6 +289,15 @@ class ContainerRunner(SubprocessRunner):
                     log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, out)
             except (OSError, TimeoutError) as exc:
                 log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, exc)
-        if self._inspecting is not None:
-            self._inspecting.cancel()
-        await super().stop()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
+    return int(text) if text.isdigit() and int(text) > 0 else None
