@@ -127,17 +127,23 @@ class SharedSession:
 
     def __init__(self) -> None:
         self._session: Any = None
+        self._timeouts: dict[float, Any] = {}
 
     async def fetch(self, url: str, *, headers: Mapping[str, str], timeout: float,
                     tls: ssl.SSLContext | None, read_body: bool) -> Answer:
         import aiohttp
 
         if self._session is None or self._session.closed:
+            # What a probe has no use for costs CPU at every request: cookies, decompression.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=30),
-                headers={"User-Agent": "unified-launcher"},
+                headers={"User-Agent": "unified-launcher"}, cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
             )
-        async with self._session.get(url, headers=dict(headers), timeout=aiohttp.ClientTimeout(total=timeout),
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
+        async with self._session.get(url, headers=headers or None, timeout=client_timeout,
                                      ssl=tls if tls is not None else True, allow_redirects=False) as response:
             body = await response.content.read(BODY_LIMIT) if read_body else b""
             return Answer(response.status, body)

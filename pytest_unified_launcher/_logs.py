@@ -14,8 +14,11 @@ from pathlib import Path
 
 #: The default cap of one service's log; the rotated copy holds at most as much again.
 LOG_MAX_BYTES = 64 * 1024 * 1024
-#: How often the launcher checks its running services' logs against the cap.
+#: How often the launcher checks its running services' logs against the cap while one grows
+#: by more than FAST_GROWTH between checks; the checks back off to IDLE_CHECK_SECONDS otherwise.
 CHECK_SECONDS = 0.1
+IDLE_CHECK_SECONDS = 1.0
+FAST_GROWTH = 1 << 20
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -148,7 +148,6 @@ class HealthMonitor:
 
     async def _watch(self, svc: Any, runner: Any, probe: Any) -> None:
         name = svc.config.name
-        check = svc.config.health
         stats = self.stats_of(name)
         pid = getattr(runner, "pid", None)
         main = runner.resource_process()
@@ -157,36 +156,22 @@ class HealthMonitor:
             stats.resources = stats.resources or Resources()
             sampler = self._samplers[name] = ResourceSampler(main[0], main[1], stats.resources)
         exited = _exit_future(pid, runner)
-        # Probes start every ``interval`` (a slow probe does not push the next one back, as with
-        # Kubernetes' periodSeconds), resources are sampled every RESOURCE_SECONDS.
-        tick = check.interval if probe is not None else RESOURCE_SECONDS
-        loop = asyncio.get_running_loop()
-        next_probe = next_sample = loop.time()
+        if exited is not None:
+            # The exit interrupts whatever the watch is doing (a sleep, a probe): one callback,
+            # rather than a wait on the exit at every tick (the monitor's CPU is per tick).
+            me = asyncio.current_task()
+            assert me is not None
+            exited.add_done_callback(lambda _: me.cancel() if not me.done() else None)
         try:
-            if sampler is not None:
-                sampler.sample()
-                next_sample += RESOURCE_SECONDS
-            while True:
-                next_probe += tick
-                wait = max(0.0, next_probe - loop.time())
-                if exited is not None:
-                    done, _ = await asyncio.wait({exited}, timeout=wait)
-                    if done:
-                        break
-                else:
-                    await asyncio.sleep(wait)
-                if sampler is not None and loop.time() >= next_sample:
-                    sampler.sample()
-                    next_sample = loop.time() + RESOURCE_SECONDS
-                if probe is None:
-                    continue
-                await runner.probe_rate.wait()
-                try:
-                    await self._probe_once(svc, probe, stats)
-                finally:
-                    runner.probe_rate.record()
+            await self._tick(svc, runner, probe, stats, sampler)
+        except asyncio.CancelledError:
+            if exited is None or not exited.done() or exited.cancelled():
+                raise  # an unwatch (a deliberate stop), not the exit
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         finally:
-            if exited is not None:
+            if exited is not None and not exited.done():
                 exited.cancel()
         # Its process ended, and not by a stop of ours (that unwatches first).
         await runner.collected(1.0)
@@ -197,11 +182,36 @@ class HealthMonitor:
 
             self.emit(name, "died", describe_exit(runner.exit_code))
 
+    async def _tick(self, svc: Any, runner: Any, probe: Any, stats: HealthStats, sampler: Any) -> None:
+        """Probes start every ``interval`` (a slow probe does not push the next one back, as with
+        Kubernetes' periodSeconds); resources are sampled every RESOURCE_SECONDS. Runs until
+        cancelled (by an unwatch or the process's exit)."""
+        tick = svc.config.health.interval if probe is not None else RESOURCE_SECONDS
+        loop = asyncio.get_running_loop()
+        next_probe = next_sample = loop.time()
+        if sampler is not None:
+            sampler.sample()
+            next_sample += RESOURCE_SECONDS
+        while True:
+            next_probe += tick
+            await asyncio.sleep(max(0.0, next_probe - loop.time()))
+            if sampler is not None and loop.time() >= next_sample:
+                sampler.sample()
+                next_sample = loop.time() + RESOURCE_SECONDS
+            if probe is None:
+                continue
+            await runner.probe_rate.wait()
+            try:
+                await self._probe_once(svc, probe, stats)
+            finally:
+                runner.probe_rate.record()
+
     async def _probe_once(self, svc: Any, probe: Any, stats: HealthStats) -> None:
         check = svc.config.health
         t0 = _timing.monotonic()
         try:
-            result = await asyncio.wait_for(probe.check(), check.timeout + 1)
+            async with asyncio.timeout(check.timeout + 1):
+                result = await probe.check()
         except TimeoutError:
             result = f"probe timed out after {check.timeout:.1f} s"
         except Exception as exc:  # a probe that cannot work any more (ProbeUnusable): a failure

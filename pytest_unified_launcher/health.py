@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import os
 import re
 import signal
@@ -93,7 +94,14 @@ class TcpProbe:
                 self._family, self._address = info[0][0], info[0][4]
             with socket.socket(self._family, socket.SOCK_STREAM) as sock:
                 sock.setblocking(False)
-                await asyncio.wait_for(loop.sock_connect(sock, self._address), self.timeout)
+                # On loopback the kernel answers a connect at once (accepted or refused): no
+                # event-loop round trip; only a connect still in progress is waited for.
+                err = sock.connect_ex(self._address)
+                if err == errno.EINPROGRESS:
+                    async with asyncio.timeout(self.timeout):
+                        await loop.sock_connect(sock, self._address)
+                elif err:
+                    raise OSError(err, os.strerror(err))
         except (TimeoutError, OSError) as exc:
             return _reason(exc)
         return None

@@ -808,17 +808,30 @@ class UnifiedLauncher:
 
     async def _cap_logs(self) -> None:
         """Keep every running service's log under :attr:`log_max_bytes` (see ``_logs``): one
-        ``stat`` per service and check, so a flood costs disk and memory nowhere."""
-        from ._logs import CHECK_SECONDS, cap_log
+        ``stat`` per service and check, so a flood costs disk and memory nowhere. Checked every
+        CHECK_SECONDS while some log grows fast, backing off to IDLE_CHECK_SECONDS while none
+        does (an idle session's launcher then wakes once a second, not ten times)."""
+        from ._logs import CHECK_SECONDS, FAST_GROWTH, IDLE_CHECK_SECONDS, cap_log
 
+        delay = CHECK_SECONDS
+        sizes: dict[str, int] = {}
         while True:
-            await asyncio.sleep(CHECK_SECONDS)
-            for svc in self._services.values():
+            await asyncio.sleep(delay)
+            growth = 0
+            for name, svc in self._services.items():
                 runner = svc.runner
                 if runner is None or runner.pid is None or runner.log_path is None:
                     continue  # in-process apps log through logging, a record at a time
-                if cap_log(runner.log_path, self.log_max_bytes):
+                try:
+                    size = os.lstat(runner.log_path).st_size
+                except OSError:
+                    continue
+                if size > self.log_max_bytes and cap_log(runner.log_path, self.log_max_bytes):
                     self.log_rotations += 1
+                    size = 0
+                growth = max(growth, size - sizes.get(name, size))
+                sizes[name] = size
+            delay = CHECK_SECONDS if growth > FAST_GROWTH else min(delay * 2, IDLE_CHECK_SECONDS)
 
     async def _release(self) -> None:
         await self.monitor.close()
