@@ -246,7 +246,7 @@ def make_probe(
         return CommandProbe(check.argv, check.timeout, env, svc.cwd)
     if check.kind == "exec":
         if container is None:
-            raise ProbeUnusable("an exec probe needs the service's container, which is not running")
+            return _NoContainer()
         return CommandProbe((*container[:1], "exec", container[1], *check.argv), check.timeout, env, svc.cwd)
     if check.kind == "log":
         assert log_path is not None and check.pattern is not None
@@ -254,6 +254,14 @@ def make_probe(
     if check.kind == "notify":
         return _NotifyProbe(notify)
     return AliveProbe(spawned_at)
+
+
+class _NoContainer:
+    """An ``exec`` probe of a service whose container is not known (an adopted pid that is no
+    engine process of ours): it fails, it never runs anything."""
+
+    async def check(self) -> str | None:
+        return "its container is not known (the recorded process is not a container of this launcher)"
 
 
 class _NotifyProbe:

@@ -369,3 +369,32 @@ async def test_a_pull_is_timed_apart_and_drawn_apart(project: Path, tmp_path: Pa
     assert run["services"]["cache"]["pull_seconds"] > 0
     assert 'class="phase-pull"' in render_svg(run, budget_seconds=25)
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+def test_an_adopted_pid_of_another_user_cannot_name_a_container_to_remove(project: Path) -> None:
+    """A shared record's pid reused by a second local user's process whose command line says
+    `--name ul-x-cache`: adopting it and stopping must not remove that (root's) container."""
+    # Another user's program (the system python: the suite's venv may be out of its reach).
+    attacker = subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(120)", "--name", "ul-x-cache"],
+                                user=101, group=101, start_new_session=True)
+    try:
+        victim = subprocess.run(["podman", "run", "-d", "--rm", "--name", "ul-x-cache", "--ulimit",
+                                 "nofile=4096:4096", "--ulimit", "nproc=4096:4096", REDIS_IMAGE],
+                                capture_output=True, text=True, timeout=120)
+        assert victim.returncode == 0, victim.stderr
+        from pytest_unified_launcher._process import start_time
+
+        launcher = UnifiedLauncher(load_config(project / "launcher.toml", environ={}))
+        try:
+            launcher.adopt("cache", pid=attacker.pid, token=start_time(attacker.pid))
+            assert launcher.services["cache"].container_id is None
+            launcher.stop_blocking()
+        finally:
+            launcher.close()
+        alive = subprocess.run(["podman", "ps", "-q", "--filter", "name=^ul-x-cache$"], capture_output=True,
+                               text=True, timeout=60).stdout.split()
+        assert alive, "the victim's container was removed"
+    finally:
+        attacker.kill()
+        attacker.wait()
+        subprocess.run(["podman", "rm", "-f", "ul-x-cache"], capture_output=True, timeout=120)

@@ -92,7 +92,13 @@ class AttachedContainerRunner(AttachedRunner):
         from .._containers import EngineNotFound, find_engine
 
         super().__init__(*args, **kwargs)
-        self.name = _container_name_of(self._pid) if self._pid is not None else None
+        # Read only from the adopted process itself (its start time checked), and only a name
+        # this launcher gives: a reused pid must never name another container to remove.
+        from .._state import uid_of
+
+        name = (_container_name_of(self._pid) if self._pid is not None and self.alive()
+                and uid_of(self._pid) == os.geteuid() else None)
+        self.name = name if name and name.startswith("ul-") and name.endswith(f"-{self.svc.name}") else None
         try:
             self.engine: Any = find_engine(self.ctx.container_engine, self.ctx.base_env)
         except EngineNotFound:
