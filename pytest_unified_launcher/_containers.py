@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,48 +126,67 @@ def remove_session_containers(engine_name: str, session: str) -> list[str]:
         return []
     ids = session_containers(engine, session)
     if ids:
-        code, out = engine.run_sync("rm", "-f", *ids, timeout=60.0)
+        # Its processes had their stop signal from the reaper already: no second grace period.
+        args = ["rm", "--force", "--time=0"] if engine.is_podman else ["rm", "--force", "--volumes"]
+        code, out = engine.run_sync(*args, *ids, timeout=60.0)
         if code != 0:
             log.warning("removing the containers %s of a killed session failed: %s", ", ".join(ids), out)
     return ids
 
 
 def run_args(
-    svc: Any, *, name: str, session: str, env_names: Sequence[str], is_podman: bool,
+    svc: Any, *, name: str, session: str, is_podman: bool, env_file: Path | None = None,
     cid_file: Path | None = None, pid_file: Path | None = None,
 ) -> list[str]:
     """``run`` and its options for the image service ``svc`` (without the engine's path).
 
-    Env values are not on the command line (``ps`` shows it): ``-e NAME`` takes each from the
-    engine's own environment, which the runner sets. The container runs in the foreground,
-    attached: its output is the engine process's, written to the service's log from its first
-    line, and its exit is that process's exit.
+    Every option is written ``--option=value``: a value can never be read as another option.
+    The container's variables come from ``env_file`` (private, never on a command line that
+    ``ps`` shows, never in the engine's own environment, where ``PATH`` or ``LD_PRELOAD`` would
+    change how the engine runs). The container runs in the foreground, attached: its output is
+    the engine process's, written to the service's log from its first line (and nowhere else:
+    ``--log-driver=none``, the launcher caps its log), and its exit is that process's exit.
     """
     spec = svc.container
-    args = ["run", "--rm", "--name", name, "--label", f"{SESSION_LABEL}={session}",
-            "--label", f"{SERVICE_LABEL}={svc.name}", "--pull", "never",  # pulled apart, timed
-            "--stop-signal", str(svc.stop_signal), "--stop-timeout", str(max(1, round(svc.stop_timeout)))]
+    args = ["run", "--rm", f"--name={name}", f"--label={SESSION_LABEL}={session}",
+            f"--label={SERVICE_LABEL}={svc.name}", "--pull=never",  # pulled apart, timed
+            "--log-driver=none", f"--stop-signal={svc.stop_signal}",
+            f"--stop-timeout={max(1, round(svc.stop_timeout))}"]
     if is_podman:
         args += ["--replace"]  # a container of that name left by a crash of this same session
     if cid_file is not None:
-        args += ["--cidfile", str(cid_file)]
+        args += [f"--cidfile={cid_file}"]
     if pid_file is not None:  # podman's: the container's process, once it runs
-        args += ["--pidfile", str(pid_file)]
+        args += [f"--pidfile={pid_file}"]
+    if env_file is not None:
+        args += [f"--env-file={env_file}"]
     if spec.port is not None and svc.port is not None:
-        args += ["--publish", f"{_publish_host(svc.host)}:{svc.port}:{spec.port}"]
-    for var in env_names:
-        args += ["--env", var]
+        args += [f"--publish={_publish_host(svc.host)}:{svc.port}:{spec.port}"]
     if svc.user:
-        args += ["--user", svc.user]
+        args += [f"--user={svc.user}"]
     if spec.workdir:
-        args += ["--workdir", spec.workdir]
-    for mount in spec.mounts:
-        args += ["--volume", mount]
-    for path in spec.tmpfs:
-        args += ["--tmpfs", path]
-    for limit, soft, hard in spec.ulimits:
-        args += ["--ulimit", f"{limit}={soft}:{hard}"]
+        args += [f"--workdir={spec.workdir}"]
+    args += [f"--volume={mount}" for mount in spec.mounts]
+    args += [f"--tmpfs={path}" for path in spec.tmpfs]
+    args += [f"--ulimit={limit}={soft}:{hard}" for limit, soft, hard in spec.ulimits]
     return args + [spec.image, *svc.command]
+
+
+#: A variable name the engines' env files take as one (anything else is refused at start).
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_file_text(env: Mapping[str, str]) -> str:
+    """``NAME=value`` lines for ``--env-file``; a name that is not a plain identifier or a
+    value with a line break cannot be written there: ValueError naming it."""
+    lines = []
+    for name, value in sorted(env.items()):
+        if not ENV_NAME_RE.fullmatch(name):
+            raise ValueError(f"env name {name!r} cannot be passed to a container (letters, digits and _ only)")
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"env {name}'s value has a line break, which an engine's env file cannot carry")
+        lines.append(f"{name}={value}\n")
+    return "".join(lines)
 
 
 def _publish_host(host: str) -> str:

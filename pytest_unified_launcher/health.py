@@ -17,6 +17,7 @@ import signal
 import socket
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,6 +106,44 @@ class TcpProbe:
         except (TimeoutError, OSError) as exc:
             return _reason(exc)
         return None
+
+
+@dataclass(frozen=True)
+class ExecTarget:
+    """Where an ``exec`` probe runs: ``program exec container ...``, with the engine's env."""
+
+    program: str
+    container: str
+    env: Mapping[str, str]
+
+
+class ExecProbe:
+    """``health.exec``: the command inside the container, through the engine.
+
+    Never more than one at a time: an engine's ``exec`` that is killed leaves its command
+    running inside the container (and a conmon on the host), so a probe that outlives its
+    timeout is left to finish, and until it has, the next probes fail without starting another.
+    """
+
+    def __init__(self, target: ExecTarget, argv: tuple[str, ...], timeout: float) -> None:
+        self.target, self.argv, self.timeout = target, argv, timeout
+        self._running: asyncio.subprocess.Process | None = None
+
+    async def check(self) -> str | None:
+        if self._running is not None and self._running.returncode is None:
+            return "the previous exec probe is still running in the container"
+        try:
+            self._running = await asyncio.create_subprocess_exec(
+                self.target.program, "exec", self.target.container, *self.argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=dict(self.target.env))
+        except OSError as exc:
+            raise ProbeUnusable(f"cannot run the container engine {self.target.program}: {exc.strerror}") from None
+        try:
+            async with asyncio.timeout(self.timeout):
+                code = await self._running.wait()
+        except TimeoutError:
+            return f"exec probe timed out after {self.timeout} s"
+        return None if code == 0 else f"exec probe exited with code {code}"
 
 
 class CommandProbe:
@@ -234,9 +273,9 @@ def make_probe(
     spawned_at: float,
     notify: NotifySocket | None = None,
     fetch: Fetch | None = None,
-    container: tuple[str, str] | None = None,
+    container: ExecTarget | None = None,
 ) -> Probe:
-    """The probe of ``check``; ``container``: (engine program, container) an ``exec`` runs in."""
+    """The probe of ``check``; ``container``: where an ``exec`` runs."""
     if check.kind == "http":
         return HttpProbe(check, fetch)
     if check.kind == "tcp":
@@ -247,7 +286,7 @@ def make_probe(
     if check.kind == "exec":
         if container is None:
             return _NoContainer()
-        return CommandProbe((*container[:1], "exec", container[1], *check.argv), check.timeout, env, svc.cwd)
+        return ExecProbe(container, check.argv, check.timeout)
     if check.kind == "log":
         assert log_path is not None and check.pattern is not None
         return LogProbe(log_path, check.pattern)

@@ -113,6 +113,9 @@ ERRORS = [
     ("[services.a]\nimage = 'r'\ntmpfs = ['tmp']\n", {}, ["key 'tmpfs[0]'", "not absolute"]),
     ("[services.a]\nimage = 'r'\ncwd = 'app'\n", {}, ["key 'cwd'", "inside the container", "/app"]),
     ("[services.a]\nimage = 'two words'\n", {}, ["key 'image'", "not an image reference"]),
+    # An image that is an option: "--name=x" after --replace removed another container.
+    ("[services.a]\nimage = '--name=victim'\ncommand = ['redis:7']\n", {}, ["key 'image'", "not an image reference"]),
+    ("[services.a]\nimage = '${env.IMG}'\n", {"environ": {"IMG": "-v=/:/host"}}, ["not an image reference"]),
     ("[services.a]\nimage = 'r'\nhealth = { exec = [] }\n", {}, ["key 'health'", "set exactly one of", "exec"]),
     ("[launcher]\ncontainer_engine = 'lxc'\n", {}, ["key 'launcher.container_engine'", "'podman'", "'docker'"]),
     ("[services.a]\nimage = 'r'\n", {"environ": {"LAUNCHER_CONTAINER_ENGINE": "rkt"}},
@@ -128,8 +131,9 @@ def test_container_mistakes_are_one_clear_message(text: str, kwargs: dict[str, A
     assert all(fragment in message for fragment in fragments), message
 
 
-def test_the_engine_command_line() -> None:
-    """Labels, publish, env by name only, user, workdir, mounts, tmpfs, ulimits, image, command."""
+def test_the_engine_command_line(tmp_path: Path) -> None:
+    """Labels, publish, env from a file, user, workdir, mounts, tmpfs, ulimits, image, command:
+    every option as --option=value, so no value is ever read as an option."""
     svc = build(CACHE + """
         command = ["redis-server"]
         user = "999"
@@ -140,17 +144,33 @@ def test_the_engine_command_line() -> None:
         stop_signal = "SIGINT"
         stop_timeout = 3
     """).services["cache"]
-    args = run_args(svc, name="ul-s-cache", session="s", env_names=["A"], is_podman=True)
+    env_file = tmp_path / "cache.env"
+    args = run_args(svc, name="ul-s-cache", session="s", is_podman=True, env_file=env_file)
     assert args[:2] == ["run", "--rm"] and args[-2:] == ["redis:7", "redis-server"]
-    pairs = list(zip(args, args[1:], strict=False))
-    for pair in [("--name", "ul-s-cache"), ("--label", "io.unified-launcher.session=s"),
-                 ("--label", "io.unified-launcher.service=cache"), ("--pull", "never"), ("--stop-signal", "2"),
-                 ("--stop-timeout", "3"), ("--publish", f"127.0.0.1:{svc.port}:6379"), ("--env", "A"),
-                 ("--user", "999"), ("--workdir", "/data"), ("--volume", "vol:/data"), ("--tmpfs", "/tmp"),
-                 ("--ulimit", "nofile=4096:4096")]:
-        assert pair in pairs, pair
-    assert "--replace" in args and "--replace" not in run_args(svc, name="n", session="s", env_names=[],
-                                                               is_podman=False)
+    for option in ["--name=ul-s-cache", "--label=io.unified-launcher.session=s",
+                   "--label=io.unified-launcher.service=cache", "--pull=never", "--log-driver=none",
+                   "--stop-signal=2", "--stop-timeout=3", f"--publish=127.0.0.1:{svc.port}:6379",
+                   f"--env-file={env_file}", "--user=999", "--workdir=/data", "--volume=vol:/data", "--tmpfs=/tmp",
+                   "--ulimit=nofile=4096:4096"]:
+        assert option in args, option
+    assert all(a.startswith("--") and ("=" in a or a in ("--rm", "--replace")) for a in args[1:-2]), args
+    assert "--replace" in args and "--replace" not in run_args(svc, name="n", session="s", is_podman=False)
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"A": "1", "B_2": "x=y z"}, None),
+    ({"A-B": "1"}, "env name 'A-B' cannot be passed to a container"),
+    ({"PREFIX*": "1"}, "env name 'PREFIX*' cannot be passed"),
+    ({"A": "two\nlines"}, "env A's value has a line break"),
+])
+def test_the_env_file(env: dict[str, str], problem: str | None) -> None:
+    from pytest_unified_launcher._containers import env_file_text
+
+    if problem is None:
+        assert env_file_text(env) == "A=1\nB_2=x=y z\n"
+    else:
+        with pytest.raises(ValueError, match=problem.replace("*", "\\*")):
+            env_file_text(env)
 
 
 def test_a_missing_engine_names_the_fix(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -82,10 +83,19 @@ def port_free(port: int) -> bool:
 
 
 @pytest.fixture
-def project(tmp_path: Path, podman: str) -> Iterator[Path]:
+def project(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, podman: str) -> Iterator[Path]:
+    """A project with one Redis image service. Under xdist the container tests take turns (a
+    lock shared by the run's workers): they look for leftovers by the service's label, which
+    would see another test's containers."""
+    import fcntl
+
     (tmp_path / "launcher.toml").write_text(CACHE)
-    yield tmp_path
-    # Whatever a test did, its sessions' containers are gone (state/ is this test's own).
+    with open(tmp_path_factory.getbasetemp().parent / "containers.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield tmp_path
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 async def test_a_container_is_a_service_like_any_other(project: Path) -> None:
@@ -103,7 +113,9 @@ async def test_a_container_is_a_service_like_any_other(project: Path) -> None:
         assert "Ready to accept connections" in cache.logs()  # the container's output, in its log
         # The container's env reaches it by name, never on a command line (ps shows those).
         argv = await asyncio.to_thread(Path(f"/proc/{cache.pid}/cmdline").read_text)
-        assert "SECRET_TOKEN" in argv and "s3cr3t-value" not in argv
+        assert "--env-file=" in argv and "s3cr3t-value" not in argv
+        env_file = Path(argv.split("--env-file=")[1].split("\0")[0])
+        assert not await asyncio.to_thread(env_file.exists)  # read when the container was made, then removed
         port = cache.port
     report = launcher.report()
     row = report["runs"][0]["services"]["cache"]
@@ -126,11 +138,20 @@ async def test_the_monitor_probes_inside_and_sees_a_death(project: Path) -> None
         assert cache.container_id is not None
         await podman_async("exec", cache.container_id, "redis-cli", "CLIENT", "PAUSE", "4000", "ALL")
         await until(lambda: ("cache", "unhealthy") in events, 60)
+        # A timed-out exec is left to finish (killing it would leave its command in the
+        # container): never more than one at a time, however many probes failed meanwhile.
+        assert len(_pings_in_containers()) <= 1
         await until(lambda: ("cache", "recovered") in events, 60)
         await podman_async("kill", cache.container_id)
         await until(lambda: ("cache", "died") in events, 60)
         assert cache.state == "died"
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+def _pings_in_containers() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["redis-cli", "ping"]]
 
 
 async def podman_async(*args: str) -> None:
@@ -375,7 +396,11 @@ def test_an_adopted_pid_of_another_user_cannot_name_a_container_to_remove(projec
     """A shared record's pid reused by a second local user's process whose command line says
     `--name ul-x-cache`: adopting it and stopping must not remove that (root's) container."""
     # Another user's program (the system python: the suite's venv may be out of its reach).
-    attacker = subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(120)", "--name", "ul-x-cache"],
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # theirs to read: pytest's tmp_path is root's alone
+    folder.chmod(0o755)
+    (folder / "run").write_text("import time\ntime.sleep(120)\n")
+    # Its command line reads like an engine's: `python3 run --name=ul-x-cache`.
+    attacker = subprocess.Popen(["/usr/bin/python3", "run", "--name=ul-x-cache"], cwd=folder,
                                 user=101, group=101, start_new_session=True)
     try:
         victim = subprocess.run(["podman", "run", "-d", "--rm", "--name", "ul-x-cache", "--ulimit",
@@ -397,4 +422,54 @@ def test_an_adopted_pid_of_another_user_cannot_name_a_container_to_remove(projec
     finally:
         attacker.kill()
         attacker.wait()
+        shutil.rmtree(folder)
         subprocess.run(["podman", "rm", "-f", "ul-x-cache"], capture_output=True, timeout=120)
+
+
+def test_the_services_variables_never_reach_the_engine_running_as_root(project: Path, tmp_path: Path) -> None:
+    """[env] PATH naming a folder another user owns: the container gets it, root's engine does
+    not (its network helper ran that user's `iptables` as root)."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran-as-root"
+    for tool in ("iptables", "ip6tables", "nft", "conmon", "runc", "netavark", "aardvark-dns"):
+        real = shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin:/usr/libexec/podman") or "/bin/false"
+        script = planted / tool
+        script.write_text(f"#!/bin/sh\nid -u >> {marker}\nexec {real} \"$@\"\n")
+        script.chmod(0o755)
+        os.chown(script, 101, 101)
+    os.chown(planted, 101, 101)
+    (project / "launcher.toml").write_text(CACHE.replace("[services.cache]", f'[env]\nPATH = "{planted}:/usr/bin:/bin"\n'
+                                                                              "[services.cache]")
+                                           .replace(f'image = "{REDIS_IMAGE}"',
+                                                    f'image = "{REDIS_IMAGE}"\ncommand = ["/usr/bin/redis-server", "--protected-mode", "no"]'))
+    launcher = UnifiedLauncher(load_config(project / "launcher.toml", environ={}))
+    try:
+        cache = launcher.start_blocking(["cache"])["cache"]
+        assert cache.port is not None and ping(cache.port) == b"+PONG\r\n"  # started, exec probe passed
+    finally:
+        launcher.stop_blocking()
+        launcher.close()
+    assert not marker.exists(), f"root ran a planted program: {marker.read_text()}"
+
+
+async def test_a_killed_engine_process_still_has_its_container_removed(project: Path) -> None:
+    """The engine process (podman run) killed under the launcher (OOM killer, a cleanup): the
+    container lives on without it; the stop removes it all the same."""
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        cache = (await launcher.start(["cache"]))["cache"]
+        assert cache.pid is not None
+        os.kill(cache.pid, signal.SIGKILL)
+        await until(lambda: cache.state == "died", 60)
+        assert containers(f"{SESSION_LABEL}={launcher.id}")  # still there: nobody removed it yet
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+async def test_a_mount_under_tmp_is_made_at_start(project: Path) -> None:
+    (project / "launcher.toml").write_text(CACHE.replace('pull = "never"', 'pull = "never"\nmounts = ["${tmp}/data:/data"]'))
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        cache = (await launcher.start(["cache"]))["cache"]
+        assert (cache.config.tmp / "data").is_dir()
+    assert containers(f"{SESSION_LABEL}={launcher.id}") == []

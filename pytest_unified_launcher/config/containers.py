@@ -3,6 +3,7 @@ host paths made absolute, ``tmpfs`` container paths, ``ulimits`` as soft/hard pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,19 +11,26 @@ from typing import Any
 
 from .models import ContainerSpec, ServiceModel, Where
 
+#: An image reference (``[registry/]name[:tag][@digest]``, or a transport such as
+#: ``oci-archive:/path``): starts with a letter or digit, no spaces, nothing an engine would
+#: read as an option.
+_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
+
 #: The ulimits an engine accepts (``--ulimit NAME=SOFT:HARD``): compose's names.
 ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
                 "nproc", "rss", "rtprio", "rttime", "sigpending", "stack", "as")
 
 
-def resolve_container(raw: ServiceModel, ex: Callable[[str, str], str], where: Where, root: Path) -> ContainerSpec:
-    """The container of an image service (``raw.image`` is set)."""
+def resolve_container(raw: ServiceModel, ex: Callable[[str, str], str], where: Where, root: Path,
+                      tmp: Path) -> ContainerSpec:
+    """The container of an image service (``raw.image`` is set); ``tmp``: its ``${tmp}``, where
+    mount sources are made at start rather than required now."""
     assert raw.image is not None
     image = ex("image", raw.image).strip()
-    if not image or any(c.isspace() for c in image):
+    if not _IMAGE_RE.fullmatch(image):  # never an option: "--name=x" would reach the engine as one
         raise where(f"image {image!r} is not an image reference", fix='write it as "redis:7" or '
                     '"registry.example.com/team/api:1.2"', key="image")
-    mounts = tuple(_mount(ex(f"mounts[{i}]", m), i, where, root) for i, m in enumerate(raw.mounts))
+    mounts = tuple(_mount(ex(f"mounts[{i}]", m), i, where, root, tmp) for i, m in enumerate(raw.mounts))
     tmpfs = tuple(ex(f"tmpfs[{i}]", p) for i, p in enumerate(raw.tmpfs)) if isinstance(raw.tmpfs, list) else ()
     for i, path in enumerate(tmpfs):
         if not path.startswith("/"):
@@ -62,9 +70,10 @@ def _limits(value: Any, name: str, where: Where) -> tuple[int, int]:
                 fix=f"write {name} = 4096 (soft and hard) or {name} = {{ soft = 1024, hard = 4096 }}; -1 is unlimited")
 
 
-def _mount(text: str, index: int, where: Where, root: Path) -> str:
+def _mount(text: str, index: int, where: Where, root: Path, tmp: Path) -> str:
     """``SOURCE:TARGET[:OPTIONS]``: a source starting with ``.``, ``/`` or ``~`` is a host path
-    (relative to the config file), any other a named volume; the target must be absolute."""
+    (relative to the config file; under ``${tmp}`` it is made at start), any other a named
+    volume; the target must be absolute."""
     key = f"mounts[{index}]"
     parts = text.split(":")
     fix = 'write it as "./host/path:/path/in/container" or "./sql:/docker-entrypoint-initdb.d:ro"'
@@ -77,7 +86,7 @@ def _mount(text: str, index: int, where: Where, root: Path) -> str:
         raise where(f"mount {text!r}: unknown options {parts[2]!r}", fix="use ro or rw (and z/Z for SELinux)", key=key)
     if source.startswith((".", "/", "~")):
         host = (root / Path(source).expanduser()).resolve()
-        if not host.exists():
+        if not host.exists() and not host.is_relative_to(tmp):
             raise where(f"mount {text!r}: {host} does not exist", key=key,
                         fix="create it, or fix the path (relative to the config file)")
         source = str(host)

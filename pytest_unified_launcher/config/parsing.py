@@ -497,7 +497,7 @@ def _resolve(
             scope=raw.scope,
             reset=reset,
             worker=worker if raw.scope == "worker" and worker != "main" else None,
-            container=resolve_container(raw, ex, where, root) if raw.image is not None else None,
+            container=resolve_container(raw, ex, where, root, tmp) if raw.image is not None else None,
         )
 
     referenced = _referenced_services(model, [v for values in env_files.values() for v in values.values()])

@@ -106,12 +106,18 @@ class AttachedContainerRunner(AttachedRunner):
         self._inspected: tuple[str, int] | None = None
 
     @property
-    def exec_target(self) -> tuple[str, str] | None:
-        return (self.engine.path, self.name) if self.engine is not None and self.name else None
+    def exec_target(self) -> Any:
+        from .._process import OWNER_VAR, SERVICE_VAR
+        from ..health import ExecTarget
+
+        if self.engine is None or not self.name:
+            return None
+        env = {k: v for k, v in self.ctx.base_env.items() if k not in (OWNER_VAR, SERVICE_VAR)}
+        return ExecTarget(self.engine.path, self.name, env)
 
     def _inspect(self) -> tuple[str, int] | None:
         if self._inspected is None and self.exec_target is not None and self.alive():
-            code, out = self.engine.run_sync("container", "inspect", "--format", "{{.Id}} {{.State.Pid}}",
+            code, out = self.engine.run_sync("container", "inspect", "--format={{.Id}} {{.State.Pid}}",
                                              self.name, timeout=10.0)
             parts = out.split()
             if code == 0 and len(parts) == 2 and parts[1].isdigit():
@@ -132,18 +138,22 @@ class AttachedContainerRunner(AttachedRunner):
     async def stop(self) -> None:
         if self.exec_target is not None and not self.svc.task:
             grace = str(max(0, round(self.svc.stop_timeout)))
-            args = (("rm", "--force", "--ignore", "--time", grace) if self.engine.is_podman else ("rm", "--force"))
+            args = (("rm", "--force", "--ignore", f"--time={grace}") if self.engine.is_podman
+                    else ("rm", "--force", "--volumes"))
             await self.engine.run(*args, self.name, timeout=self.svc.stop_timeout + 30)
         await super().stop()
 
 
 def _container_name_of(pid: int) -> str | None:
-    """The ``--name`` on an engine process's command line (``podman run --rm --name N ...``)."""
+    """The ``--name=N`` on an engine process's command line (``podman run --rm --name=N ...``,
+    as :func:`run_args` writes it), before the image."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag == b"--name":
-            return value.decode(errors="replace")
+    for arg in argv[2:]:
+        if not arg.startswith(b"--"):
+            return None  # the image: options end here
+        if arg.startswith(b"--name="):
+            return arg.removeprefix(b"--name=").decode(errors="replace")
     return None

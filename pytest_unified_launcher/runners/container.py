@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import _timing
-from .._containers import Engine, EngineNotFound, container_name, find_engine, image_digest, run_args
+from .._containers import _DIGESTS, Engine, EngineNotFound, container_name, find_engine, image_digest, run_args
 from .._process import spawn, start_time
-from ..health import HealthTimeout, ProbeUnusable, ProcessExited, make_probe, wait_healthy
+from ..health import ExecTarget, HealthTimeout, ProbeUnusable, ProcessExited, make_probe, wait_healthy
 from .subprocess import SubprocessRunner, describe_exit, port_holder
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ class ContainerRunner(SubprocessRunner):
         self._digest: asyncio.Future[str | None] | None = None
 
     @property
-    def exec_target(self) -> tuple[str, str] | None:
-        """(engine program, container name) for ``health.exec`` probes."""
-        return (self.engine.path, self.name) if self.engine is not None else None
+    def exec_target(self) -> ExecTarget | None:
+        """Where ``health.exec`` probes run: this container, through the engine."""
+        return ExecTarget(self.engine.path, self.name, self._engine_env()) if self.engine is not None else None
 
     def resource_process(self) -> tuple[int, str | None] | None:
         """The container's main process (and what it started): what its resources are."""
@@ -64,9 +64,38 @@ class ContainerRunner(SubprocessRunner):
     # ------------------------------------------------------------------ start
 
     def _engine_env(self) -> dict[str, str]:
-        """The engine process's environment: the launcher's, and the container's variables,
-        which ``--env NAME`` passes on by name (never on a command line)."""
-        return self._env()
+        """The engine process's environment: the launcher's own and the markers that find it
+        again, never the service's variables (those are the container's: ``PATH`` or
+        ``LD_PRELOAD`` there must not change how root's engine runs on the host)."""
+        from .._process import OWNER_VAR, SERVICE_VAR
+
+        return {**self.ctx.base_env, OWNER_VAR: self.ctx.launcher_id, SERVICE_VAR: self.svc.name}
+
+    def _write_env_file(self) -> None:
+        """The container's variables, for ``--env-file``: private (0600, in the launcher's 0700
+        log folder, never through a link), removed once the container runs."""
+        from .._containers import env_file_text
+
+        try:
+            text = env_file_text(self.svc.env)
+        except ValueError as exc:
+            raise self._fail(f"{exc}; rename it or remove the line break") from None
+        self._env_file.unlink(missing_ok=True)
+        fd = os.open(self._env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+
+    def _make_mount_sources(self) -> None:
+        """``${tmp}`` and the mount sources under it (the config could not require them)."""
+        assert self.svc.container is not None
+        try:
+            self._prepare_tmp(None)
+            for mount in self.svc.container.mounts:
+                source = Path(mount.split(":", 1)[0])
+                if source.is_absolute() and source.is_relative_to(self.svc.tmp) and not source.exists():
+                    source.mkdir(mode=0o755, parents=True)
+        except OSError as exc:
+            raise self._fail(f"cannot prepare its temp dir {self.svc.tmp} ({exc})") from None
 
     async def start(self, deadline: float) -> None:
         svc = self.svc
@@ -77,9 +106,9 @@ class ContainerRunner(SubprocessRunner):
             raise self._fail(str(exc)) from None
         self.ctx.on_engine(self.engine.name)  # on record before any container exists: reapable by label
         self._log_fd = self._open_log()
-        env = self._engine_env()
-        for step in svc.setup:
-            await self._run_setup(step, env, None, deadline)
+        self._make_mount_sources()
+        for step in svc.setup:  # on the host, with the service's variables, as for a command
+            await self._run_setup(step, self._env(), None, deadline)
         if svc.container.pull == "always":
             await self._pull(deadline)
         if svc.port is not None and not svc.task:
@@ -91,15 +120,15 @@ class ContainerRunner(SubprocessRunner):
                                  + "; stop that process or choose another port")
                 err.port_in_use = svc.port
                 raise err
-        await self._spawn(env)
+        await self._spawn(self._engine_env())
 
     async def _spawn(self, env: dict[str, str]) -> None:
         assert self.engine is not None and self._log_fd is not None
-        names = sorted(set(self.svc.env))
         for path in (self._cid_file, self._pid_file):
             path.unlink(missing_ok=True)  # the engine refuses to overwrite them (a restart's)
+        self._write_env_file()
         argv = [self.engine.path, *run_args(self.svc, name=self.name, session=self.ctx.launcher_id,
-                                              env_names=names, is_podman=self.engine.is_podman,
+                                              is_podman=self.engine.is_podman, env_file=self._env_file,
                                               cid_file=self._cid_file,
                                               pid_file=self._pid_file if self.engine.is_podman else None)]
         os.write(self._log_fd, f"$ {shlex.join(argv[:1] + argv[1:])}\n".encode())
@@ -131,6 +160,8 @@ class ContainerRunner(SubprocessRunner):
                              f"pull it before the run ({self.engine.name} pull {image}) or raise startup_timeout",
                              timeout=self.svc.startup_timeout) from None
         self.pull_seconds = (self.pull_seconds or 0.0) + _timing.monotonic() - t0
+        _DIGESTS.pop((self.engine.path, image), None)  # the pull may have brought a newer one
+        self._digest = None
         os.write(self._log_fd, (out + "\n").encode())
         if code != 0:
             raise self._fail(f"cannot pull image {image} ({self.engine.name} pull exited with code {code}); "
@@ -144,6 +175,10 @@ class ContainerRunner(SubprocessRunner):
     @property
     def _pid_file(self) -> Path:
         return self.ctx.log_dir / f"{self.svc.log_name}.pid"
+
+    @property
+    def _env_file(self) -> Path:
+        return self.ctx.log_dir / f"{self.svc.log_name}.env"
 
     async def _wait_started(self) -> None:
         """Until the container's process runs (or the engine exits): its id and host pid.
@@ -160,6 +195,7 @@ class ContainerRunner(SubprocessRunner):
             if pid:
                 self._main = (pid, start_time(pid))
                 self.container_id = _read_text(self._cid_file) or None
+                self._env_file.unlink(missing_ok=True)  # read when the container was created
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.01 if self.engine.is_podman else 0.05)
@@ -180,7 +216,6 @@ class ContainerRunner(SubprocessRunner):
             if exc.code == 125 and self._image_missing() and self.svc.container.pull == "missing":  # type: ignore[union-attr]
                 await self._pull(deadline)  # pulled, then started again: not an attempt of its own
                 self.ctx.on_exit(self.svc.name, self.proc.pid)
-                self._digest = None  # it was not there: asked again
                 await self._spawn(self._engine_env())
                 try:
                     await self._wait_ready(deadline)
@@ -257,34 +292,40 @@ class ContainerRunner(SubprocessRunner):
         """
         if self._started is not None:
             self._started.cancel()
+        waited = False  # the stop signal and its grace were given already
         if self._main is not None and self.proc is not None and self.proc.returncode is None \
                 and start_time(self._main[0]) == self._main[1]:
             from .._process import kill_pids
 
             kill_pids([self._main[0]], self.svc.stop_signal)
+            waited = True
             try:
                 await asyncio.wait_for(asyncio.shield(self.proc.wait()), self.svc.stop_timeout)
             except TimeoutError:
                 log.warning("%s: its container still ran %.1f s after signal %d: killing it", self.svc.name,
                             self.svc.stop_timeout, self.svc.stop_signal)
-        if self.proc is None or self.proc.returncode is None or self.proc.returncode == 125:
-            await self._remove()
-        for path in (self._cid_file, self._pid_file):
+        # The engine process ended by itself after the container's exit (``--rm`` removed it),
+        # or after our signal: nothing left. Otherwise (never ran, still running, the engine
+        # failed or was killed: the container may live on) the engine removes it.
+        code = self.proc.returncode if self.proc is not None else None
+        if code is None or code < 0 or code == 125:
+            await self._remove(grace=0 if waited else None)
+        for path in (self._cid_file, self._pid_file, self._env_file):
             path.unlink(missing_ok=True)
         await super().stop()
 
-    async def _remove(self) -> None:
-        """The engine's stop and removal (``stop_timeout``, then kill)."""
+    async def _remove(self, grace: float | None = None) -> None:
+        """The engine's stop and removal (``grace``, default ``stop_timeout``, then kill)."""
         engine = self.engine
         if engine is not None and (self.proc is not None or self._spawning is not None):
-            grace = str(max(0, round(self.svc.stop_timeout)))
+            seconds = str(max(0, round(self.svc.stop_timeout if grace is None else grace)))
             try:
                 if engine.is_podman:
-                    code, out = await engine.run("rm", "--force", "--ignore", "--time", grace, self.name,
+                    code, out = await engine.run("rm", "--force", "--ignore", f"--time={seconds}", self.name,
                                                  timeout=self.svc.stop_timeout + 30)
                 else:
-                    await engine.run("stop", "--time", grace, self.name, timeout=self.svc.stop_timeout + 30)
-                    code, out = await engine.run("rm", "--force", self.name, timeout=30)
+                    await engine.run("stop", f"--time={seconds}", self.name, timeout=self.svc.stop_timeout + 30)
+                    code, out = await engine.run("rm", "--force", "--volumes", self.name, timeout=30)
                 if code != 0 and "no such container" not in out.lower():
                     log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, out)
             except (OSError, TimeoutError) as exc:
