@@ -24,7 +24,7 @@ step() {  # step NAME COMMAND...: run it, remember a failure, go on
 # tests/ on both cores (pytest-xdist; conftest.py keeps each test's children from taking themselves
 # for xdist workers), under coverage: every Python process the tests start is measured, and the
 # run fails below the floors, 91% in all and 80% per module (raise them as coverage rises, never lower them). `-n 0` runs it serially.
-COVERAGE_FLOOR=91 COVERAGE_MODULE_FLOOR=80 step "tests/ (coverage)" ./scripts/coverage.sh -n 2 "$@"
+COVERAGE_FLOOR=91 COVERAGE_MODULE_FLOOR=80 step "tests/ (coverage)" ./scripts/coverage.sh -n 2 --durations=15 "$@"
 step "bare install" ./scripts/bare-install.sh
 cd example_project
 step "example: single_process" "$py" -m pytest -p no:cacheprovider

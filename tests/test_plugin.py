@@ -513,17 +513,18 @@ def test_startup_benchmark_compare_fail_gates_a_regression(
     args = ("-p", "no:cacheprovider")
     monkeypatch.setenv("SETUP_DELAY", "0")
     pytester.runpytest_subprocess(*args, "--benchmark-save=fast").assert_outcomes(passed=1)
-    monkeypatch.setenv("SETUP_DELAY", "2")
-    pytester.runpytest_subprocess(*args, "--benchmark-save=slow").assert_outcomes(passed=1)
-    saved = sorted(p.name for p in pytester.path.glob(".benchmarks/*/*.json"))
-    assert [name.split("_", 1)[1] for name in saved] == ["fast.json", "slow.json"]
 
     # Each start now sleeps 2 s more than the fast baseline's (~0.4 s, up to ~0.6 s on a loaded
     # machine): over twice its mean is a regression, with room for the baseline's own noise.
-    regressed = pytester.runpytest_subprocess(*args, "--benchmark-compare=0001", "--benchmark-compare-fail=mean:100%")
+    # The same (slow) run is saved as the next baseline.
+    monkeypatch.setenv("SETUP_DELAY", "2")
+    regressed = pytester.runpytest_subprocess(*args, "--benchmark-save=slow", "--benchmark-compare=0001",
+                                              "--benchmark-compare-fail=mean:100%")
     assert regressed.ret != 0
     regressed.stderr.fnmatch_lines(["Performance has regressed:",
                                     "*test_bench (0001_fast) - Field 'mean' has failed PercentageRegressionCheck*"])
+    saved = sorted(p.name for p in pytester.path.glob(".benchmarks/*/*.json"))
+    assert [name.split("_", 1)[1] for name in saved] == ["fast.json", "slow.json"]
     # The fast set-up measured against the slow baseline is an improvement: the gate lets it pass.
     monkeypatch.setenv("SETUP_DELAY", "0")
     improved = pytester.runpytest_subprocess(*args, "--benchmark-compare=0002", "--benchmark-compare-fail=mean:100%")
