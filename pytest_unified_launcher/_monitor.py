@@ -150,7 +150,8 @@ class HealthMonitor:
         name = svc.config.name
         stats = self.stats_of(name)
         pid = getattr(runner, "pid", None)
-        main = runner.resource_process()
+        # In a thread: an adopted container asks its engine (a process start) where it runs.
+        main = await asyncio.to_thread(runner.resource_process)
         sampler = None
         if main is not None:
             stats.resources = stats.resources or Resources()

@@ -508,7 +508,7 @@ def test_startup_benchmark_compare_fail_gates_a_regression(
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile("""
         def test_bench(startup_benchmark):
-            startup_benchmark("svc", rounds=3)
+            startup_benchmark("svc", rounds=2)
     """)
     args = ("-p", "no:cacheprovider")
     monkeypatch.setenv("SETUP_DELAY", "0")
