@@ -520,9 +520,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     alive = [name for name, entry in record["services"].items()
              if name in launcher.services and entry.get("pid") and service_is_ours(record, name)]
-    for name in alive:
+    # A container outlives its engine process (killed): adopted all the same, its stop removes
+    # it by the id its starter wrote beside its log (nothing is signalled: the pid is gone).
+    orphans = [name for name, entry in record["services"].items()
+               if name in launcher.services and name not in alive and entry.get("pid")
+               and launcher.config.services[name].kind == "image"]
+    for name in alive + orphans:
         entry = record["services"][name]
-        launcher.adopt(name, pid=entry["pid"], token=entry["token"])
+        launcher.adopt(name, pid=entry["pid"], token=entry["token"],
+                       log_path=Path(entry["log_path"]) if entry.get("log_path") else None)
     launcher.stop_blocking()
     remove_up_record(state_dir)
     print(f"stopped {len(alive)} services" if alive else "nothing was running any more; removed the stale record")

@@ -243,6 +243,16 @@ def test_keep_then_attach_then_down(project: Path) -> None:
     assert attached.returncode == 0, attached.stdout + attached.stderr
     both = {cid for _, cid in map(json.loads, (project / "seen.txt").read_text().splitlines())}
     assert both == first
+    # Its engine process killed (the OOM killer, a cleanup script): the container lives on
+    # without it, and `down` must still remove it.
+    import psutil
+
+    engines = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[1:2] == ["run"]
+               and f"--label={SERVICE_LABEL}=cache" in (p.info["cmdline"] or [])]
+    assert len(engines) == 1
+    engines[0].kill()
+    engines[0].wait(30)
+    assert containers(f"{SERVICE_LABEL}=cache")
     down = subprocess.run([PY, "-m", "pytest_unified_launcher", "down"], cwd=project, capture_output=True,
                           text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr

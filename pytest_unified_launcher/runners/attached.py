@@ -98,7 +98,12 @@ class AttachedContainerRunner(AttachedRunner):
 
         name = (_container_name_of(self._pid) if self._pid is not None and self.alive()
                 and uid_of(self._pid) == os.geteuid() else None)
-        self.name = name if name and name.startswith("ul-") and name.endswith(f"-{self.svc.name}") else None
+        name = name if name and name.startswith("ul-") and name.endswith(f"-{self.svc.name}") else None
+        # Better still, the id its starter wrote beside its log (the launcher's private folder):
+        # it names the container even once its engine process is gone (killed), so a stop
+        # still removes it.
+        cid = _read_id(Path(f"{self.log_path}.cid"))
+        self.name = cid or name
         try:
             self.engine: Any = find_engine(self.ctx.container_engine, self.ctx.base_env)
         except EngineNotFound:
@@ -116,7 +121,7 @@ class AttachedContainerRunner(AttachedRunner):
         return ExecTarget(self.engine.path, self.name, env)
 
     def _inspect(self) -> tuple[str, int] | None:
-        if self._inspected is None and self.exec_target is not None and self.alive():
+        if self._inspected is None and self.exec_target is not None:
             code, out = self.engine.run_sync("container", "inspect", "--format={{.Id}} {{.State.Pid}}",
                                              self.name, timeout=10.0)
             parts = out.split()
@@ -142,6 +147,17 @@ class AttachedContainerRunner(AttachedRunner):
                     else ("rm", "--force", "--volumes"))
             await self.engine.run(*args, self.name, timeout=self.svc.stop_timeout + 30)
         await super().stop()
+
+
+def _read_id(path: Path) -> str | None:
+    """A container id from a ``--cidfile`` (64 hex digits), or None."""
+    import re
+
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
 
 
 def _container_name_of(pid: int) -> str | None:
