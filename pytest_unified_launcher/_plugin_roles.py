@@ -22,12 +22,20 @@ if TYPE_CHECKING:
 
 
 def xdist_workers(namespace: Any) -> int:
+    """How many xdist workers this run will have (2 standing for "several, not known yet").
+
+    As xdist decides it: a run is distributed when it has workers to go to (``-n``, or
+    ``--tx``), whatever ``--dist`` says: ``addopts = --dist loadfile`` without ``-n`` runs in
+    this process, which must then be the single session, not a controller waiting for workers.
+    """
     n = getattr(namespace, "numprocesses", None)
     if isinstance(n, str):
         return 2  # "auto" / "logical": resolved later, assume several
-    if getattr(namespace, "dist", "no") not in (None, "no") and not n:
-        return 2
-    return int(n or 0)
+    if n:
+        return int(n)
+    if getattr(namespace, "tx", None) and getattr(namespace, "dist", "no") not in (None, "no"):
+        return 2  # --tx 3*popen ...: a number of its own spelling
+    return 0
 
 
 def assign_role(

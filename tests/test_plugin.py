@@ -610,6 +610,24 @@ def test_state_dir_is_private(project: pytest.Pytester, no_orphans: None) -> Non
     project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
+@pytest.mark.parametrize("options", [["--dist", "loadfile"], ["--dist", "loadfile", "-n", "0"]],
+                         ids=["dist-without-n", "n0"])
+def test_a_dist_option_without_workers_is_a_single_session(project: pytest.Pytester, options: list[str],
+                                                            no_orphans: None) -> None:
+    """`addopts = --dist loadfile` (the example's) without -n: xdist runs the tests here, so this
+    is the single session: it printed no summary and wrote no report (it waited for workers)."""
+    project.makepyfile("""
+        import pytest
+
+        @pytest.mark.services("plain")
+        def test_x(services): assert services["plain"].pid
+    """)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *options, "--launcher-report=report.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*unified launcher*", "plain *ok*"])
+    assert json.loads((project.path / "report.json").read_text())["runs"]
+
+
 def test_xdist_dist_each_per_worker(project: pytest.Pytester, no_orphans: None) -> None:
     """--dist=each with per_worker: every worker runs every test against its own environment."""
     project.makepyfile("""
