@@ -242,10 +242,18 @@ def _missing_programs(config: Any) -> list[LauncherError]:
         from ._containers import EngineNotFound, find_engine
 
         try:
-            find_engine(config.container_engine)
+            engine = find_engine(config.container_engine)
         except EngineNotFound as exc:
             problems.append(ConfigError(f"{', '.join(images)} need a container engine: {exc}",
                                         source=str(config.source), key="launcher.container_engine"))
+        else:
+            for name in images:  # pull = "never": the image must be here already
+                spec = config.services[name].container
+                if spec.pull == "never" and engine.run_sync("image", "inspect", "--format={{.Id}}", spec.image)[0]:
+                    problems.append(ConfigError(
+                        f"image {spec.image} is not present ({engine.name}) and pull = \"never\"",
+                        source=str(config.source), service=name, key="image",
+                        fix=f"pull or build it first ({engine.name} pull {spec.image}), or set pull = \"missing\""))
     for svc in config.services.values():
         steps = [("setup", step) for step in svc.setup]
         steps += [("command", svc.command)] if svc.command and svc.kind != "image" else []  # an image's runs inside
@@ -313,13 +321,21 @@ def _print_table(services: dict[str, Any]) -> None:
         last = health.get("last_probe")
         rows.append([name, s.get("state", "?"), s.get("url") or "-", str(s.get("pid") or "-"),
                      s.get("runner", "-"), "-" if startup is None else f"{startup:.3f}",
-                     "-" if not health.get("probes") else "ok" if last == "ok" else "failing",
+                     _probe_cell(s.get("state"), health, last),
                      "-" if probe_ms is None else f"{probe_ms:.1f}",
                      f"{res['rss_bytes'] / 2**20:.1f}" if res else "-",
                      f"{res['cpu_seconds']:.2f}" if res else "-"])
     headers = ["service", "state", "url", "pid", "runner", "startup s", "probe", "probe ms", "MiB", "cpu s"]
     for line in render_table(headers, rows):
         print(line)
+
+
+def _probe_cell(state: str | None, health: dict[str, Any], last: str | None) -> str:
+    """ok / failing; "soon" for a running service whose first probe is still to come (the
+    monitor's first one is ``interval`` seconds after ready); "-" for one that is not probed."""
+    if health.get("probes"):
+        return "ok" if last == "ok" else "failing"
+    return "soon" if state == "running" and health.get("monitored") else "-"
 
 
 def _missing_cli_extra(dev: bool) -> str | None:

@@ -123,6 +123,7 @@ def service_view(handle: Any) -> dict[str, Any]:
     if stats is not None:  # SPEC 10: what the health monitor saw
         times = sorted(stats.response_ms)
         view["health"] = {"probes": stats.probes, "failures": stats.failures,
+                          "monitored": handle.config.health.monitored,
                           "last_probe": "ok" if stats.last_probe is None else (stats.last_probe or None),
                           "probe_ms_p50": round(times[len(times) // 2], 2) if times else None}
         if stats.resources is not None:

@@ -769,3 +769,16 @@ depends_on = ["web"]
         assert "auto_restart: restarting web in 1 s" in log and "restarting front, web (it was unhealthy" in log
     finally:
         cli(tmp_path, "down")
+
+
+@pytest.mark.parametrize(("state", "health", "last", "shown"), [
+    ("running", {"probes": 0, "monitored": True}, None, "soon"),  # its first probe is interval s after ready
+    ("running", {"probes": 0, "monitored": False}, None, "-"),    # a log or notify probe: never asked again
+    ("running", {"probes": 3, "monitored": True}, "ok", "ok"),
+    ("unhealthy", {"probes": 3, "monitored": True}, "HTTP 503", "failing"),
+    ("stopped", {"probes": 0, "monitored": True}, None, "-"),
+])
+def test_status_probe_cell(state: str, health: dict[str, Any], last: str | None, shown: str) -> None:
+    from pytest_unified_launcher.cli import _probe_cell
+
+    assert _probe_cell(state, health, last) == shown

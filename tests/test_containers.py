@@ -483,3 +483,12 @@ async def test_a_mount_under_tmp_is_made_at_start(project: Path) -> None:
         cache = (await launcher.start(["cache"]))["cache"]
         assert (cache.config.tmp / "data").is_dir()
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
+
+
+def test_check_finds_an_image_that_is_not_there_with_pull_never(project: Path) -> None:
+    (project / "launcher.toml").write_text(CACHE.replace(REDIS_IMAGE, "localhost/ul-not-built:1"))
+    result = subprocess.run([PY, "-m", "pytest_unified_launcher", "check"], cwd=project, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "service 'cache', key 'image': image localhost/ul-not-built:1 is not present (podman) and " \
+           'pull = "never"' in result.stderr and "fix: pull or build it first (podman pull" in result.stderr

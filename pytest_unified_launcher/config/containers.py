@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typing import Any
 
-from .models import ContainerSpec, ServiceModel, Where
+from .models import IMAGE_KEYS, ContainerSpec, ServiceModel, Where
 
 #: An image reference (``[registry/]name[:tag][@digest]``, or a transport such as
 #: ``oci-archive:/path``): starts with a letter or digit, no spaces, nothing an engine would
@@ -19,6 +19,30 @@ _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 #: The ulimits an engine accepts (``--ulimit NAME=SOFT:HARD``): compose's names.
 ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
                 "nproc", "rss", "rtprio", "rttime", "sigpending", "stack", "as")
+
+
+def check_image_keys(raw: ServiceModel, name: str, source: str) -> None:
+    """The keys only an image has, on a service that is no image; ``port`` without
+    ``container_port`` on one that is: a ConfigError naming the key and the fix."""
+    from ..errors import ConfigError
+
+    def error(problem: str, key: str, fix: str) -> ConfigError:
+        return ConfigError(problem, source=source, service=name, key=key, fix=fix)
+
+    if raw.image is None:
+        for key in [*IMAGE_KEYS, "tmpfs"]:
+            if key in raw.model_fields_set and (key != "tmpfs" or isinstance(raw.tmpfs, list)):
+                what = "a list of container paths" if key == "tmpfs" else key
+                raise error(f"{what} is for image services (a container), and this one has "
+                            f"{'an app' if raw.app else 'a url' if raw.url is not None else 'a command'}",
+                            key, f"remove {key}, or run the service from an image (image = \"...\")"
+                            + ("; for a process, tmpfs = true puts ${tmp} in memory" if key == "tmpfs" else ""))
+        if raw.health is not None and raw.health.exec is not None:
+            raise error("health.exec runs a command inside a container, and this service is a process",
+                        "health.exec", "use health.command, which runs on the host")
+    elif raw.port is not None and raw.container_port is None:
+        raise error("port publishes a container's port, but container_port (the port inside the container) "
+                    "is not set", "container_port", "set container_port, e.g. container_port = 6379")
 
 
 def resolve_container(raw: ServiceModel, ex: Callable[[str, str], str], where: Where, root: Path,

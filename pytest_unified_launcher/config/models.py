@@ -231,19 +231,7 @@ class ServiceModel(_Strict):
         if self.stop_command is not None and (self.command is None or self.image is not None):
             raise ValueError("stop_command is for command services (an app is stopped by its server, "
                              "a container by its stop_signal, an external service is never stopped)")
-        if self.image is None:
-            extra = [k for k in IMAGE_KEYS if k in self.model_fields_set] + (
-                ["tmpfs (a list)"] if isinstance(self.tmpfs, list) else [])
-            if extra:
-                raise ValueError(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} for image services "
-                                 "(a container); remove it, or set image = ...")
-            if self.health is not None and self.health.exec is not None:
-                raise ValueError("health.exec runs a command inside a container: for a process use "
-                                 "health.command")
-        elif self.port is not None and self.container_port is None:
-            raise ValueError("port publishes a container's port: set container_port too (the port "
-                             "inside the container, e.g. 6379)")
-        return self
+        return self  # an image's own keys are checked with their key and fix: config.containers
 
 
 class LauncherModel(_Strict):

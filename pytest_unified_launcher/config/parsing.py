@@ -37,7 +37,7 @@ from .models import (
     worker_index,
 )
 from .placeholders import _referenced_services, _Scope, _uses_port
-from .containers import resolve_container
+from .containers import check_image_keys, resolve_container
 from .profiles import _check_tables, _env_overrides, apply_profile
 from .schemes import scheme_of
 from .scratch import memory_root
@@ -195,6 +195,7 @@ def parse(
                 fix="add task = true if it is a one-shot job (creating the worker's database), or remove scope; "
                     "each worker's own data comes from a worker task, ${worker} in test_env, and reset",
             )
+        check_image_keys(raw, name, src)
         if raw.scheme is not None and raw.url is not None:
             raise ConfigError(
                 "scheme is for services the launcher runs: an external service's url has its own",
