@@ -175,6 +175,8 @@ class HealthMonitor:
         finally:
             if exited is not None and not exited.done():
                 exited.cancel()
+            if hasattr(probe, "close"):  # an exec probe still running in the container
+                await probe.close()
         # Its process ended, and not by a stop of ours (that unwatches first).
         await runner.collected(1.0)
         self._watchers.pop(name, None)

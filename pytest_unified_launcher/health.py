@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import os
 import re
@@ -144,6 +145,16 @@ class ExecProbe:
         except TimeoutError:
             return f"exec probe timed out after {self.timeout} s"
         return None if code == 0 else f"exec probe exited with code {code}"
+
+    async def close(self) -> None:
+        """The probing is over (the service stops, the watch ends): an exec still running is
+        ended and collected (its container is going away with whatever it left inside)."""
+        proc = self._running
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
 
 
 class CommandProbe:

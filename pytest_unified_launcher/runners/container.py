@@ -50,6 +50,7 @@ class ContainerRunner(SubprocessRunner):
         self.pull_seconds: float | None = None
         self._main: tuple[int, str | None] | None = None
         self._started: asyncio.Future[None] | None = None
+        self._probe: Any = None
         self._digest: asyncio.Future[str | None] | None = None
 
     @property
@@ -249,8 +250,8 @@ class ContainerRunner(SubprocessRunner):
         if self._exited.done():
             raise ProcessExited(self.exit_code)
         started = _timing.monotonic()
-        probe = make_probe(self.svc, self.svc.health, log_path=self.log_path, env=self._env(),
-                           spawned_at=started, container=self.exec_target)
+        probe = self._probe = make_probe(self.svc, self.svc.health, log_path=self.log_path, env=self._env(),
+                                         spawned_at=started, container=self.exec_target)
         try:
             await wait_healthy(probe, deadline=deadline, timeout=timeout, exited=self._exited,
                                exit_code=lambda: self.exit_code, log_path=self.log_path, rate=self.probe_rate)
@@ -312,6 +313,8 @@ class ContainerRunner(SubprocessRunner):
             await self._remove(grace=0 if waited else None)
         for path in (self._cid_file, self._pid_file, self._env_file):
             path.unlink(missing_ok=True)
+        if hasattr(self._probe, "close"):  # the startup's exec probe, if one outlived its timeout
+            await self._probe.close()
         await super().stop()
 
     async def _remove(self, grace: float | None = None) -> None:
