@@ -411,7 +411,11 @@ async def wait_healthy(
             await _wait_any(min(held, remaining), exited, ())
             continue
         try:
-            result = await asyncio.wait_for(_first(probe.check(), exited), remaining)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel (Ctrl-C,
+            # SIGTERM to `up`) that lands as the probe finishes, and the wait went on to the
+            # startup_timeout (a fast refused TCP probe made that likely under load).
+            async with asyncio.timeout(remaining):
+                result = await _first(probe.check(), exited)
         except TimeoutError:
             raise HealthTimeout(timeout, last if last != "not probed yet" else "probe timed out") from None
         finally:

@@ -353,7 +353,8 @@ class UnifiedLauncher:
             probe = make_probe(svc, svc.health, log_path=None, env=self._base_env, spawned_at=0.0,
                                container=getattr(self._services[name].runner, "exec_target", None))
             try:
-                return await asyncio.wait_for(probe.check(), svc.health.timeout + 1)
+                async with asyncio.timeout(svc.health.timeout + 1):
+                    return await probe.check()
             except TimeoutError:
                 return "timed out"
             except ProbeUnusable as exc:

@@ -208,3 +208,25 @@ async def test_a_signal_already_received_does_not_cancel_the_backoff() -> None:
     with pytest.raises(HealthTimeout):
         await wait_healthy(probe, deadline=_timing.monotonic() + 0.3, timeout=0.3, signals=(ready,))
     assert checks < 30
+
+
+async def test_a_cancel_that_lands_as_a_probe_finishes_is_not_lost() -> None:
+    """Ctrl-C / SIGTERM to `up` cancels the start's wait; on Python 3.11 `wait_for` dropped a
+    cancel that arrived in the very step its probe finished, and the wait went on to the
+    startup_timeout (`up` took ~50 s to exit under a loaded CI)."""
+    from pytest_unified_launcher import _timing
+    from pytest_unified_launcher.health import wait_healthy
+
+    calls = []
+
+    class CancelsItsWaiter:
+        async def check(self) -> str | None:
+            calls.append(1)
+            if len(calls) == 1:
+                waiter.cancel()  # lands while the probe's own answer is on its way
+            return "connection refused"
+
+    waiter = asyncio.ensure_future(wait_healthy(CancelsItsWaiter(), deadline=_timing.monotonic() + 2, timeout=2))
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(calls) == 1
