@@ -46,11 +46,10 @@ class Engine:
     def is_podman(self) -> bool:
         return self.name == "podman"
 
-    async def run(self, *args: str, timeout: float = 30.0, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    async def run(self, *args: str, timeout: float = 30.0) -> tuple[int, str]:
         """``engine ARGS...`` to its end: ``(exit code, stdout + stderr)``; killed on timeout."""
         proc = await asyncio.create_subprocess_exec(
             self.path, *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)

@@ -158,20 +158,18 @@ class HealthMonitor:
             stats.resources = stats.resources or Resources()
             sampler = self._samplers[name] = ResourceSampler(main[0], main[1], stats.resources)
         exited = _exit_future(pid, runner)
+        me = asyncio.current_task()
+        assert me is not None
         if exited is not None:
             # The exit interrupts whatever the watch is doing (a sleep, a probe): one callback,
             # rather than a wait on the exit at every tick (the monitor's CPU is per tick).
-            me = asyncio.current_task()
-            assert me is not None
             exited.add_done_callback(lambda _: me.cancel() if not me.done() else None)
         try:
             await self._tick(svc, runner, probe, stats, sampler)
         except asyncio.CancelledError:
             if exited is None or not exited.done() or exited.cancelled():
                 raise  # an unwatch (a deliberate stop), not the exit
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            me.uncancel()
         finally:
             if exited is not None and not exited.done():
                 exited.cancel()

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_IMAGE = "localhost/ul-redis:1"
 #: This machine cannot raise RLIMIT_NOFILE/NPROC: containers need lowered limits (README).
 ULIMITS = "ulimits = { nofile = 4096, nproc = 4096 }"
+CACHE_HEALTH = 'health = { exec = ["redis-cli", "ping"], interval = 0.2, failure_threshold = 2, timeout = 0.5 }'
 CACHE = f"""
 [launcher]
 state_dir = "state"
@@ -41,7 +42,7 @@ image = "{REDIS_IMAGE}"
 container_port = 6379
 pull = "never"
 {ULIMITS}
-health = {{ exec = ["redis-cli", "ping"], interval = 0.2, failure_threshold = 2, timeout = 0.5 }}
+{CACHE_HEALTH}
 env = {{ SECRET_TOKEN = "s3cr3t-value" }}
 """
 
@@ -274,17 +275,8 @@ def test_up_detach_status_down(project: Path) -> None:
     assert settled(SERVICE_LABEL + "=cache") == []
 
 
-SLOW_START = f"""
-[launcher]
-state_dir = "state"
-[services.cache]
-image = "{REDIS_IMAGE}"
-container_port = 6379
-pull = "never"
-{ULIMITS}
-health = {{ log = "never printed" }}
-startup_timeout = 120
-"""
+#: The cache, never ready: its start lasts until the session is interrupted.
+SLOW_START = CACHE.replace(CACHE_HEALTH, 'health = { log = "never printed" }\nstartup_timeout = 120')
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])

@@ -6,8 +6,9 @@ its first line) goes to the service's log with no ``logs`` polling; its exit is 
 exit, seen through the same exit future and pidfd; the run record, the sentinel and
 ``--launcher-keep`` know it by its pid. What is container-specific: the image is pulled apart
 (timed, so the waterfall shows pull time apart from start time), health probes reach the
-published port (``exec`` probes run inside the container), and a stop asks the engine to stop
-and remove the container, which also ends the engine process.
+published port (``exec`` probes run inside the container), and a stop signals the container's
+process, after which the attached ``run --rm`` removes the container and exits (the engine is
+asked to remove it only when that does not happen).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class ContainerRunner(SubprocessRunner):
                                               is_podman=self.engine.is_podman, env_file=self._env_file,
                                               cid_file=self._cid_file,
                                               pid_file=self._pid_file if self.engine.is_podman else None)]
-        os.write(self._log_fd, f"$ {shlex.join(argv[:1] + argv[1:])}\n".encode())
+        os.write(self._log_fd, f"$ {shlex.join(argv)}\n".encode())
         self.ctx.before_spawn()
         self.spawned_at = _timing.monotonic()
         self._spawning = asyncio.ensure_future(spawn(argv, env=env, cwd=self.svc.cwd, log_file=self._log_fd))
@@ -232,12 +233,9 @@ class ContainerRunner(SubprocessRunner):
         assert self._exited is not None
         timeout = self.svc.startup_timeout
         if self.svc.task:
-            try:
-                code = await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
-            except TimeoutError:
-                raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
+            code = await self._task_exit(deadline)
             if code != 0:
-                raise ProcessExited(code)
+                raise ProcessExited(code)  # said as a container's exit, by wait_ready
             return
         # Probes start once the container runs: creating it takes a few hundred milliseconds,
         # which would spend the probe budget (10 a second) on an engine still at work, and

@@ -354,14 +354,20 @@ class SubprocessRunner(Runner):
 
     # ------------------------------------------------------------------ readiness
 
+    async def _task_exit(self, deadline: float) -> int:
+        """A task's exit code, once it exited (or the startup error of one that did not in time)."""
+        assert self._exited is not None
+        timeout = self.svc.startup_timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
+        except TimeoutError:
+            raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
+
     async def wait_ready(self, deadline: float) -> None:
         assert self.proc is not None and self._exited is not None
         timeout = self.svc.startup_timeout
         if self.svc.task:
-            try:
-                code = await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
-            except TimeoutError:
-                raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
+            code = await self._task_exit(deadline)
             if code != 0:
                 raise self._fail(describe_exit(code), exit_code=code)
             return
