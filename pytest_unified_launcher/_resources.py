@@ -7,8 +7,12 @@ process; the health monitor takes one at its pace, so the cost stays per interva
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+#: How often a service without its own cgroup has its process tree looked up again.
+TREE_SECONDS = 60.0
 
 
 @dataclass
@@ -37,25 +41,41 @@ class ResourceSampler:
     """Samples the processes of one service instance (``pid``, its cgroup or its descendants)."""
 
     def __init__(self, pid: int, token: str | None, resources: Resources | None = None) -> None:
+        from ._process import CGROUP_ROOT, Cgroup
+
         self.pid, self.token = pid, token
         self.resources = resources or Resources()
         self._procs: dict[int, Any] = {}
+        self._tree: list[Any] | None = None
+        self._tree_at = 0.0
+        # Where the pids come from is decided once (a sample runs every few seconds for hours):
+        # the service's own cgroup when it has one, else the tree under its main process.
+        group = Cgroup(Cgroup.path_for(pid, token))
+        self._cgroup = group if group.path.parent == CGROUP_ROOT and group.path.is_dir() else None
 
     def _pids(self) -> list[int]:
-        from ._process import CGROUP_ROOT, Cgroup
-
-        group = Cgroup(Cgroup.path_for(self.pid, self.token))
-        if group.path.parent == CGROUP_ROOT and group.path.is_dir():
-            pids = group.pids()
+        if self._cgroup is not None:  # every pid in it is a living process of the service
+            pids = self._cgroup.pids()
             if pids:
                 return pids
+        # Without a cgroup the tree is psutil's children(), which reads every process of the
+        # machine: ~1 ms with 70 processes, more on a busy desktop. It is looked up again every
+        # TREE_SECONDS; between, the known processes are sampled while they are the same
+        # processes (is_running() compares start times: a reused pid is not counted).
         import psutil
 
-        try:
-            root = psutil.Process(self.pid)
-            return [self.pid] + [child.pid for child in root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        now = time.monotonic()
+        if self._tree is None or now - self._tree_at >= TREE_SECONDS:
+            try:
+                root = psutil.Process(self.pid)
+                self._tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                self._tree = []
+            self._tree_at = now
+            self._procs = {proc.pid: proc for proc in self._tree}
+            return [proc.pid for proc in self._tree]
+        self._tree = [proc for proc in self._tree if proc.pid == self.pid or proc.is_running()]
+        return [proc.pid for proc in self._tree]
 
     def sample(self) -> Resources:
         """One sample now; a process that is gone or not ours to read is skipped."""

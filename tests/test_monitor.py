@@ -321,3 +321,32 @@ async def test_https_with_a_private_ca_and_a_client_cert(tmp_path: Path, monitor
     async with UnifiedLauncher(refused) as launcher:
         with pytest.raises(ServiceStartupError, match="health check"):
             await launcher.start()
+
+
+def test_the_resources_of_a_process_tree_without_a_cgroup(tmp_path: Path) -> None:
+    """A service without its own cgroup (not root) is its process tree: a child it forked counts;
+    between lookups of the tree a child that ended drops out, and its pid, if reused, is not
+    counted as the service's."""
+    from pytest_unified_launcher import _resources
+
+    parent = subprocess.Popen([PY, "-c", "import os, time\nif os.fork() == 0: time.sleep(60)\nos.wait()\ntime.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 10
+        sampler = _resources.ResourceSampler(parent.pid, None)  # token None: no cgroup
+        while True:
+            res = sampler.sample()
+            if len(sampler._pids()) == 2 or time.monotonic() > deadline:
+                break
+            sampler._tree = None  # the child may not be forked yet: look the tree up again
+        assert res.threads >= 2 and res.rss_peak_bytes > 1_000_000
+        child = [pid for pid in sampler._pids() if pid != parent.pid]
+        assert len(child) == 1
+        os.kill(child[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while sampler._pids() != [parent.pid] and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the parent has collected it
+        assert sampler._pids() == [parent.pid]
+        assert sampler.sample().threads == 1
+    finally:
+        parent.kill()
+        parent.wait()
