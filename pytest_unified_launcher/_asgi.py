@@ -278,7 +278,8 @@ class AppServer:
         self.server.lifespan = config.lifespan_class(config)
         self.sock = sock
         try:
-            await asyncio.wait_for(self._startup(sock), timeout)
+            async with asyncio.timeout(timeout):
+                await self._startup(sock)
         except LifespanFailed:
             sock.close()
             raise
@@ -290,8 +291,8 @@ class AppServer:
         self.server.server_state.default_headers = list(config.encoded_headers)
 
     async def _startup(self, sock: socket.socket) -> None:
-        # uvicorn ends a failed lifespan startup with sys.exit(3). Raised inside the task that
-        # wait_for makes, SystemExit would escape the event loop itself and stop its thread.
+        # uvicorn ends a failed lifespan startup with sys.exit(3). Raised in a task, SystemExit
+        # would escape the event loop itself and stop its thread.
         try:
             await self.server.startup(sockets=[sock])
         except SystemExit:

@@ -264,7 +264,8 @@ class Environment:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), 0.25)
+                    async with asyncio.timeout(0.25):
+                        await wake.wait()
                 wake.clear()
                 if self._metrics is not None:
                     self._metrics.refresh(self.launcher)

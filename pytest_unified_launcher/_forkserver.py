@@ -242,7 +242,8 @@ class ForkServer:
     async def wait_ready(self, timeout: float) -> bool:
         assert self._ready is not None
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._ready)
         except (TimeoutError, ConnectionError, OSError) as exc:
             self.failed = self.failed or f"the pre-imported spawner did not start ({exc!r})"
             return False
@@ -322,7 +323,8 @@ class ForkServer:
             self._reader.cancel()
         if self._proc is not None and self._proc.returncode is None:
             try:
-                await asyncio.wait_for(self._proc.wait(), 2)
+                async with asyncio.timeout(2):
+                    await self._proc.wait()
             except TimeoutError:
                 self._proc.kill()
                 await self._proc.wait()

@@ -92,7 +92,8 @@ async def fetch_minimal(url: str, *, headers: Mapping[str, str], timeout: float,
         finally:
             writer.close()
 
-    return await asyncio.wait_for(exchange(), timeout)
+    async with asyncio.timeout(timeout):
+        return await exchange()
 
 
 async def _read_body(reader: asyncio.StreamReader) -> bytes:

@@ -37,7 +37,8 @@ async def run_reset(svc: ServiceConfig, ctx: RunContext, *, handle: Any, worker:
     if hook.function is not None:
         function = import_hook(svc, hook.function, str(ctx.root))
         try:
-            await asyncio.wait_for(_in_daemon_thread(function, handle, worker), svc.startup_timeout)
+            async with asyncio.timeout(svc.startup_timeout):
+                await _in_daemon_thread(function, handle, worker)
         except TimeoutError:
             raise ServiceResetError(
                 svc.name, f"reset {hook.function} did not finish within {svc.startup_timeout:.1f} s (the service's "

@@ -230,3 +230,21 @@ async def test_a_cancel_that_lands_as_a_probe_finishes_is_not_lost() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert len(calls) == 1
+
+
+def test_the_package_never_uses_wait_for() -> None:
+    """The lost cancel above is wait_for's own on Python 3.11 (3.12 rebuilt it on
+    asyncio.timeout): any wait_for in a loop or a start path can swallow a Ctrl-C the same way
+    (the `up` supervisor's 0.25 s wait would have gone on forever). So none is left."""
+    import ast
+
+    import pytest_unified_launcher
+
+    package = Path(pytest_unified_launcher.__file__).parent
+    found = []
+    for source in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Attribute) and node.attr == "wait_for" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "asyncio":
+                found.append(f"{source.relative_to(package)}:{node.lineno}")
+    assert found == [], f"asyncio.wait_for at {found}: use `async with asyncio.timeout(...)`"

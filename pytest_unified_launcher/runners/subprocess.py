@@ -323,7 +323,8 @@ class SubprocessRunner(Runner):
                         describe_exit(code), self.svc.stop_signal)
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), max(0.0, deadline - _timing.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - _timing.monotonic())):
+                await asyncio.shield(self.proc.wait())
         except TimeoutError:
             log.warning("%s: still running %.1f s after its stop_command; sending signal %d", self.svc.name,
                         self.svc.stop_timeout, self.svc.stop_signal)
@@ -359,7 +360,8 @@ class SubprocessRunner(Runner):
         assert self._exited is not None
         timeout = self.svc.startup_timeout
         try:
-            return await asyncio.wait_for(asyncio.shield(self._exited), max(0.0, deadline - _timing.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - _timing.monotonic())):
+                return await asyncio.shield(self._exited)
         except TimeoutError:
             raise self._fail(f"task did not finish within {timeout:.1f} s", timeout=timeout) from None
 
