@@ -52,7 +52,8 @@ class Engine:
             self.path, *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            async with asyncio.timeout(timeout):
+                out, _ = await proc.communicate()
         except BaseException:  # a timeout or a cancel: the CLI goes with it
             if proc.returncode is None:
                 proc.kill()
@@ -103,6 +104,28 @@ async def image_digest(engine: Engine, image: str) -> str | None:
             return None  # not there yet (being pulled): asked again by the next start
         _DIGESTS[key] = out.split()[0] if out.split() else None
     return _DIGESTS[key]
+
+
+def container_process(pid: int, container_id: str) -> tuple[int, str] | None:
+    """``(pid, start time)`` when ``pid`` is the process of container ``container_id``, else None.
+
+    The engine's pid file names a pid; by the time it is read, that process may have ended and
+    the pid gone to another. Its cgroup, read between two equal start-time reads, proves it: the
+    container's cgroup path carries its id (``libpod-<id>``, ``docker-<id>.scope``, ``/docker/<id>``).
+    """
+    from ._process import start_time
+
+    before = start_time(pid)
+    if before is None or len(container_id) < 12:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            groups = fh.read()
+    except OSError:
+        return None
+    if container_id not in groups or start_time(pid) != before:
+        return None
+    return pid, before
 
 
 def container_name(session: str, service: str) -> str:

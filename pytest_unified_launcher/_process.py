@@ -161,6 +161,31 @@ def kill_pids(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
             pass
 
 
+def signal_if_same(pid: int, token: str | None, sig: int) -> bool:
+    """``sig`` to ``pid`` only while it is the process that had start time ``token``: through a
+    pidfd opened first, so a pid reused between the check and the signal is never hit (plain
+    kill() after the check where pidfds are missing). True when the signal was sent."""
+    if token is None:
+        return False
+    try:
+        fd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    except OSError:
+        return False
+    try:
+        if start_time(pid) != token:
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -187,7 +212,8 @@ async def stop_process(
         if owns_group(pgid, token):
             _signal_group(pgid, stop_signal)
         try:
-            await asyncio.wait_for(proc.wait(), timeout=stop_timeout)
+            async with asyncio.timeout(stop_timeout):
+                await proc.wait()
         except TimeoutError:
             log.warning("pid %d ignored signal %d for %.1f s: killing it", proc.pid, stop_signal, stop_timeout)
             if owns_group(pgid, token):
@@ -261,7 +287,8 @@ async def run_to_end(
     if on_spawn is not None:
         on_spawn(proc.pid)
     try:
-        return await asyncio.wait_for(proc.wait(), timeout=timeout)
+        async with asyncio.timeout(timeout):
+            return await proc.wait()
     except BaseException:
         # shield: a second Ctrl-C must not cut the stop short and leave the step running
         await asyncio.shield(stop_process(proc, stop_signal=stop_signal, stop_timeout=stop_timeout, token=token))

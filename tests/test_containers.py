@@ -128,6 +128,29 @@ async def test_a_container_is_a_service_like_any_other(project: Path) -> None:
     assert port_free(port)
 
 
+async def test_the_pid_file_is_believed_only_for_the_containers_own_process(project: Path) -> None:
+    """The engine's pid file names the container's process when it is written; by the time it
+    is read that process may be gone and its pid another's. A pid counts (for the stop signal,
+    the resources) only when its cgroup carries the container's id, between two equal start
+    times."""
+    from pytest_unified_launcher._containers import container_process
+    from pytest_unified_launcher._process import start_time
+
+    config = load_config(project / "launcher.toml", environ={})
+    async with UnifiedLauncher(config) as launcher:
+        cache = (await launcher.start(["cache"]))["cache"]
+        cid = cache.container_id
+        assert cid is not None
+        out = await asyncio.to_thread(subprocess.run, ["podman", "inspect", "--format={{.State.Pid}}", cid],
+                                      capture_output=True, text=True, check=True)
+        pid = int(out.stdout)
+        assert container_process(pid, cid) == (pid, start_time(pid))
+        assert container_process(os.getpid(), cid) is None  # a process outside the container
+        assert container_process(cache.pid, cid) is None  # the engine's own process, too
+        assert container_process(pid, "0" * 64) is None  # another container's id
+        assert container_process(pid, "") is None
+
+
 async def test_the_monitor_probes_inside_and_sees_a_death(project: Path) -> None:
     """health.exec keeps running inside the container after ready: a paused Redis is unhealthy,
     then recovered; a container killed from outside is 'died' at once."""

@@ -697,3 +697,25 @@ def test_sigkill_of_an_xdist_controller_before_any_service_leaves_no_folder(pyte
             worker.kill()
     assert wait_for(lambda: not list(tmpdir.glob("ul-*")), 30), list(tmpdir.iterdir())
     assert not list((pytester.path / "state" / "run").glob("*.json"))
+
+
+def test_a_signal_reaches_a_pid_only_while_it_is_the_same_process() -> None:
+    """A stop signals a recorded pid (a container's process) only while its start time is the
+    recorded one, through a pidfd opened before the check: another user's process that got the
+    pid is left alone."""
+    from pytest_unified_launcher._process import signal_if_same, start_time
+
+    victim = subprocess.Popen(["sleep", "60"], user=ATTACKER)
+    try:
+        token = start_time(victim.pid)
+        assert token is not None
+        assert not signal_if_same(victim.pid, str(int(token) - 1), signal.SIGKILL)  # an earlier process's
+        assert not signal_if_same(victim.pid, None, signal.SIGKILL)
+        time.sleep(0.05)
+        assert victim.poll() is None  # unharmed
+        assert signal_if_same(victim.pid, token, signal.SIGKILL)  # the same process: signalled
+        assert victim.wait(5) == -signal.SIGKILL
+        assert not signal_if_same(victim.pid, token, signal.SIGKILL)  # gone: nothing to signal
+    finally:
+        victim.kill()
+        victim.wait()

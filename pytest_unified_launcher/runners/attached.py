@@ -135,10 +135,10 @@ class AttachedContainerRunner(AttachedRunner):
         return found[0] if found else None
 
     def resource_process(self) -> tuple[int, str | None] | None:
-        from .._process import start_time
+        from .._containers import container_process
 
         found = self._inspect()
-        return (found[1], start_time(found[1])) if found and found[1] > 0 else None
+        return container_process(found[1], found[0]) if found and found[1] > 0 else None
 
     async def stop(self) -> None:
         if self.exec_target is not None and not self.svc.task:

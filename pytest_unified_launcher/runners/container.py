@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import _timing
-from .._containers import _DIGESTS, Engine, EngineNotFound, container_name, find_engine, image_digest, run_args
-from .._process import spawn, start_time
+from .._containers import (
+    _DIGESTS, Engine, EngineNotFound, container_name, container_process, find_engine, image_digest, run_args,
+)
+from .._process import signal_if_same, spawn, start_time
 from ..health import ExecTarget, HealthTimeout, ProbeUnusable, ProcessExited, make_probe, wait_healthy
 from .subprocess import SubprocessRunner, describe_exit, port_holder
 
@@ -194,9 +196,11 @@ class ContainerRunner(SubprocessRunner):
         delay = 0.002
         while self.alive():
             pid = _read_int(self._pid_file) if self.engine.is_podman else await self._inspect_pid()
-            if pid:
-                self._main = (pid, start_time(pid))
-                self.container_id = _read_text(self._cid_file) or None
+            # Not taken on the pid file's word: the pid may already name another process.
+            main = container_process(pid, _read_text(self._cid_file)) if pid else None
+            if main is not None:
+                self._main = main
+                self.container_id = _read_text(self._cid_file)
                 self._env_file.unlink(missing_ok=True)  # read when the container was created
                 return
             await asyncio.sleep(delay)
@@ -293,13 +297,11 @@ class ContainerRunner(SubprocessRunner):
             self._started.cancel()
         waited = False  # the stop signal and its grace were given already
         if self._main is not None and self.proc is not None and self.proc.returncode is None \
-                and start_time(self._main[0]) == self._main[1]:
-            from .._process import kill_pids
-
-            kill_pids([self._main[0]], self.svc.stop_signal)
+                and signal_if_same(*self._main, self.svc.stop_signal):
             waited = True
             try:
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), self.svc.stop_timeout)
+                async with asyncio.timeout(self.svc.stop_timeout):
+                    await asyncio.shield(self.proc.wait())
             except TimeoutError:
                 log.warning("%s: its container still ran %.1f s after signal %d: killing it", self.svc.name,
                             self.svc.stop_timeout, self.svc.stop_signal)
