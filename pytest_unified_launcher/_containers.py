@@ -61,6 +61,31 @@ class Engine:
             raise
         return proc.returncode or 0, out.decode(errors="replace").strip()
 
+    def removal(self, grace: float) -> list[tuple[str, ...]]:
+        """The commands that stop containers (their stop signal, SIGKILL after ``grace``
+        seconds) and remove them with their anonymous volumes; each takes the names after it.
+        podman's ``rm`` does both; docker's ``rm --force`` is an immediate SIGKILL, so ``stop``
+        comes first."""
+        seconds = f"--time={max(0, round(grace))}"
+        if self.is_podman:
+            return [("rm", "--force", "--ignore", "--volumes", seconds)]
+        return [("stop", seconds), ("rm", "--force", "--volumes")]
+
+    async def remove(self, *names: str, grace: float, timeout: float) -> tuple[int, str]:
+        """Stop and remove ``names`` (:meth:`removal`); the exit code and output of the last
+        step. A container that is not there is no failure."""
+        code, out = 0, ""
+        for step in self.removal(grace):
+            code, out = await self.run(*step, *names, timeout=timeout)
+        return (0, out) if "no such container" in out.lower() else (code, out)
+
+    def remove_sync(self, *names: str, grace: float, timeout: float) -> tuple[int, str]:
+        """:meth:`remove` for code without a loop (the reaper)."""
+        code, out = 0, ""
+        for step in self.removal(grace):
+            code, out = self.run_sync(*step, *names, timeout=timeout)
+        return (0, out) if "no such container" in out.lower() else (code, out)
+
     def run_sync(self, *args: str, timeout: float = 30.0) -> tuple[int, str]:
         """:meth:`run` for code without a loop (the reaper)."""
         try:
@@ -149,8 +174,7 @@ def remove_session_containers(engine_name: str, session: str) -> list[str]:
     ids = session_containers(engine, session)
     if ids:
         # Its processes had their stop signal from the reaper already: no second grace period.
-        args = ["rm", "--force", "--time=0"] if engine.is_podman else ["rm", "--force", "--volumes"]
-        code, out = engine.run_sync(*args, *ids, timeout=60.0)
+        code, out = engine.remove_sync(*ids, grace=0, timeout=60.0)
         if code != 0:
             log.warning("removing the containers %s of a killed session failed: %s", ", ".join(ids), out)
     return ids

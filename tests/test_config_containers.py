@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from test_config import build
 
-from pytest_unified_launcher._containers import EngineNotFound, find_engine, run_args
+from pytest_unified_launcher._containers import Engine, EngineNotFound, find_engine, run_args
 from pytest_unified_launcher.errors import ConfigError
 
 CACHE = """
@@ -212,3 +212,17 @@ def test_init_offers_images_when_an_engine_is_found(tmp_path: Path, engine: str 
         kinds = {n: s.kind for n, s in swapped.services.items()}
         assert kinds["database"] == kinds["cache"] == "image" and kinds["api"] == "app"
         assert swapped.services["database"].url.startswith("postgresql://")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("engine", "grace", "steps"), [
+    # podman's rm stops (signal, then SIGKILL after --time) and removes in one command
+    ("podman", 10, [("rm", "--force", "--ignore", "--volumes", "--time=10")]),
+    ("podman", 0, [("rm", "--force", "--ignore", "--volumes", "--time=0")]),
+    # docker's rm --force is an immediate SIGKILL: its graceful stop comes first
+    ("docker", 10, [("stop", "--time=10"), ("rm", "--force", "--volumes")]),
+    ("docker", 2.6, [("stop", "--time=3"), ("rm", "--force", "--volumes")]),
+    ("docker", -1, [("stop", "--time=0"), ("rm", "--force", "--volumes")]),
+])
+def test_one_removal_for_every_caller(engine: str, grace: float, steps: list[tuple[str, ...]]) -> None:
+    """A stop, an adopted service's stop and the reaper remove containers the same way."""
+    assert Engine(engine, f"/usr/bin/{engine}").removal(grace) == steps

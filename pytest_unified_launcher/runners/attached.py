@@ -142,10 +142,7 @@ class AttachedContainerRunner(AttachedRunner):
 
     async def stop(self) -> None:
         if self.exec_target is not None and not self.svc.task:
-            grace = str(max(0, round(self.svc.stop_timeout)))
-            args = (("rm", "--force", "--ignore", f"--time={grace}") if self.engine.is_podman
-                    else ("rm", "--force", "--volumes"))
-            await self.engine.run(*args, self.name, timeout=self.svc.stop_timeout + 30)
+            await self.engine.remove(self.name, grace=self.svc.stop_timeout, timeout=self.svc.stop_timeout + 30)
         await super().stop()
 
 

@@ -321,15 +321,10 @@ class ContainerRunner(SubprocessRunner):
         """The engine's stop and removal (``grace``, default ``stop_timeout``, then kill)."""
         engine = self.engine
         if engine is not None and (self.proc is not None or self._spawning is not None):
-            seconds = str(max(0, round(self.svc.stop_timeout if grace is None else grace)))
             try:
-                if engine.is_podman:
-                    code, out = await engine.run("rm", "--force", "--ignore", f"--time={seconds}", self.name,
-                                                 timeout=self.svc.stop_timeout + 30)
-                else:
-                    await engine.run("stop", f"--time={seconds}", self.name, timeout=self.svc.stop_timeout + 30)
-                    code, out = await engine.run("rm", "--force", "--volumes", self.name, timeout=30)
-                if code != 0 and "no such container" not in out.lower():
+                code, out = await engine.remove(self.name, grace=self.svc.stop_timeout if grace is None else grace,
+                                                timeout=self.svc.stop_timeout + 30)
+                if code != 0:
                     log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, out)
             except (OSError, TimeoutError) as exc:
                 log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, exc)
