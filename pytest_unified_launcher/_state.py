@@ -75,25 +75,26 @@ def _untrusted(st: os.stat_result) -> tuple[str, str] | None:
     return None
 
 
-def _open_trusted(path: Path, what: str) -> int:
-    """An fd on the folder ``path`` after checking it is ours and nobody else's to write."""
+def open_trusted(path: Path, what: str, *, trusts: str = "no run record or up.json", fix: str | None = None) -> int:
+    """An fd on the folder ``path`` after checking it is ours and nobody else's to write;
+    ``fix`` replaces the default advice (chown, chmod, another state_dir)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise StateDirError(f"{what} {path} cannot be opened ({exc.strerror}); the launcher never "
-                            "follows a link there", fix=f"make {path} a folder of your own") from None
+                            "follows a link there", fix=fix or f"make {path} a folder of your own") from None
     problem = _untrusted(os.fstat(fd))
     if problem is not None:
         os.close(fd)
-        wrong, fix = problem
-        raise StateDirError(f"{what} {path} {wrong}: the launcher trusts no run record or up.json there",
-                            fix=fix.replace(" it", f" {path}", 1))
+        wrong, advice = problem
+        raise StateDirError(f"{what} {path} {wrong}: the launcher trusts {trusts} there",
+                            fix=fix or advice.replace(" it", f" {path}", 1))
     return fd
 
 
 def check_state_dir(state_dir: Path) -> None:
     """Raise :class:`StateDirError` unless ``state_dir`` (existing) is ours and private enough."""
-    os.close(_open_trusted(state_dir, "the state dir"))
+    os.close(open_trusted(state_dir, "the state dir"))
 
 
 def _tagged(fd: int) -> bool:
@@ -126,7 +127,7 @@ def ensure_state_dir(state_dir: Path, *, source: str | None = None) -> None:
     others, and holding nothing but the launcher's own entries. Raises :class:`StateDirError`
     (or ``OSError`` when it cannot be created: the runner that needs it reports that, with the fix)."""
     make_private_dir(state_dir)
-    fd = _open_trusted(state_dir, "the state dir")
+    fd = open_trusted(state_dir, "the state dir")
     try:
         if os.fstat(fd).st_mode & 0o077:
             os.fchmod(fd, 0o700)  # an older version's 0755: nobody else could write it, so tighten
@@ -349,14 +350,14 @@ def _run_records(state_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     if not os.path.lexists(state_dir / "run"):
         return []
     try:
-        state_fd = _open_trusted(state_dir, "the state dir")
+        state_fd = open_trusted(state_dir, "the state dir")
     except StateDirError as exc:
         log.warning("not reaping leftovers: %s", str(exc).replace("\n", ";"))
         return []
     try:
         if not _tagged(state_fd):
             return []  # not a folder the launcher made: nothing in it is ours to delete
-        run_fd = _open_trusted(state_dir / "run", "the run folder")
+        run_fd = open_trusted(state_dir / "run", "the run folder")
     except StateDirError as exc:
         log.warning("not reaping leftovers: %s", str(exc).replace("\n", ";"))
         return []

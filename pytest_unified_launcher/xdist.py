@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._process import process_token
-from ._state import write_private
+from ._state import make_private_dir, open_trusted, write_private
 from .errors import ServiceDiedError, ServiceStartupError
 
 ENV_VAR = "UNIFIED_LAUNCHER_SHARED"
@@ -32,7 +32,13 @@ class SharedEnvironment:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The folder sits in the shared temp dir, named after the session's scratch root, which
+        # another user can see there and create first: its record would then be theirs to write
+        # (pids to adopt and stop). Used only when it is ours and no one else's to write.
+        make_private_dir(self.folder)
+        os.close(open_trusted(self.folder, "the shared folder of this xdist session",
+                              trusts="no record of shared services",
+                              fix=f"remove {self.folder} (someone else made it; check who) and run again"))
         with open(self.folder / "lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

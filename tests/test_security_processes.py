@@ -719,3 +719,30 @@ def test_a_signal_reaches_a_pid_only_while_it_is_the_same_process() -> None:
     finally:
         victim.kill()
         victim.wait()
+
+
+@pytest.mark.parametrize("plant", ["folder", "link"])
+def test_a_planted_shared_xdist_folder_is_refused(plant: str) -> None:
+    """The shared xdist folder is named after the session's scratch root, which another user
+    sees in the temp dir: made first by them (a folder of theirs, or a link to one), it is
+    refused with the fix, and nothing is written into it."""
+    from pytest_unified_launcher._state import StateDirError
+    from pytest_unified_launcher.xdist import SharedEnvironment
+
+    base = Path(tempfile.gettempdir()) / f"ul-{secrets.token_hex(4)}"
+    folder = Path(f"{base}-xdist")
+    theirs = Path(f"{base}-theirs")
+    as_attacker("mkdir", "-m", "777", str(theirs))
+    if plant == "folder":
+        as_attacker("mkdir", "-m", "777", str(folder))
+    else:
+        as_attacker("ln", "-s", str(theirs), str(folder))
+    try:
+        with pytest.raises(StateDirError) as caught:
+            with SharedEnvironment(folder).lock():
+                pass
+        message = str(caught.value)
+        assert str(folder) in message and "fix" in message.lower()
+        assert os.listdir(theirs) == [] and (plant == "link" or os.listdir(folder) == [])
+    finally:
+        subprocess.run(["rm", "-rf", str(folder), str(theirs)], check=True)
