@@ -72,19 +72,19 @@ class Engine:
         return [("stop", seconds), ("rm", "--force", "--volumes")]
 
     async def remove(self, *names: str, grace: float, timeout: float) -> tuple[int, str]:
-        """Stop and remove ``names`` (:meth:`removal`); the exit code and output of the last
-        step. A container that is not there is no failure."""
-        code, out = 0, ""
+        """Stop and remove ``names`` (:meth:`removal`): ``(0, "")``, or 1 and what failed. A
+        container that is not there is no failure; a stop that fails still has the removal."""
+        results = []
         for step in self.removal(grace):
-            code, out = await self.run(*step, *names, timeout=timeout)
-        return (0, out) if "no such container" in out.lower() else (code, out)
+            try:
+                results.append(await self.run(*step, *names, timeout=timeout))
+            except (OSError, TimeoutError) as exc:
+                results.append((1, f"{' '.join(step)}: {exc or type(exc).__name__}"))
+        return _removal_outcome(results)
 
     def remove_sync(self, *names: str, grace: float, timeout: float) -> tuple[int, str]:
         """:meth:`remove` for code without a loop (the reaper)."""
-        code, out = 0, ""
-        for step in self.removal(grace):
-            code, out = self.run_sync(*step, *names, timeout=timeout)
-        return (0, out) if "no such container" in out.lower() else (code, out)
+        return _removal_outcome([self.run_sync(*step, *names, timeout=timeout) for step in self.removal(grace)])
 
     def run_sync(self, *args: str, timeout: float = 30.0) -> tuple[int, str]:
         """:meth:`run` for code without a loop (the reaper)."""
@@ -94,6 +94,13 @@ class Engine:
         except (OSError, subprocess.TimeoutExpired) as exc:
             return -1, str(exc)
         return done.returncode, (done.stdout + done.stderr).decode(errors="replace").strip()
+
+
+def _removal_outcome(results: list[tuple[int, str]]) -> tuple[int, str]:
+    """What failed in the steps of a removal, leaving out "no such container" (already gone)."""
+    failed = [line for code, out in results if code != 0 for line in out.splitlines()
+              if line.strip() and "no such container" not in line.lower()]
+    return (1, "\n".join(failed)) if failed else (0, "")
 
 
 def find_engine(setting: str = "auto", environ: Mapping[str, str] | None = None) -> Engine:

@@ -79,7 +79,12 @@ def assign_role(
         session.shared = SharedEnvironment(folder)
         _watch_controller(session, lconfig)
         if session.attach:
-            session.up_pids = share_up_services(session.shared, lconfig.state_dir)
+            from ._state import StateDirError
+
+            try:
+                session.up_pids = share_up_services(session.shared, lconfig.state_dir)
+            except StateDirError as exc:
+                raise pytest.UsageError(str(exc)) from None
 
 
 def _watch_controller(session: _Session, lconfig: LauncherConfig) -> None:
@@ -183,15 +188,19 @@ def finish_controller(state: _Session) -> None:
     _unwatch_controller(state)
     if state.shared is None or state.lconfig is None:
         return
-    import shutil
+    import sys
 
-    from ._state import reap
+    from ._state import StateDirError, reap
     from .config import SHARED_WORKERS, remove_scratch
     from .orchestrator import UnifiedLauncher
 
     if state.keep or state.attach:
         reap(state.lconfig.state_dir, owner_pid=os.getpid())  # only what crashed workers left
-    record = state.shared.read()
+    try:
+        record = state.shared.read()
+    except StateDirError as exc:  # planted by another user: nothing in it is adopted or stopped
+        sys.stderr.write(f"unified-launcher: {exc}\n")
+        record = {}
     launcher = UnifiedLauncher(state.lconfig, subprocess_apps_because=SHARED_WORKERS, log_dir=state.log_dir)
     up_now = _up_pids(state.lconfig.state_dir) if state.attach else set()
     for name, entry in record.items():
@@ -201,7 +210,7 @@ def finish_controller(state: _Session) -> None:
             continue  # `up`'s own process (also one a test had `up` restart): never ours to stop
         launcher.adopt(name, pid=entry.get("pid"), token=entry.get("token"),
                        completed=entry["state"] == "completed")
-    shutil.rmtree(state.shared.folder, ignore_errors=True)
+    state.shared.remove()
     if state.keep and not state.attach:
         keep(state, launcher)  # their ${tmp} stays too: `down` removes it
         return

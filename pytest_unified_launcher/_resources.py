@@ -74,7 +74,7 @@ class ResourceSampler:
             self._tree_at = now
             self._procs = {proc.pid: proc for proc in self._tree}
             return [proc.pid for proc in self._tree]
-        self._tree = [proc for proc in self._tree if proc.pid == self.pid or proc.is_running()]
+        self._tree = [proc for proc in self._tree if proc.is_running()]
         return [proc.pid for proc in self._tree]
 
     def sample(self) -> Resources:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._process import process_token
-from ._state import make_private_dir, open_trusted, write_private
+from ._state import make_private_dir, open_trusted, read_private, write_private
 from .errors import ServiceDiedError, ServiceStartupError
 
 ENV_VAR = "UNIFIED_LAUNCHER_SHARED"
@@ -30,15 +30,19 @@ class SharedEnvironment:
         self.folder = folder
         self.record_path = folder / "services.json"
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        # The folder sits in the shared temp dir, named after the session's scratch root, which
-        # another user can see there and create first: its record would then be theirs to write
-        # (pids to adopt and stop). Used only when it is ours and no one else's to write.
+    def check(self) -> None:
+        """Make the folder (0700), or raise StateDirError unless it is ours and no one else's to
+        write. It sits in the shared temp dir, named after the session's scratch root, which
+        another user can see there and create first: its record, the pids the workers adopt and
+        the controller stops, would then be theirs to write. Every use goes through this."""
         make_private_dir(self.folder)
         os.close(open_trusted(self.folder, "the shared folder of this xdist session",
                               trusts="no record of shared services",
                               fix=f"remove {self.folder} (someone else made it; check who) and run again"))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self.check()
         with open(self.folder / "lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -47,14 +51,30 @@ class SharedEnvironment:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def read(self) -> dict[str, Any]:
+        """The record (StateDirError when the folder is not ours); a file that is not a
+        record of ours (a link, another owner, not JSON) reads as empty."""
+        self.check()
         try:
-            data = json.loads(self.record_path.read_text())
+            data = read_private(self.record_path)
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
     def write(self, record: dict[str, Any]) -> None:
+        self.check()
         write_private(self.record_path, record)
+
+    def remove(self) -> None:
+        """Remove the folder at the session's end: only if it is ours."""
+        import shutil
+
+        from ._state import StateDirError
+
+        try:
+            self.check()
+        except StateDirError:
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def ensure(self, launcher: Any, names: Iterable[str]) -> None:
         """Start ``names`` once for all workers: adopt what runs, repeat what failed; then this

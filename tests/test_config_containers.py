@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from test_config import build
 
-from pytest_unified_launcher._containers import Engine, EngineNotFound, find_engine, run_args
+from pytest_unified_launcher._containers import Engine, EngineNotFound, _removal_outcome, find_engine, run_args
 from pytest_unified_launcher.errors import ConfigError
 
 CACHE = """
@@ -226,3 +226,18 @@ def test_init_offers_images_when_an_engine_is_found(tmp_path: Path, engine: str 
 def test_one_removal_for_every_caller(engine: str, grace: float, steps: list[tuple[str, ...]]) -> None:
     """A stop, an adopted service's stop and the reaper remove containers the same way."""
     assert Engine(engine, f"/usr/bin/{engine}").removal(grace) == steps
+
+
+@pytest.mark.parametrize(("results", "outcome"), [
+    ([(0, "ul-a")], (0, "")),
+    ([(1, "Error: no such container ul-a")], (0, "")),  # already gone: nothing to remove
+    # docker: stop failed for one name, rm worked: the stop's real failure is still reported
+    ([(1, "Error response from daemon: No such container: a\nError: cannot stop b: device busy"), (0, "b")],
+     (1, "Error: cannot stop b: device busy")),
+    # one name gone, another failing: the gone one does not hide the failure
+    ([(1, "Error: no such container x\nError: removing y: permission denied")], (1, "Error: removing y: permission denied")),
+    ([(0, ""), (124, "rm --force: TimeoutError")], (1, "rm --force: TimeoutError")),
+])
+def test_a_removal_reports_every_failure_but_a_container_already_gone(results: list[tuple[int, str]],
+                                                                      outcome: tuple[int, str]) -> None:
+    assert _removal_outcome(results) == outcome

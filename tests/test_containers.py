@@ -31,12 +31,17 @@ from pytest_unified_launcher.errors import ServiceStartupError
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_IMAGE = "localhost/ul-redis:1"
+#: The engine under test: podman (what the test command installs and runs);
+#: ``UL_TEST_ENGINE=docker`` runs the same tests against a Docker daemon (README, Containers).
+ENGINE = os.environ.get("UL_TEST_ENGINE", "podman")
+podman_only = pytest.mark.skipif(ENGINE != "podman", reason="podman's own behaviour (its pull, netavark, PATH)")
 #: This machine cannot raise RLIMIT_NOFILE/NPROC: containers need lowered limits (README).
 ULIMITS = "ulimits = { nofile = 4096, nproc = 4096 }"
 CACHE_HEALTH = 'health = { exec = ["redis-cli", "ping"], interval = 0.2, failure_threshold = 2, timeout = 0.5 }'
 CACHE = f"""
 [launcher]
 state_dir = "state"
+container_engine = "{ENGINE}"
 [services.cache]
 image = "{REDIS_IMAGE}"
 container_port = 6379
@@ -49,17 +54,22 @@ env = {{ SECRET_TOKEN = "s3cr3t-value" }}
 
 @pytest.fixture(scope="session")
 def podman() -> str:
-    """podman with the test images built (``scripts/setup.sh`` installs it and builds them)."""
-    path = shutil.which("podman")
+    """The engine with the test images built (``scripts/setup.sh`` installs podman and builds
+    them; for docker they are copied over from podman)."""
+    path = shutil.which(ENGINE)
     if path is None:
-        pytest.fail("podman is not installed: run ./scripts/setup.sh (the README's test command does)")
+        pytest.fail(f"{ENGINE} is not installed: run ./scripts/setup.sh (the README's test command does)")
     subprocess.run([str(ROOT / "images" / "build.sh")], check=True, capture_output=True, timeout=600)
+    if ENGINE != "podman" and subprocess.run([ENGINE, "image", "inspect", REDIS_IMAGE], capture_output=True,
+                                             timeout=60).returncode != 0:
+        subprocess.run(f"podman save {REDIS_IMAGE} | {ENGINE} load", shell=True, check=True, capture_output=True,
+                       timeout=600)
     return path
 
 
 def containers(label: str) -> list[str]:
     """Every container (running or not) with ``label`` (``key`` or ``key=value``)."""
-    out = subprocess.run(["podman", "ps", "-a", "-q", "--filter", f"label={label}"], capture_output=True,
+    out = subprocess.run([ENGINE, "ps", "-a", "-q", "--filter", f"label={label}"], capture_output=True,
                          text=True, check=True, timeout=60).stdout
     return out.split()
 
@@ -141,7 +151,7 @@ async def test_the_pid_file_is_believed_only_for_the_containers_own_process(proj
         cache = (await launcher.start(["cache"]))["cache"]
         cid = cache.container_id
         assert cid is not None
-        out = await asyncio.to_thread(subprocess.run, ["podman", "inspect", "--format={{.State.Pid}}", cid],
+        out = await asyncio.to_thread(subprocess.run, [ENGINE, "inspect", "--format={{.State.Pid}}", cid],
                                       capture_output=True, text=True, check=True)
         pid = int(out.stdout)
         assert container_process(pid, cid) == (pid, start_time(pid))
@@ -160,13 +170,13 @@ async def test_the_monitor_probes_inside_and_sees_a_death(project: Path) -> None
         launcher.subscribe(lambda e: events.append((e.service, e.kind)))
         cache = (await launcher.start(["cache"]))["cache"]
         assert cache.container_id is not None
-        await podman_async("exec", cache.container_id, "redis-cli", "CLIENT", "PAUSE", "4000", "ALL")
+        await engine_async("exec", cache.container_id, "redis-cli", "CLIENT", "PAUSE", "4000", "ALL")
         await until(lambda: ("cache", "unhealthy") in events, 60)
         # A timed-out exec is left to finish (killing it would leave its command in the
         # container): never more than one at a time, however many probes failed meanwhile.
         assert len(_pings_in_containers()) <= 1
         await until(lambda: ("cache", "recovered") in events, 60)
-        await podman_async("kill", cache.container_id)
+        await engine_async("kill", cache.container_id)
         await until(lambda: ("cache", "died") in events, 60)
         assert cache.state == "died"
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
@@ -178,22 +188,23 @@ def _pings_in_containers() -> list[int]:
     return [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["redis-cli", "ping"]]
 
 
-async def podman_async(*args: str) -> None:
-    await asyncio.to_thread(subprocess.run, ["podman", *args], check=True, capture_output=True, timeout=60)
+async def engine_async(*args: str) -> None:
+    await asyncio.to_thread(subprocess.run, [ENGINE, *args], check=True, capture_output=True, timeout=60)
 
 
 @pytest.mark.parametrize(("service", "expected"), [
     pytest.param(f'image = "{REDIS_IMAGE}"\ncommand = ["redis-server", "--port", "notaport"]\ncontainer_port = 6379',
                  ["container exited with code 1", "notaport"], id="exits-during-startup"),
     pytest.param('image = "localhost/ul-not-built:1"\ncontainer_port = 6379',
-                 ['image localhost/ul-not-built:1 is not present and pull = "never"', "podman pull"],
+                 ['image localhost/ul-not-built:1 is not present and pull = "never"', f"{ENGINE} pull"],
                  id="missing-image"),
     pytest.param(f'image = "{REDIS_IMAGE}"\ncommand = ["no-such-program"]',
                  ["container exited with code 127", "not found in the image"], id="command-not-in-image"),
 ])
 async def test_a_failed_start_names_the_cause_and_leaves_nothing(project: Path, service: str,
                                                                  expected: list[str]) -> None:
-    (project / "launcher.toml").write_text(f'[launcher]\nstate_dir = "state"\n[services.cache]\n{service}\n'
+    (project / "launcher.toml").write_text(f'[launcher]\nstate_dir = "state"\ncontainer_engine = "{ENGINE}"\n'
+                                           f'[services.cache]\n{service}\n'
                                            f'pull = "never"\n{ULIMITS}\nstartup_timeout = 20\n')
     config = load_config(project / "launcher.toml", environ={})
     async with UnifiedLauncher(config) as launcher:
@@ -204,11 +215,21 @@ async def test_a_failed_start_names_the_cause_and_leaves_nothing(project: Path, 
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
 
 
+def _podman_only(project: Path) -> Path:
+    """A PATH folder with podman and no docker (a machine may have both in /usr/bin)."""
+    folder = project / "podman-only"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "podman").exists():
+        (folder / "podman").symlink_to(shutil.which("podman") or "/usr/bin/podman")
+    return folder
+
+
+@podman_only
 async def test_a_missing_engine_and_a_failed_pull_say_the_fix(project: Path) -> None:
     """docker asked for but absent: named with the fix; pull = "missing" of an image no registry
     has: the pull's failure, with what to check (this machine reaches no registry at all)."""
     config = load_config(project / "launcher.toml", environ={"LAUNCHER_CONTAINER_ENGINE": "docker"})
-    no_docker = {**os.environ, "PATH": f"{os.path.dirname(shutil.which('podman') or '')}:/nonexistent"}
+    no_docker = {**os.environ, "PATH": str(_podman_only(project))}
     async with UnifiedLauncher(config, base_env=no_docker) as launcher:
         with pytest.raises(ServiceStartupError, match=r'container_engine = "docker" but docker is not on PATH; '
                                                       r'install it, or set container_engine = "podman"'):
@@ -353,11 +374,13 @@ def test_a_session_killed_outright_is_reaped_by_the_next_run_too(project: Path) 
     assert containers(f"{SESSION_LABEL}={launcher.id}") == []
 
 
+@podman_only
 def test_check_lists_image_services_and_a_missing_engine(project: Path) -> None:
     cli = [PY, "-m", "pytest_unified_launcher", "check"]
     ok = subprocess.run(cli, cwd=project, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "image" in ok.stdout and "exec redis-cli ping" in ok.stdout
-    env = {**os.environ, "LAUNCHER_CONTAINER_ENGINE": "docker", "PATH": os.path.dirname(sys.executable) + ":/usr/bin"}
+    env = {**os.environ, "LAUNCHER_CONTAINER_ENGINE": "docker",
+           "PATH": f"{os.path.dirname(sys.executable)}:{_podman_only(project)}"}
     missing = subprocess.run(cli, cwd=project, capture_output=True, text=True, timeout=60, env=env)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "cache need a container engine" in missing.stderr and "docker is not on PATH" in missing.stderr
@@ -396,6 +419,7 @@ def test_bench_times_cold_container_starts(project: Path) -> None:
     assert settled(SERVICE_LABEL + "=cache") == []
 
 
+@podman_only
 async def test_a_pull_is_timed_apart_and_drawn_apart(project: Path, tmp_path: Path) -> None:
     """pull = "always": the engine pulls (here from an OCI archive: no registry is reachable)
     before the container runs; the report has its time, the waterfall draws it apart."""
@@ -428,7 +452,7 @@ def test_an_adopted_pid_of_another_user_cannot_name_a_container_to_remove(projec
     attacker = subprocess.Popen(["/usr/bin/python3", "run", "--name=ul-x-cache"], cwd=folder,
                                 user=101, group=101, start_new_session=True)
     try:
-        victim = subprocess.run(["podman", "run", "-d", "--rm", "--name", "ul-x-cache", "--ulimit",
+        victim = subprocess.run([ENGINE, "run", "-d", "--rm", "--name", "ul-x-cache", "--ulimit",
                                  "nofile=4096:4096", "--ulimit", "nproc=4096:4096", REDIS_IMAGE],
                                 capture_output=True, text=True, timeout=120)
         assert victim.returncode == 0, victim.stderr
@@ -441,16 +465,17 @@ def test_an_adopted_pid_of_another_user_cannot_name_a_container_to_remove(projec
             launcher.stop_blocking()
         finally:
             launcher.close()
-        alive = subprocess.run(["podman", "ps", "-q", "--filter", "name=^ul-x-cache$"], capture_output=True,
+        alive = subprocess.run([ENGINE, "ps", "-q", "--filter", "name=^ul-x-cache$"], capture_output=True,
                                text=True, timeout=60).stdout.split()
         assert alive, "the victim's container was removed"
     finally:
         attacker.kill()
         attacker.wait()
         shutil.rmtree(folder)
-        subprocess.run(["podman", "rm", "-f", "ul-x-cache"], capture_output=True, timeout=120)
+        subprocess.run([ENGINE, "rm", "-f", "ul-x-cache"], capture_output=True, timeout=120)
 
 
+@podman_only
 def test_the_services_variables_never_reach_the_engine_running_as_root(project: Path, tmp_path: Path) -> None:
     """[env] PATH naming a folder another user owns: the container gets it, root's engine does
     not (its network helper ran that user's `iptables` as root)."""
@@ -505,5 +530,5 @@ def test_check_finds_an_image_that_is_not_there_with_pull_never(project: Path) -
     result = subprocess.run([PY, "-m", "pytest_unified_launcher", "check"], cwd=project, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "service 'cache', key 'image': image localhost/ul-not-built:1 is not present (podman) and " \
-           'pull = "never"' in result.stderr and "fix: pull or build it first (podman pull" in result.stderr
+    assert f"service 'cache', key 'image': image localhost/ul-not-built:1 is not present ({ENGINE}) and " \
+           'pull = "never"' in result.stderr and f"fix: pull or build it first ({ENGINE} pull" in result.stderr

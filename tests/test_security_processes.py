@@ -746,3 +746,49 @@ def test_a_planted_shared_xdist_folder_is_refused(plant: str) -> None:
         assert os.listdir(theirs) == [] and (plant == "link" or os.listdir(folder) == [])
     finally:
         subprocess.run(["rm", "-rf", str(folder), str(theirs)], check=True)
+
+
+def test_a_planted_shared_folder_cannot_make_an_attached_controller_stop_a_process(tmp_path: Path) -> None:
+    """`pytest -n 2 --launcher-attach`: the controller records `up`'s services in the shared
+    folder (named after `up`'s scratch root, which other users see in the temp dir) and at the
+    end stops what the record names. Made first by another user, who keeps swapping in a record
+    naming a process of root's, it is refused with the fix: the process lives (it was killed
+    before: the controller wrote into the planted folder, then read and stopped what it said)."""
+    write(tmp_path, """
+        [launcher]
+        state_dir = "state"
+        [services.plain]
+        command = ["{PY}", "{TCP}", "${port}"]
+        health = { tcp = true, interval = 0 }
+        """)
+    (tmp_path / "test_x.py").write_text("import pytest\n@pytest.mark.parametrize('i', range(4))\n"
+                                        "def test_x(i): pass\n")
+    cli = [PY, "-m", "pytest_unified_launcher"]
+    assert subprocess.run([*cli, "up", "--detach", "plain"], cwd=tmp_path, capture_output=True,
+                          timeout=120).returncode == 0
+    victim = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    attacker_dir = Path(tempfile.mkdtemp(dir="/tmp"))
+    folder = Path(f"{json.loads((tmp_path / 'state' / 'up.json').read_text())['tmp_root']}-xdist")
+    swapper = None
+    try:
+        attacker_dir.chmod(0o755)
+        evil = {"plain": {"state": "running", "pid": victim.pid, "token": process_token(victim.pid)}}
+        (attacker_dir / "evil.json").write_text(json.dumps(evil))
+        as_attacker("mkdir", "-m", "777", str(folder))
+        swapper = subprocess.Popen(["sh", "-c", f"while :; do cp {attacker_dir}/evil.json {folder}/.e && "
+                                                f"mv -f {folder}/.e {folder}/services.json; sleep 0.005; done"],
+                                   user=ATTACKER, stderr=subprocess.DEVNULL)
+        result = subprocess.run([PY, "-m", "pytest", "-p", "no:cacheprovider", "--launcher-attach", "-n", "2",
+                                 "test_x.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert victim.poll() is None, "root's process was stopped on a planted record"
+        assert result.returncode == 4, result.stdout + result.stderr
+        assert f"the shared folder of this xdist session {folder} is owned by uid 101" in result.stderr
+        assert f"remove {folder}" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        if swapper is not None:
+            swapper.kill()
+            swapper.wait()
+        victim.kill()
+        victim.wait()
+        subprocess.run([*cli, "down"], cwd=tmp_path, capture_output=True, timeout=120)
+        subprocess.run(["rm", "-rf", str(attacker_dir), str(folder)], check=True)

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .._process import Cgroup, kill_pids, owns_group, process_token
+from .._process import Cgroup, owns_group, process_token, signal_if_same
 from . import Runner
 
 
@@ -77,8 +77,7 @@ class AttachedRunner(Runner):
             os.killpg(pid, sig)
         except OSError:
             pass
-        if self.alive():
-            kill_pids([pid], sig)
+        signal_if_same(pid, self._token, sig)  # through a pidfd: a pid reused meanwhile is not hit
 
 
 class AttachedContainerRunner(AttachedRunner):

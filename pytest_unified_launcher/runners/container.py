@@ -321,13 +321,10 @@ class ContainerRunner(SubprocessRunner):
         """The engine's stop and removal (``grace``, default ``stop_timeout``, then kill)."""
         engine = self.engine
         if engine is not None and (self.proc is not None or self._spawning is not None):
-            try:
-                code, out = await engine.remove(self.name, grace=self.svc.stop_timeout if grace is None else grace,
-                                                timeout=self.svc.stop_timeout + 30)
-                if code != 0:
-                    log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, out)
-            except (OSError, TimeoutError) as exc:
-                log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, exc)
+            code, out = await engine.remove(self.name, grace=self.svc.stop_timeout if grace is None else grace,
+                                            timeout=self.svc.stop_timeout + 30)
+            if code != 0:
+                log.warning("%s: removing its container %s failed: %s", self.svc.name, self.name, out)
 
 
 def _read_text(path: Path) -> str:
