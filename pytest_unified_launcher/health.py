@@ -83,8 +83,11 @@ class TcpProbe:
     the monitor runs it every few seconds for the whole session, and a stream pair (transport,
     protocol, reader, writer) costs ~3x the CPU of the connect itself."""
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, *, settle: float = 0.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        #: Seconds an accepted connection must stay open (or answer): docker publishes a port
+        #: through a proxy that accepts before anything listens in the container, then closes.
+        self.settle = settle
         self._address: tuple[Any, ...] | None = None
         self._family = socket.AF_INET
 
@@ -104,9 +107,23 @@ class TcpProbe:
                         await loop.sock_connect(sock, self._address)
                 elif err:
                     raise OSError(err, os.strerror(err))
+                if self.settle:
+                    return await self._stays_open(loop, sock)
         except (TimeoutError, OSError) as exc:
             return _reason(exc)
         return None
+
+    async def _stays_open(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> str | None:
+        """None when the connection is still open after ``settle`` seconds, or answered."""
+        try:
+            async with asyncio.timeout(self.settle):
+                data = await loop.sock_recv(sock, 1)
+        except TimeoutError:
+            return None
+        if data:
+            return None  # a greeting (SMTP, MySQL): someone listens
+        return (f"{self.host}:{self.port} accepted the connection and closed it at once (a proxy: "
+                "nothing listens behind it yet)")
 
 
 @dataclass(frozen=True)
@@ -286,13 +303,15 @@ def make_probe(
     notify: NotifySocket | None = None,
     fetch: Fetch | None = None,
     container: ExecTarget | None = None,
+    tcp_settle: float = 0.0,
 ) -> Probe:
-    """The probe of ``check``; ``container``: where an ``exec`` runs."""
+    """The probe of ``check``; ``container``: where an ``exec`` runs; ``tcp_settle``: see
+    :attr:`TcpProbe.settle`."""
     if check.kind == "http":
         return HttpProbe(check, fetch)
     if check.kind == "tcp":
         assert svc.port is not None
-        return TcpProbe(svc.host, svc.port, check.timeout)
+        return TcpProbe(svc.host, svc.port, check.timeout, settle=tcp_settle)
     if check.kind == "command":
         return CommandProbe(check.argv, check.timeout, env, svc.cwd)
     if check.kind == "exec":

@@ -235,7 +235,8 @@ class UnifiedLauncher:
         if check.monitored:
             probe = make_probe(svc.config, check, log_path=None, env=self._context().service_env(svc.config),
                                spawned_at=0.0, fetch=self.monitor.http_fetch(),
-                               container=getattr(svc.runner, "exec_target", None))
+                               container=getattr(svc.runner, "exec_target", None),
+                               tcp_settle=getattr(svc.runner, "tcp_settle", 0.0))
         self.monitor.watch(svc, probe)
 
     async def _on_exit(self, name: str, runner: Any) -> str:
@@ -351,7 +352,8 @@ class UnifiedLauncher:
             if svc.health.kind in ("exit", "alive", "notify", "log"):
                 return None  # nothing to ask a running service: its process is what is checked
             probe = make_probe(svc, svc.health, log_path=None, env=self._base_env, spawned_at=0.0,
-                               container=getattr(self._services[name].runner, "exec_target", None))
+                               container=getattr(self._services[name].runner, "exec_target", None),
+                               tcp_settle=getattr(self._services[name].runner, "tcp_settle", 0.0))
             try:
                 async with asyncio.timeout(svc.health.timeout + 1):
                     return await probe.check()

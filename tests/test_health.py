@@ -248,3 +248,33 @@ def test_the_package_never_uses_wait_for() -> None:
                     isinstance(node.value, ast.Name) and node.value.id == "asyncio":
                 found.append(f"{source.relative_to(package)}:{node.lineno}")
     assert found == [], f"asyncio.wait_for at {found}: use `async with asyncio.timeout(...)`"
+
+
+@pytest.mark.parametrize(("behaviour", "passes"), [
+    ("keeps-open", True),          # a server that waits for the client to speak (redis, postgres)
+    ("greets", True),              # one that speaks first (SMTP, MySQL)
+    ("closes-at-once", False),     # docker's port proxy with nothing listening in the container
+])
+async def test_a_settling_tcp_probe_tells_a_proxy_from_a_server(behaviour: str, passes: bool) -> None:
+    """docker publishes a port through a proxy that accepts before anything listens behind it:
+    a tcp probe of a docker container passes only when the connection stays open or answers."""
+    from pytest_unified_launcher.health import TcpProbe
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if behaviour == "greets":
+            writer.write(b"220 ready\r\n")
+            await writer.drain()
+        if behaviour != "closes-at-once":
+            await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        settling = await TcpProbe("127.0.0.1", port, 2.0, settle=0.2).check()
+        plain = await TcpProbe("127.0.0.1", port, 2.0).check()
+    assert plain is None  # without settle, any accepted connection passes (podman, processes)
+    if passes:
+        assert settling is None
+    else:
+        assert settling is not None and "closed it at once" in settling

@@ -350,3 +350,41 @@ def test_the_resources_of_a_process_tree_without_a_cgroup(tmp_path: Path) -> Non
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_killed_service_is_not_alive_before_the_loop_hears_of_it(tmp_path: Path) -> None:
+    """A failing test's report lists a service killed a moment before as dead (its log tail
+    first): alive() asks the process, not only the exit status the launcher's loop collects
+    (under a loaded CI the loop had not got to it yet, and the killed service looked alive)."""
+    launcher = UnifiedLauncher(load_config(write(tmp_path, FLAKY_SERVICE), environ={}))
+    try:
+        web = launcher.start_blocking(["web"])["web"]
+        assert web.pid is not None and web.alive
+        busy, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # the loop, busy elsewhere, as under load
+            busy.set()
+            release.wait(30)
+
+        launcher._thread.loop.call_soon_threadsafe(hold)
+        assert busy.wait(10)
+        try:
+            os.kill(web.pid, signal.SIGKILL)
+            end = time.monotonic() + 10
+            while psutil_status(web.pid) not in ("zombie", "gone") and time.monotonic() < end:
+                time.sleep(0.005)
+            assert not web.alive
+        finally:
+            release.set()
+    finally:
+        launcher.stop_blocking()
+        launcher.close()
+
+
+def psutil_status(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return "gone"

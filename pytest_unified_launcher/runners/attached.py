@@ -110,6 +110,12 @@ class AttachedContainerRunner(AttachedRunner):
         self._inspected: tuple[str, int] | None = None
 
     @property
+    def tcp_settle(self) -> float:
+        from .container import DOCKER_TCP_SETTLE
+
+        return DOCKER_TCP_SETTLE if self.engine is not None and not self.engine.is_podman else 0.0
+
+    @property
     def exec_target(self) -> Any:
         from .._process import OWNER_VAR, SERVICE_VAR
         from ..health import ExecTarget

@@ -29,6 +29,9 @@ from ..health import ExecTarget, HealthTimeout, ProbeUnusable, ProcessExited, ma
 from .subprocess import SubprocessRunner, describe_exit, port_holder
 
 log = logging.getLogger(__name__)
+#: How long a connection through docker's port proxy must stay open for a tcp probe to pass:
+#: the proxy closes it within a millisecond or two when nothing listens in the container.
+DOCKER_TCP_SETTLE = 0.05
 
 #: What the engines print when an image is not there and ``--pull never`` forbids fetching it.
 _NOT_PRESENT = ("image not known", "No such image", "Unable to find image", "manifest unknown")
@@ -55,6 +58,13 @@ class ContainerRunner(SubprocessRunner):
         self._started: asyncio.Future[None] | None = None
         self._probe: Any = None
         self._digest: asyncio.Future[str | None] | None = None
+
+    @property
+    def tcp_settle(self) -> float:
+        """docker publishes a port on 127.0.0.1 through its userland proxy, which accepts a
+        connection before anything listens in the container and closes it: a tcp probe must
+        see the connection stay open a moment (podman forwards in the kernel: refused)."""
+        return DOCKER_TCP_SETTLE if self.engine is not None and not self.engine.is_podman else 0.0
 
     @property
     def exec_target(self) -> ExecTarget | None:
@@ -253,7 +263,7 @@ class ContainerRunner(SubprocessRunner):
             raise ProcessExited(self.exit_code)
         started = _timing.monotonic()
         probe = self._probe = make_probe(self.svc, self.svc.health, log_path=self.log_path, env=self._env(),
-                                         spawned_at=started, container=self.exec_target)
+                                         spawned_at=started, container=self.exec_target, tcp_settle=self.tcp_settle)
         try:
             await wait_healthy(probe, deadline=deadline, timeout=timeout, exited=self._exited,
                                exit_code=lambda: self.exit_code, log_path=self.log_path, rate=self.probe_rate)

@@ -17,6 +17,7 @@ from .._process import (
     Cgroup,
     cannot_run,
     marked_pids,
+    process_token,
     run_to_end,
     spawn,
     start_time,
@@ -142,7 +143,10 @@ class SubprocessRunner(Runner):
         return self.proc.returncode if self.proc else None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        # A process that has ended is not alive even before the child watcher has collected its
+        # status (a zombie, or reaped by the watcher's thread and not yet reported to the loop):
+        # a failing test's report must show a service killed a moment before as dead.
+        return self.proc is not None and self.proc.returncode is None and process_token(self.proc.pid) != "?"
 
     async def collected(self, timeout: float) -> None:
         if self._exited is not None and not self._exited.done():
