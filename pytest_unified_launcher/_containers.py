@@ -31,6 +31,11 @@ SERVICE_LABEL = "io.unified-launcher.service"
 ENGINES = ("podman", "docker")
 
 
+#: How long a connection through docker's port proxy must stay open for a tcp probe to pass:
+#: the proxy closes it within a millisecond or two when nothing listens in the container.
+DOCKER_TCP_SETTLE = 0.05
+
+
 class EngineNotFound(LookupError):
     """No container engine on PATH (or not the one asked for); the message names the fix."""
 
@@ -45,6 +50,13 @@ class Engine:
     @property
     def is_podman(self) -> bool:
         return self.name == "podman"
+
+    @property
+    def tcp_settle(self) -> float:
+        """How long a tcp probe's connection to a published port must stay open (or answer):
+        docker publishes 127.0.0.1 ports through its userland proxy, which accepts before
+        anything listens in the container, then closes; podman forwards in the kernel (refused)."""
+        return 0.0 if self.is_podman else DOCKER_TCP_SETTLE
 
     async def run(self, *args: str, timeout: float = 30.0) -> tuple[int, str]:
         """``engine ARGS...`` to its end: ``(exit code, stdout + stderr)``; killed on timeout."""

@@ -241,3 +241,8 @@ def test_one_removal_for_every_caller(engine: str, grace: float, steps: list[tup
 def test_a_removal_reports_every_failure_but_a_container_already_gone(results: list[tuple[int, str]],
                                                                       outcome: tuple[int, str]) -> None:
     assert _removal_outcome(results) == outcome
+
+
+@pytest.mark.parametrize(("engine", "settle"), [("podman", 0.0), ("docker", 0.05)])
+def test_only_dockers_port_proxy_needs_a_settling_tcp_probe(engine: str, settle: float) -> None:
+    assert Engine(engine, f"/usr/bin/{engine}").tcp_settle == settle

@@ -111,9 +111,8 @@ class AttachedContainerRunner(AttachedRunner):
 
     @property
     def tcp_settle(self) -> float:
-        from .container import DOCKER_TCP_SETTLE
-
-        return DOCKER_TCP_SETTLE if self.engine is not None and not self.engine.is_podman else 0.0
+        """See :attr:`Engine.tcp_settle`."""
+        return self.engine.tcp_settle if self.engine is not None else 0.0
 
     @property
     def exec_target(self) -> Any:

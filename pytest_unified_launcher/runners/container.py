@@ -29,9 +29,6 @@ from ..health import ExecTarget, HealthTimeout, ProbeUnusable, ProcessExited, ma
 from .subprocess import SubprocessRunner, describe_exit, port_holder
 
 log = logging.getLogger(__name__)
-#: How long a connection through docker's port proxy must stay open for a tcp probe to pass:
-#: the proxy closes it within a millisecond or two when nothing listens in the container.
-DOCKER_TCP_SETTLE = 0.05
 
 #: What the engines print when an image is not there and ``--pull never`` forbids fetching it.
 _NOT_PRESENT = ("image not known", "No such image", "Unable to find image", "manifest unknown")
@@ -61,10 +58,8 @@ class ContainerRunner(SubprocessRunner):
 
     @property
     def tcp_settle(self) -> float:
-        """docker publishes a port on 127.0.0.1 through its userland proxy, which accepts a
-        connection before anything listens in the container and closes it: a tcp probe must
-        see the connection stay open a moment (podman forwards in the kernel: refused)."""
-        return DOCKER_TCP_SETTLE if self.engine is not None and not self.engine.is_podman else 0.0
+        """See :attr:`Engine.tcp_settle`."""
+        return self.engine.tcp_settle if self.engine is not None else 0.0
 
     @property
     def exec_target(self) -> ExecTarget | None:
@@ -207,10 +202,10 @@ class ContainerRunner(SubprocessRunner):
         while self.alive():
             pid = _read_int(self._pid_file) if self.engine.is_podman else await self._inspect_pid()
             # Not taken on the pid file's word: the pid may already name another process.
-            main = container_process(pid, _read_text(self._cid_file)) if pid else None
+            container_id = _read_text(self._cid_file)
+            main = container_process(pid, container_id) if pid else None
             if main is not None:
-                self._main = main
-                self.container_id = _read_text(self._cid_file)
+                self._main, self.container_id = main, container_id
                 self._env_file.unlink(missing_ok=True)  # read when the container was created
                 return
             await asyncio.sleep(delay)
