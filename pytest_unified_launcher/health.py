@@ -122,8 +122,8 @@ class TcpProbe:
             return None
         if data:
             return None  # a greeting (SMTP, MySQL): someone listens
-        return (f"{self.host}:{self.port} accepted the connection and closed it at once (a proxy: "
-                "nothing listens behind it yet)")
+        return (f"{self.host}:{self.port} accepted the connection and closed it at once: the engine's port "
+                "proxy answers, but nothing listens on the container's port yet")
 
 
 @dataclass(frozen=True)
